@@ -1,0 +1,21 @@
+"""fastmb: fast micro-batch learning at the edge.
+
+Models are small immutable descriptions (:class:`Linear`, :class:`MLP`); parameters
+are one flat array; every function takes ``(model, params, X, y)``. The hot loops
+are Numba kernels in ``fastmb.kernels``, compiled on first use and cached on disk:
+importing fastmb compiles nothing and does not even import Numba.
+"""
+
+from .aggregation import WeightedMean, fedavg
+from .gradients import (decision_function, grad, loss, loss_and_grad, per_sample_grad,
+                        per_sample_grad_norm, predict, predict_proba)
+from .models import MLP, Linear
+from .training import sgd, train_clients
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Linear", "MLP", "loss", "grad", "loss_and_grad", "per_sample_grad", "per_sample_grad_norm",
+    "predict", "predict_proba", "decision_function", "sgd", "train_clients", "fedavg",
+    "WeightedMean", "__version__",
+]

@@ -1,0 +1,136 @@
+"""Argument checks and conversions shared by the public API.
+
+Every check raises a ``ValueError`` or ``TypeError`` that names the argument and what
+was expected. Conversions (dtype, contiguity) happen once here; arrays that need
+none are passed through without a copy, and nothing here writes to a caller's array.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .models import _Model
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_model(model):
+    if not isinstance(model, _Model):
+        raise TypeError(f"model must be a fastmb.Linear or fastmb.MLP, got {type(model).__name__}")
+    return model
+
+
+def _as_numeric(name, a):
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be array-like of numbers: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def float_dtype(arr):
+    """float32 and float64 are kept; every other numeric dtype computes in float64."""
+    return arr.dtype if arr.dtype in FLOATS else np.dtype(np.float64)
+
+
+def as_params(model, params, name="params"):
+    p = _as_numeric(name, params)
+    if p.ndim != 1 or p.shape[0] != model.n_params:
+        raise ValueError(f"{name} must be a 1-D array of length model.n_params={model.n_params}, "
+                         f"got shape {p.shape}")
+    p = np.ascontiguousarray(p, dtype=float_dtype(p))
+    if not np.isfinite(p).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return p
+
+
+def as_X(model, X, dtype, name="X"):
+    X = _as_numeric(name, X)
+    if X.ndim != 2:
+        hint = " (reshape a single sample with X.reshape(1, -1))" if X.ndim == 1 else ""
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {X.shape}{hint}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it needs at least one sample")
+    if X.shape[1] != model.n_features:
+        raise ValueError(f"{name} has {X.shape[1]} features but the model expects "
+                         f"{model.n_features}")
+    return np.ascontiguousarray(X, dtype=dtype)
+
+
+def as_y(model, y, n, dtype, name="y"):
+    """Labels as the kernels want them: ``(yc, yr)``, class indices or regression targets."""
+    y = _as_numeric(name, y)
+    k = model.n_outputs
+    if model.is_classifier:
+        if y.ndim != 1 or y.shape[0] != n:
+            raise ValueError(f"{name} must be a 1-D array of {n} class indices, got shape {y.shape}")
+        if y.dtype.kind == "f":
+            if not np.isfinite(y).all() or not np.array_equal(y, np.round(y)):
+                raise ValueError(f"{name} must hold integer class indices; got non-integer values")
+        C = model.n_classes
+        if n and (y.min() < 0 or y.max() >= C):
+            raise ValueError(f"{name} must hold class indices in [0, {C}) for loss "
+                             f"{model.loss!r}; got values in [{y.min()}, {y.max()}]")
+        yc = np.ascontiguousarray(y, dtype=np.int64)
+        return yc, np.empty((0, k), dtype)
+    if y.ndim == 1 and k == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2 or y.shape != (n, k):
+        want = f"({n},) or ({n}, 1)" if k == 1 else f"({n}, {k})"
+        raise ValueError(f"{name} must have shape {want} for a model with {k} output(s), "
+                         f"got {y.shape}")
+    yr = np.ascontiguousarray(y, dtype=dtype)
+    if not np.isfinite(yr).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return np.empty(0, np.int64), yr
+
+
+def as_sample_weight(sample_weight, n, name="sample_weight"):
+    """float64 weights, or an empty array meaning 'all ones'."""
+    if sample_weight is None:
+        return np.empty(0, np.float64)
+    w = _as_numeric(name, sample_weight)
+    if w.ndim != 1 or w.shape[0] != n:
+        raise ValueError(f"{name} must be a 1-D array of length {n}, got shape {w.shape}")
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    if not np.isfinite(w).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    if (w < 0).any():
+        raise ValueError(f"{name} must be non-negative; got a minimum of {w.min()}")
+    if not w.any():
+        raise ValueError(f"{name} is all zero: at least one sample needs a positive weight")
+    return w
+
+
+def check_number(name, value, *, low=None, high=None, low_open=False, integer=False):
+    """A real scalar in [low, high] (or (low, high] with ``low_open``)."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        what = "an integer" if integer else "a real number"
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    v = int(value) if integer else float(value)
+    if not integer and not np.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if low is not None and (v < low or (low_open and v == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {v}")
+    if high is not None and v > high:
+        raise ValueError(f"{name} must be <= {high}, got {v}")
+    return v
+
+
+def first_bad(bad):
+    """The first flagged row of a kernel's per-task ``bad`` array, or -1."""
+    flagged = bad[bad >= 0]
+    return int(flagged.min()) if flagged.size else -1
+
+
+def raise_bad_row(X, row, what="X"):
+    """Explain a row a kernel flagged: a NaN/Inf input, or an overflow in the model."""
+    if not np.isfinite(X[row]).all():
+        raise ValueError(f"{what} contains NaN or Inf (first at row {row})")
+    raise ValueError(f"the model's outputs or loss overflowed at row {row} of {what}; "
+                             "scale the inputs or lower the learning rate")

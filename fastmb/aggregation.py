@@ -1,0 +1,170 @@
+"""Server-side aggregation: FedAvg over a stack of updates, and a streaming weighted mean."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validation as V
+
+
+def _as_updates(updates):
+    U = V._as_numeric("updates", updates)
+    if U.ndim != 2:
+        raise ValueError(f"updates must be 2-D (n_clients, n_params), got shape {U.shape}")
+    if U.shape[0] == 0 or U.shape[1] == 0:
+        raise ValueError(f"updates is empty: got shape {U.shape}")
+    return np.ascontiguousarray(U, dtype=V.float_dtype(U))
+
+
+def _as_weights(weights, K, name="weights"):
+    if weights is None:
+        return np.ones(K, np.float64)
+    w = V._as_numeric(name, weights)
+    if w.ndim != 1 or w.shape[0] != K:
+        raise ValueError(f"{name} must be a 1-D array of length {K} (one per client), "
+                         f"got shape {w.shape}")
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    if not np.isfinite(w).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    if (w < 0).any():
+        raise ValueError(f"{name} must be non-negative; client {int(np.argmin(w))} has "
+                         f"weight {w.min()}")
+    if not w.any():
+        raise ValueError(f"{name} are all zero: at least one client needs a positive weight")
+    return w
+
+
+def fedavg(updates, weights=None):
+    """Weighted mean of K client updates (FedAvg; McMahan et al. 2017).
+
+    ``result[j] = sum_k w_k U[k, j] / sum_k w_k``, accumulated in float64 and cast
+    back to the dtype of ``updates``. Coordinates are processed in parallel blocks,
+    each summing the clients in order: the same bits on any number of threads.
+
+    Parameters
+    ----------
+    updates : (K, P) array
+        One row per client; float32 and float64 are kept, other dtypes become float64.
+    weights : (K,) array, optional
+        Non-negative, not all zero (e.g. each client's number of samples). Equal
+        weights by default.
+
+    Returns
+    -------
+    (P,) array
+
+    Raises
+    ------
+    ValueError
+        On NaN or Inf in ``updates`` (naming the clients), bad weights or shapes.
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> fastmb.fedavg(np.array([[1.0, 2.0], [3.0, 6.0]]), weights=[3, 1])
+    array([1.5, 3. ])
+    """
+    U = _as_updates(updates)
+    w = _as_weights(weights, U.shape[0])
+    from .kernels import aggregation as K
+
+    out = np.empty(U.shape[1], U.dtype)
+    total = float(np.sum(w))
+    if K.weighted_mean(U, w, 1.0 / total, out):
+        rows = np.empty(U.shape[0], np.bool_)
+        K.rows_nonfinite(U, rows)
+        raise ValueError(f"updates contains NaN or Inf (clients {np.flatnonzero(rows).tolist()})")
+    return out
+
+
+class WeightedMean:
+    """A streaming, mergeable weighted mean of P-vectors: one client at a time, O(P) memory.
+
+    ``add`` accumulates ``weight * update`` into a float64 sum; ``merge`` combines two
+    partial means (from threads, processes or machines); ``result`` returns the mean.
+    The answer equals :func:`fedavg` up to float rounding (the summation order differs
+    when merging).
+
+    Parameters
+    ----------
+    n_params : int
+    dtype : float32 or float64, default float32
+        Dtype of :meth:`result`; the running sum is always float64.
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> a, b = fastmb.WeightedMean(2), fastmb.WeightedMean(2)
+    >>> a.add(np.array([1.0, 2.0]), weight=3)
+    >>> b.add(np.array([3.0, 6.0]))
+    >>> a.merge(b)
+    >>> a.result()
+    array([1.5, 3. ], dtype=float32)
+    """
+
+    def __init__(self, n_params, dtype=np.float32):
+        self.n_params = V.check_number("n_params", n_params, low=1, integer=True)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in V.FLOATS:
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        self._sum = np.zeros(self.n_params, np.float64)
+        self.total_weight = 0.0
+        self.count = 0
+
+    def __repr__(self):
+        return (f"WeightedMean(n_params={self.n_params}, count={self.count}, "
+                f"total_weight={self.total_weight})")
+
+    def add(self, update, weight=1.0):
+        """Add one update with a non-negative weight. A bad update changes nothing."""
+        u = V._as_numeric("update", update)
+        if u.ndim != 1 or u.shape[0] != self.n_params:
+            raise ValueError(f"update must be a 1-D array of length {self.n_params}, "
+                             f"got shape {u.shape}")
+        w = V.check_number("weight", weight, low=0)
+        u = np.ascontiguousarray(u, dtype=V.float_dtype(u))
+        from .kernels import aggregation as K
+
+        # Check first, then accumulate: the state is never left half-updated.
+        if K.count_nonfinite(u):
+            raise ValueError("update contains NaN or Inf")
+        K.axpy(self._sum, w, u)
+        self.total_weight += w
+        self.count += 1
+
+    def merge(self, other):
+        """Fold another WeightedMean of the same length into this one."""
+        if not isinstance(other, WeightedMean):
+            raise TypeError(f"other must be a WeightedMean, got {type(other).__name__}")
+        if other.n_params != self.n_params:
+            raise ValueError(f"other has n_params={other.n_params}, expected {self.n_params}")
+        from .kernels import aggregation as K
+
+        K.axpy(self._sum, 1.0, other._sum)
+        self.total_weight += other.total_weight
+        self.count += other.count
+
+    def result(self):
+        """The weighted mean so far, in ``dtype``; raises if the total weight is zero."""
+        if self.total_weight <= 0:
+            raise ValueError("the mean is undefined: no update with a positive weight was added")
+        from .kernels import aggregation as K
+
+        out = np.empty(self.n_params, self.dtype)
+        K.scale_into(self._sum, 1.0 / self.total_weight, out)
+        return out
+
+    def state_dict(self):
+        """The state as plain arrays and numbers (for checkpoints and for shipping)."""
+        return {"sum": self._sum.copy(), "total_weight": self.total_weight, "count": self.count,
+                "dtype": self.dtype.name}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        """Rebuild a WeightedMean from :meth:`state_dict`."""
+        s = np.asarray(state["sum"], np.float64)
+        wm = cls(s.shape[0], state["dtype"])
+        wm._sum[:] = s
+        wm.total_weight = float(state["total_weight"])
+        wm.count = int(state["count"])
+        return wm

@@ -1,0 +1,246 @@
+"""Loss, gradients, per-sample gradients and predictions: one kernel call each."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validation as V
+
+
+class _Batch:
+    """Validated, converted arguments of one call: params, X, labels, weights."""
+
+    __slots__ = ("model", "params", "X", "yc", "yr", "sw", "n")
+
+    def __init__(self, model, params, X, y=None, sample_weight=None, labels=True):
+        self.model = V.check_model(model)
+        self.params = V.as_params(model, params)
+        self.X = V.as_X(model, X, self.params.dtype)
+        self.n = self.X.shape[0]
+        if labels:
+            self.yc, self.yr = V.as_y(model, y, self.n, self.params.dtype)
+        self.sw = V.as_sample_weight(sample_weight, self.n)
+
+    def check(self, bad):
+        row = V.first_bad(bad)
+        if row >= 0:
+            V.raise_bad_row(self.X, row)
+
+
+def _n_chunks(n, P):
+    """Row chunks for float64 partial sums: a function of the problem size only.
+
+    At least 256 rows a chunk, at most 64 chunks, and at most 2**23 float64 partial
+    sums in all (64 MiB) unless that leaves fewer than 2 chunks.
+    """
+    by_rows = -(-n // 256)
+    by_memory = max(2, min(64, (1 << 23) // max(P, 1)))
+    return max(1, min(by_rows, by_memory))
+
+
+def _loss_grad(b, want_grad):
+    from .kernels import gradients as K
+
+    m = b.model
+    nc = _n_chunks(b.n, m.n_params)
+    acc = np.empty((nc, m.n_params if want_grad else 0), np.float64)
+    totals = np.empty((nc, 2), np.float64)
+    g = np.empty(m.n_params if want_grad else 0, b.params.dtype)
+    bad = np.empty(nc, np.int64)
+    value = K.loss_grad(b.params, b.X, b.yc, b.yr, b.sw, m._spec, want_grad, acc, totals, g, bad)
+    b.check(bad)
+    return float(value), g
+
+
+def loss(model, params, X, y, sample_weight=None):
+    """Mean loss of ``model`` with ``params`` on ``(X, y)``.
+
+    Per sample: squared ``0.5 * sum((f - y)**2)``; Huber with threshold ``delta``;
+    logistic ``log(1 + exp(f)) - y f`` (y in {0, 1}); hinge ``max(0, 1 - s f)`` with
+    ``s = 2y - 1``; softmax cross-entropy. With ``sample_weight`` the mean is weighted:
+    ``sum(w_i l_i) / sum(w_i)``. Summed in float64.
+
+    Parameters
+    ----------
+    model : fastmb.Linear or fastmb.MLP
+    params : (P,) array, float32 or float64
+    X : (n, n_features) array
+        Converted to the dtype of ``params`` (once, without touching the caller's array).
+    y : (n,) class indices, or (n,) / (n, n_outputs) regression targets
+    sample_weight : (n,) non-negative array, optional
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> model = fastmb.Linear(2, loss="logistic")
+    >>> round(fastmb.loss(model, model.init(), np.ones((3, 2)), [0, 1, 1]), 4)  # log(2)
+    0.6931
+    """
+    value, _ = _loss_grad(_Batch(model, params, X, y, sample_weight), want_grad=False)
+    return value
+
+
+def grad(model, params, X, y, sample_weight=None):
+    """Gradient of :func:`loss` with respect to ``params``: shape ``(P,)``, dtype of params.
+
+    Per-sample gradients are summed in float64 over fixed row chunks and the chunks
+    merged in order, so the result does not depend on the number of threads.
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> model = fastmb.Linear(2, loss="squared")
+    >>> fastmb.grad(model, model.init(dtype=np.float64), [[1.0, 2.0]], [3.0])
+    array([-3., -6., -3.])
+    """
+    _, g = _loss_grad(_Batch(model, params, X, y, sample_weight), want_grad=True)
+    return g
+
+
+def loss_and_grad(model, params, X, y, sample_weight=None):
+    """:func:`loss` and :func:`grad` from one pass over the data: ``(float, (P,) array)``."""
+    return _loss_grad(_Batch(model, params, X, y, sample_weight), want_grad=True)
+
+
+def per_sample_grad(model, params, X, y, microbatch=1, out=None):
+    """Gradients of each sample's loss (or each micro-batch's mean loss).
+
+    Parameters
+    ----------
+    model, params, X, y
+        As in :func:`loss`.
+    microbatch : int, default 1
+        Row g of the result is the mean gradient of samples ``g*m : (g+1)*m``; the last
+        group may be shorter.
+    out : (ceil(n / m), P) array, optional
+        C-contiguous, of the dtype of ``params``; written in place and returned.
+
+    Returns
+    -------
+    (ceil(n / microbatch), P) array
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> model = fastmb.Linear(2, loss="squared")
+    >>> fastmb.per_sample_grad(model, model.init(dtype=np.float64), np.eye(2), [1.0, 2.0])
+    array([[-1., -0., -1.],
+           [-0., -2., -2.]])
+    """
+    b = _Batch(model, params, X, y)
+    m = V.check_number("microbatch", microbatch, low=1, integer=True)
+    rows = -(-b.n // m)
+    shape = (rows, model.n_params)
+    if out is None:
+        out = np.empty(shape, b.params.dtype)
+    else:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+        if out.shape != shape:
+            raise ValueError(f"out must have shape {shape}, got {out.shape}")
+        if out.dtype != b.params.dtype:
+            raise TypeError(f"out must have the dtype of params ({b.params.dtype}), got {out.dtype}")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be a writeable C-contiguous array")
+    from .kernels import gradients as K
+
+    groups_per_task = max(1, K.ROWS_PER_TASK // m)
+    bad = np.empty(-(-rows // groups_per_task), np.int64)
+    K.per_sample_grad(b.params, b.X, b.yc, b.yr, model._spec, m, out, bad)
+    b.check(bad)
+    return out
+
+
+def per_sample_grad_norm(model, params, X, y):
+    """L2 norm of each sample's gradient, without forming the ``(n, P)`` gradients.
+
+    Each layer contributes ``(|a|^2 + 1) * |delta|^2`` (``|a|^2`` alone without a
+    bias): the gradient of a dense layer is the outer product of its input ``a`` and
+    its output delta, and the norm of an outer product is the product of the norms.
+
+    Returns
+    -------
+    (n,) array of the dtype of ``params``
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> model = fastmb.Linear(2, loss="squared")
+    >>> fastmb.per_sample_grad_norm(model, model.init(dtype=np.float64), [[3.0, 4.0]], [1.0])
+    array([5.09901951])
+    """
+    b = _Batch(model, params, X, y)
+    from .kernels import gradients as K
+
+    out = np.empty(b.n, b.params.dtype)
+    bad = np.empty(-(-b.n // K.ROWS_PER_TASK), np.int64)
+    K.per_sample_norm(b.params, b.X, b.yc, b.yr, model._spec, out, bad)
+    b.check(bad)
+    return out
+
+
+def decision_function(model, params, X):
+    """Raw model outputs (scores before the loss' link): ``(n,)`` for one output, else ``(n, k)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> model = fastmb.Linear(2)
+    >>> fastmb.decision_function(model, np.array([1.0, 2.0, 0.5]), [[1.0, 1.0]])
+    array([3.5])
+    """
+    b = _Batch(model, params, X, labels=False)
+    from .kernels import gradients as K
+
+    out = np.empty((b.n, model.n_outputs), b.params.dtype)
+    bad = np.empty(-(-b.n // K.ROWS_PER_TASK), np.int64)
+    K.decision(b.params, b.X, model._spec, out, bad)
+    b.check(bad)
+    return out[:, 0] if model.n_outputs == 1 else out
+
+
+def predict(model, params, X):
+    """Class indices (int64) for classifiers, predicted values for regressors.
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> model = fastmb.Linear(1, loss="logistic")
+    >>> fastmb.predict(model, np.array([2.0, -1.0]), [[0.0], [1.0]])
+    array([0, 1])
+    """
+    f = decision_function(model, params, X)
+    if model.loss == "softmax":
+        return np.argmax(f, axis=1)
+    if model.is_classifier:
+        return (f > 0).astype(np.int64)
+    return f
+
+
+def predict_proba(model, params, X):
+    """Class probabilities, ``(n, n_classes)``: sigmoid for logistic, softmax for softmax.
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> model = fastmb.Linear(1, loss="logistic")
+    >>> fastmb.predict_proba(model, np.array([0.0, 0.0]), [[5.0]])
+    array([[0.5, 0.5]])
+    """
+    V.check_model(model)
+    if model.loss not in ("logistic", "softmax"):
+        raise ValueError(f"predict_proba needs loss 'logistic' or 'softmax', the model has "
+                         f"{model.loss!r}")
+    f = decision_function(model, params, X)
+    if model.loss == "logistic":
+        # sigmoid through exp(-|f|), which never overflows
+        e = np.exp(-np.abs(f))
+        p1 = np.where(f >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(f.dtype)
+        return np.stack([1 - p1, p1], axis=1)
+    f = f - f.max(axis=1, keepdims=True)
+    e = np.exp(f)
+    return e / e.sum(axis=1, keepdims=True)

@@ -1,0 +1,158 @@
+"""Local training: mini-batch SGD for one client, or many clients in one kernel call."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validation as V
+from .gradients import _Batch
+
+SCHEDULES = {"constant": 0, "invscaling": 1, "cosine": 2}
+
+
+def _options(epochs, batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule,
+             power_t):
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
+    return dict(
+        epochs=V.check_number("epochs", epochs, low=0, integer=True),
+        batch=V.check_number("batch_size", batch_size, low=1, integer=True),
+        lr_schedule=SCHEDULES[schedule],
+        shuffle=bool(shuffle),
+        lr=V.check_number("lr", lr, low=0, low_open=True),
+        power_t=V.check_number("power_t", power_t, low=0),
+        momentum=V.check_number("momentum", momentum, low=0, high=1),
+        weight_decay=V.check_number("weight_decay", weight_decay, low=0),
+        prox_mu=V.check_number("prox_mu", prox_mu, low=0),
+        seed=V.check_number("seed", seed, low=0, high=2**64 - 1, integer=True),
+    )
+
+
+def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
+        weight_decay=0.0, prox_mu=0.0, shuffle=True, seed=0, sample_weight=None,
+        schedule="constant", power_t=0.5):
+    """Mini-batch SGD on one client's data; returns new parameters (``params`` is not changed).
+
+    Each step uses the weighted mean gradient of one mini-batch ``g`` and updates::
+
+        d = g + weight_decay * p + prox_mu * (p - params)   # FedProx pulls towards params
+        v = momentum * v + d                                # v starts at zero
+        p = p - lr_t * v
+
+    The whole loop over epochs and mini-batches runs in one compiled call.
+
+    Parameters
+    ----------
+    model, params, X, y, sample_weight
+        As in :func:`fastmb.loss`.
+    epochs : int, default 1
+    batch_size : int, default 32
+        The last mini-batch of an epoch may be shorter.
+    lr : float, default 0.01
+    momentum : float in [0, 1], default 0
+    weight_decay : float, default 0
+        L2 penalty ``weight_decay / 2 * |p|^2`` on all parameters.
+    prox_mu : float, default 0
+        FedProx proximal term ``prox_mu / 2 * |p - params|^2``.
+    shuffle : bool, default True
+        Reshuffle the rows every epoch (a counter-based generator keyed by ``seed``).
+    seed : int, default 0
+        Same seed, same bits, on any number of threads.
+    schedule : {"constant", "invscaling", "cosine"}, default "constant"
+        ``lr_t`` = ``lr``; ``lr / (t + 1)**power_t``; ``lr * (1 + cos(pi t / T)) / 2``,
+        with ``t`` the step and ``T`` the number of steps.
+    power_t : float, default 0.5
+
+    Returns
+    -------
+    (P,) array of the dtype of ``params``
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 3))
+    >>> y = (X @ [1.0, -2.0, 0.5] > 0).astype(int)
+    >>> model = fastmb.Linear(3, loss="logistic")
+    >>> p = fastmb.sgd(model, model.init(), X, y, epochs=5, lr=0.5)
+    >>> float((fastmb.predict(model, p, X) == y).mean()) > 0.95
+    True
+    """
+    n = len(X) if np.ndim(X) >= 1 else 0
+    return train_clients(model, params, X, y, [0, n],
+                         epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                         weight_decay=weight_decay, prox_mu=prox_mu, shuffle=shuffle, seed=seed,
+                         sample_weight=sample_weight, schedule=schedule, power_t=power_t)[0]
+
+
+def train_clients(model, params, X, y, client_offsets, *, epochs=1, batch_size=32, lr=0.01,
+                  momentum=0.0, weight_decay=0.0, prox_mu=0.0, shuffle=True, seed=0,
+                  sample_weight=None, schedule="constant", power_t=0.5):
+    """Local SGD of K clients from the same starting ``params``, in parallel, in one call.
+
+    Client k owns rows ``client_offsets[k]:client_offsets[k+1]`` of ``X`` and ``y``
+    (sort or permute the rows once so that each client's rows are contiguous; no copy
+    is made per client). Every option is as in :func:`sgd`; ``epochs`` may also be a
+    length-K array, for stragglers that run fewer local epochs. Client k shuffles with
+    its own stream derived from ``(seed, k)``, so client 0 reproduces
+    ``sgd(..., seed=seed)`` on its rows, and the result is bit-identical on any number
+    of threads.
+
+    Returns
+    -------
+    (K, P) array of the dtype of ``params``: row k is client k's trained parameters.
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(300, 4))
+    >>> y = X @ [1.0, 2.0, 3.0, 4.0]
+    >>> model = fastmb.Linear(4)
+    >>> P = fastmb.train_clients(model, model.init(), X, y, [0, 100, 200, 300], epochs=2)
+    >>> P.shape
+    (3, 5)
+    """
+    b = _Batch(model, params, X, y, sample_weight)
+    off = V._as_numeric("client_offsets", client_offsets)
+    if off.ndim != 1 or off.shape[0] < 2:
+        raise ValueError(f"client_offsets must be a 1-D array of K+1 row offsets (K >= 1), "
+                         f"got shape {off.shape}")
+    if off.dtype.kind == "f":
+        if not np.array_equal(off, np.round(off)):
+            raise TypeError("client_offsets must hold integers")
+    off = np.ascontiguousarray(off, dtype=np.int64)
+    if off[0] < 0 or off[-1] > b.n:
+        raise ValueError(f"client_offsets must lie in [0, {b.n}] (the rows of X), got "
+                         f"[{off[0]}, {off[-1]}]")
+    steps = np.diff(off)
+    if (steps <= 0).any():
+        k = int(np.argmax(steps <= 0))
+        raise ValueError(f"client_offsets must be strictly increasing (each client owns at "
+                         f"least one row); client {k} has offsets {off[k]}..{off[k + 1]}")
+    K = off.shape[0] - 1
+    opts = _options(0 if np.ndim(epochs) else epochs, batch_size, lr, momentum, weight_decay,
+                    prox_mu, shuffle, seed, schedule, power_t)
+    if np.ndim(epochs):
+        ep = V._as_numeric("epochs", epochs)
+        if ep.shape != (K,) or ep.dtype.kind not in "biu" or (ep < 0).any():
+            raise ValueError(f"epochs must be a non-negative integer or an array of {K} "
+                             f"non-negative integers, got {epochs!r}")
+        ep = np.ascontiguousarray(ep, dtype=np.int64)
+    else:
+        ep = np.full(K, opts["epochs"], np.int64)
+    from .kernels import training as K_
+
+    out = np.empty((K, model.n_params), b.params.dtype)
+    bad = np.empty(K, np.int64)
+    K_.train_clients(b.params, b.X, b.yc, b.yr, b.sw, model._spec, off, np.uint64(opts["seed"]),
+                     ep, opts["batch"], opts["lr_schedule"], opts["shuffle"], opts["lr"],
+                     opts["power_t"], opts["momentum"], opts["weight_decay"], opts["prox_mu"],
+                     out, bad)
+    row = V.first_bad(bad)
+    if row >= 0:
+        V.raise_bad_row(b.X, row, overflow=f"training diverged: the loss became NaN or Inf at "
+                        f"row {row}; lower lr or scale the inputs")
+    return out

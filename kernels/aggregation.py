@@ -1,0 +1,103 @@
+"""Weighted means of client updates: a (K, P) stack at once, or one update at a time.
+
+Coordinates are split into fixed blocks processed under ``prange``; inside a block
+the clients are visited in order, so every coordinate is summed in the same order
+whatever the thread count. Sums are float64: a float32 sum of K updates loses
+about log2(K) bits, and reading float32 while accumulating in float64 costs
+nothing in a loop bound by memory bandwidth.
+"""
+
+import math
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit
+
+BLOCK = 4096
+
+
+@jit(parallel=True)
+def weighted_mean(U, w, inv_total, out):
+    """``out[j] = inv_total * sum_k w[k] * U[k, j]``; returns the count of non-finite outputs.
+
+    A NaN or Inf in any update reaches its coordinate's sum (0 * Inf is NaN too), so
+    counting non-finite outputs detects bad inputs without a second pass over U.
+    """
+    K, P = U.shape
+    nb = (P + BLOCK - 1) // BLOCK
+    nbad = 0
+    for b in prange(nb):
+        lo = b * BLOCK
+        hi = min(P, lo + BLOCK)
+        acc = np.zeros(hi - lo, np.float64)
+        for k in range(K):
+            wk = w[k]
+            row = U[k, lo:hi]
+            for j in range(hi - lo):
+                acc[j] += wk * row[j]
+        cnt = 0
+        for j in range(hi - lo):
+            v = acc[j] * inv_total
+            out[lo + j] = v
+            if not math.isfinite(v):
+                cnt += 1
+        nbad += cnt
+    return nbad
+
+
+@jit(parallel=True)
+def count_nonfinite(a):
+    """Number of NaN/Inf values in a 1-D array (parallel, one read)."""
+    n = a.shape[0]
+    nb = (n + BLOCK - 1) // BLOCK
+    nbad = 0
+    for b in prange(nb):
+        cnt = 0
+        for j in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
+            if not math.isfinite(a[j]):
+                cnt += 1
+        nbad += cnt
+    return nbad
+
+
+@jit(parallel=True)
+def rows_nonfinite(U, out):
+    """``out[k]`` = True where row k of U holds a NaN or Inf (error path only)."""
+    for k in prange(U.shape[0]):
+        flag = False
+        for j in range(U.shape[1]):
+            if not math.isfinite(U[k, j]):
+                flag = True
+                break
+        out[k] = flag
+
+
+@jit(parallel=True)
+def axpy(acc, w, u):
+    """``acc += w * u`` with float64 ``acc``: one streaming-mean step."""
+    n = acc.shape[0]
+    nb = (n + BLOCK - 1) // BLOCK
+    for b in prange(nb):
+        for j in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
+            acc[j] += w * u[j]
+
+
+@jit(parallel=True)
+def scale_into(acc, s, out):
+    """``out = s * acc`` (cast to out's dtype)."""
+    n = acc.shape[0]
+    nb = (n + BLOCK - 1) // BLOCK
+    for b in prange(nb):
+        for j in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
+            out[j] = acc[j] * s
+
+
+@jit(parallel=True)
+def triad(a, b, c, s):
+    """STREAM triad ``a = b + s * c``: the memory-bandwidth yardstick of ``fastmb bench``."""
+    n = a.shape[0]
+    nb = (n + BLOCK - 1) // BLOCK
+    for k in prange(nb):
+        for j in range(k * BLOCK, min(n, (k + 1) * BLOCK)):
+            a[j] = b[j] + s * c[j]

@@ -1,0 +1,151 @@
+"""Loss, mean gradient, per-sample gradients and norms, forward pass: many samples.
+
+Every kernel splits rows into chunks whose boundaries depend only on the problem
+size, runs the chunks under ``prange`` with per-chunk workspaces, and merges any
+per-chunk partial sums serially in chunk order. The result is therefore identical
+for any number of threads.
+
+A row whose first layer or loss is not finite is reported through ``bad``: one
+slot per chunk holding the first such row (or -1). The API turns that into an
+error naming the row.
+"""
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit
+from ._model import MODE_ADD, MODE_NONE, MODE_NORM, MODE_WRITE, forward, sample_grad
+
+ROWS_PER_TASK = 64
+
+
+@jit(parallel=True)
+def per_sample_grad(params, X, yc, yr, spec, microbatch, out, bad):
+    """``out[g]`` = mean gradient of rows ``g*m : (g+1)*m`` (the last group may be shorter)."""
+    sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+    n = X.shape[0]
+    n_groups = out.shape[0]
+    groups_per_task = max(1, ROWS_PER_TASK // microbatch)
+    n_tasks = (n_groups + groups_per_task - 1) // groups_per_task
+    U = u_off[u_off.shape[0] - 1]
+    for t in prange(n_tasks):
+        zs = np.empty(U, params.dtype)
+        hs = np.empty(U, params.dtype)
+        ds = np.empty(U, params.dtype)
+        first_bad = -1
+        g_hi = min(n_groups, (t + 1) * groups_per_task)
+        for grp in range(t * groups_per_task, g_hi):
+            lo = grp * microbatch
+            hi = min(n, lo + microbatch)
+            row = out[grp]
+            if hi - lo == 1:
+                _, _, ok = sample_grad(params, X[lo], yc, yr, lo, sizes, w_off, b_off, u_off,
+                                       act, loss, hdelta, zs, hs, ds, row, 1.0, MODE_WRITE)
+                if not ok and first_bad < 0:
+                    first_bad = lo
+            else:
+                row[:] = 0
+                inv = 1.0 / (hi - lo)
+                for r in range(lo, hi):
+                    _, _, ok = sample_grad(params, X[r], yc, yr, r, sizes, w_off, b_off,
+                                           u_off, act, loss, hdelta, zs, hs, ds, row, inv,
+                                           MODE_ADD)
+                    if not ok and first_bad < 0:
+                        first_bad = r
+        bad[t] = first_bad
+
+
+@jit(parallel=True)
+def per_sample_norm(params, X, yc, yr, spec, out, bad):
+    """``out[i]`` = L2 norm of sample i's gradient, without forming the gradient."""
+    sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+    n = X.shape[0]
+    n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    U = u_off[u_off.shape[0] - 1]
+    dummy = np.empty(0, params.dtype)
+    for t in prange(n_tasks):
+        zs = np.empty(U, params.dtype)
+        hs = np.empty(U, params.dtype)
+        ds = np.empty(U, params.dtype)
+        first_bad = -1
+        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            _, sq, ok = sample_grad(params, X[r], yc, yr, r, sizes, w_off, b_off, u_off,
+                                    act, loss, hdelta, zs, hs, ds, dummy, 1.0, MODE_NORM)
+            out[r] = np.sqrt(sq)
+            if not ok and first_bad < 0:
+                first_bad = r
+        bad[t] = first_bad
+
+
+@jit(parallel=True)
+def loss_grad(params, X, yc, yr, sw, spec, want_grad, acc, totals, grad_out, bad):
+    """Weighted mean loss and (if ``want_grad``) weighted mean gradient.
+
+    ``acc`` is (n_chunks, P) float64 and ``totals`` (n_chunks, 2) float64 hold each
+    chunk's weighted sums of gradients and of (loss, weight). Summing in float64 and
+    merging the chunks in order keeps the result independent of the thread count
+    and accurate for any n. Returns the mean loss; writes the gradient to ``grad_out``.
+    """
+    sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+    n = X.shape[0]
+    n_chunks = acc.shape[0]
+    P = params.shape[0]
+    per = (n + n_chunks - 1) // n_chunks
+    U = u_off[u_off.shape[0] - 1]
+    has_w = sw.shape[0] > 0
+    mode = MODE_ADD if want_grad else MODE_NONE
+    for c in prange(n_chunks):
+        zs = np.empty(U, params.dtype)
+        hs = np.empty(U, params.dtype)
+        ds = np.empty(U, params.dtype)
+        g = acc[c]
+        g[:] = 0.0
+        lsum = 0.0
+        wsum = 0.0
+        first_bad = -1
+        for r in range(c * per, min(n, (c + 1) * per)):
+            w = sw[r] if has_w else 1.0
+            lv, _, ok = sample_grad(params, X[r], yc, yr, r, sizes, w_off, b_off, u_off,
+                                    act, loss, hdelta, zs, hs, ds, g, w, mode)
+            lsum += w * lv
+            wsum += w
+            if not ok and first_bad < 0:
+                first_bad = r
+        totals[c, 0] = lsum
+        totals[c, 1] = wsum
+        bad[c] = first_bad
+    lsum = 0.0
+    wsum = 0.0
+    for c in range(n_chunks):
+        lsum += totals[c, 0]
+        wsum += totals[c, 1]
+    if want_grad:
+        for j in range(P):
+            s = 0.0
+            for c in range(n_chunks):
+                s += acc[c, j]
+            grad_out[j] = s / wsum
+    return lsum / wsum
+
+
+@jit(parallel=True)
+def decision(params, X, spec, out, bad):
+    """Raw model outputs ``out`` (n, k) for each row of X."""
+    sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+    n = X.shape[0]
+    L = sizes.shape[0] - 1
+    n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    U = u_off[L]
+    lo = u_off[L - 1]
+    k = sizes[L]
+    for t in prange(n_tasks):
+        zs = np.empty(U, params.dtype)
+        hs = np.empty(U, params.dtype)
+        first_bad = -1
+        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            ok = forward(params, X[r], sizes, w_off, b_off, u_off, act, zs, hs)
+            for j in range(k):
+                out[r, j] = zs[lo + j]
+            if not ok and first_bad < 0:
+                first_bad = r
+        bad[t] = first_bad
