@@ -128,9 +128,9 @@ def first_bad(bad):
     return int(flagged.min()) if flagged.size else -1
 
 
-def raise_bad_row(X, row, what="X"):
-    """Explain a row a kernel flagged: a NaN/Inf input, or an overflow in the model."""
+def raise_bad_row(X, row, overflow=None):
+    """Explain a row a kernel flagged: a NaN/Inf in X, or else an overflow in the model."""
     if not np.isfinite(X[row]).all():
-        raise ValueError(f"{what} contains NaN or Inf (first at row {row})")
-    raise ValueError(f"the model's outputs or loss overflowed at row {row} of {what}; "
-                             "scale the inputs or lower the learning rate")
+        raise ValueError(f"X contains NaN or Inf (first at row {row})")
+    raise ValueError(overflow or f"the model's outputs or loss overflowed at row {row} of X; "
+                     "scale the inputs")

@@ -69,11 +69,16 @@ def fedavg(updates, weights=None):
     from .kernels import aggregation as K
 
     out = np.empty(U.shape[1], U.dtype)
-    total = float(np.sum(w))
-    if K.weighted_mean(U, w, 1.0 / total, out):
+    # Scale the weights so the largest is 1: the total then lies in [1, K] and its
+    # reciprocal is exact enough and finite even for subnormal or huge weights.
+    w = w / w.max()
+    if K.weighted_mean(U, w, 1.0 / float(np.sum(w)), out):
         rows = np.empty(U.shape[0], np.bool_)
         K.rows_nonfinite(U, rows)
-        raise ValueError(f"updates contains NaN or Inf (clients {np.flatnonzero(rows).tolist()})")
+        bad = np.flatnonzero(rows).tolist()
+        if bad:
+            raise ValueError(f"updates contains NaN or Inf (clients {bad})")
+        raise ValueError("the weighted mean overflows the dtype of updates")
     return out
 
 
@@ -151,7 +156,7 @@ class WeightedMean:
         from .kernels import aggregation as K
 
         out = np.empty(self.n_params, self.dtype)
-        K.scale_into(self._sum, 1.0 / self.total_weight, out)
+        K.divide_into(self._sum, self.total_weight, out)
         return out
 
     def state_dict(self):

@@ -84,13 +84,13 @@ def axpy(acc, w, u):
 
 
 @jit(parallel=True)
-def scale_into(acc, s, out):
-    """``out = s * acc`` (cast to out's dtype)."""
+def divide_into(acc, total, out):
+    """``out = acc / total`` cast to out's dtype (a division: ``1 / total`` may overflow)."""
     n = acc.shape[0]
     nb = (n + BLOCK - 1) // BLOCK
     for b in prange(nb):
         for j in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
-            out[j] = acc[j] * s
+            out[j] = acc[j] / total
 
 
 @jit(parallel=True)

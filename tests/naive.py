@@ -1,0 +1,237 @@
+"""Slow, obviously-correct references for every fastmb kernel.
+
+Everything here is float64 NumPy or plain Python, one sample at a time, written to
+be read rather than to be fast. The kernels are tested against these functions and
+the gradients here are themselves tested against finite differences.
+"""
+
+import numpy as np
+
+# ---------------------------------------------------------------- models
+
+
+def activation(z, name):
+    if name == "relu":
+        return np.maximum(z, 0.0)
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-z))
+    return z
+
+
+def activation_deriv(z, name):
+    if name == "relu":
+        return (z > 0).astype(float)
+    if name == "tanh":
+        return 1.0 - np.tanh(z) ** 2
+    if name == "sigmoid":
+        s = 1.0 / (1.0 + np.exp(-z))
+        return s * (1.0 - s)
+    return np.ones_like(z)
+
+
+def weights(model, params):
+    """[(W, b), ...] as float64 copies; b is zeros when the model has no bias."""
+    out = []
+    for W, b in model.layers(np.asarray(params, np.float64)):
+        out.append((W.copy(), b.copy() if b is not None else np.zeros(W.shape[1])))
+    return out
+
+
+def forward(model, params, x):
+    """Outputs of one sample, plus the pre-activations and inputs of every layer."""
+    layers = weights(model, params)
+    a = np.asarray(x, np.float64)
+    inputs, pre = [], []
+    for i, (W, b) in enumerate(layers):
+        inputs.append(a)
+        z = a @ W + b
+        pre.append(z)
+        a = activation(z, model.activation) if i < len(layers) - 1 else z
+    return a, pre, inputs
+
+
+def sample_loss(model, f, y):
+    """Loss of one sample with outputs f (1-D) and label y, and dloss/df."""
+    loss = model.loss
+    if loss == "logistic":
+        z = f[0]
+        p = 1.0 / (1.0 + np.exp(-z))
+        return np.logaddexp(0.0, z) - y * z, np.array([p - y])
+    if loss == "hinge":
+        s = 2.0 * y - 1.0
+        if s * f[0] < 1:
+            return 1.0 - s * f[0], np.array([-s])
+        return 0.0, np.array([0.0])
+    if loss == "softmax":
+        lse = np.logaddexp.reduce(f)
+        p = np.exp(f - lse)
+        onehot = np.zeros_like(f)
+        onehot[int(y)] = 1.0
+        return lse - f[int(y)], p - onehot
+    r = f - np.atleast_1d(y)
+    if loss == "huber":
+        d = model.huber_delta
+        quad = np.abs(r) <= d
+        value = np.where(quad, 0.5 * r**2, d * (np.abs(r) - 0.5 * d)).sum()
+        return value, np.where(quad, r, d * np.sign(r))
+    return 0.5 * np.sum(r**2), r
+
+
+def sample_grad(model, params, x, y):
+    """(loss, gradient) of one sample by textbook backpropagation, float64."""
+    f, pre, inputs = forward(model, params, x)
+    value, delta = sample_loss(model, f, y)
+    layers = weights(model, params)
+    grads = [None] * len(layers)
+    for i in range(len(layers) - 1, -1, -1):
+        W, _ = layers[i]
+        grads[i] = (np.outer(inputs[i], delta), delta.copy())
+        if i > 0:
+            delta = (W @ delta) * activation_deriv(pre[i - 1], model.activation)
+    flat = []
+    for gW, gb in grads:
+        flat.append(gW.ravel())
+        if model.fit_intercept:
+            flat.append(gb)
+    return value, np.concatenate(flat)
+
+
+def _label(y, i):
+    return y[i]
+
+
+def loss(model, params, X, y, sample_weight=None):
+    w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, float)
+    total = 0.0
+    for i in range(len(X)):
+        f, _, _ = forward(model, params, X[i])
+        total += w[i] * sample_loss(model, f, _label(y, i))[0]
+    return total / w.sum()
+
+
+def grad(model, params, X, y, sample_weight=None):
+    w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, float)
+    g = np.zeros(model.n_params)
+    for i in range(len(X)):
+        g += w[i] * sample_grad(model, params, X[i], _label(y, i))[1]
+    return g / w.sum()
+
+
+def per_sample_grad(model, params, X, y, microbatch=1):
+    rows = []
+    for lo in range(0, len(X), microbatch):
+        hi = min(len(X), lo + microbatch)
+        rows.append(np.mean([sample_grad(model, params, X[i], _label(y, i))[1]
+                             for i in range(lo, hi)], axis=0))
+    return np.array(rows)
+
+
+def per_sample_grad_norm(model, params, X, y):
+    return np.linalg.norm(per_sample_grad(model, params, X, y), axis=1)
+
+
+def decision_function(model, params, X):
+    return np.array([forward(model, params, x)[0] for x in X])
+
+
+def finite_difference_grad(model, params, X, y, eps=1e-6):
+    """Central differences of the mean loss, float64."""
+    params = np.asarray(params, np.float64)
+    g = np.zeros_like(params)
+    for j in range(params.size):
+        up, down = params.copy(), params.copy()
+        up[j] += eps
+        down[j] -= eps
+        g[j] = (loss(model, up, X, y) - loss(model, down, X, y)) / (2 * eps)
+    return g
+
+
+# ---------------------------------------------------------------- random numbers
+# Plain-integer copy of kernels/_rng.py (SplitMix64's output function).
+
+M64 = (1 << 64) - 1
+
+
+def mix64(z):
+    z = (z + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def hash2(a, b):
+    return mix64(mix64(a) ^ b)
+
+
+def shuffled(n, key):
+    perm = list(range(n))
+    for i in range(n - 1, 0, -1):
+        j = ((hash2(key, i) >> 32) * (i + 1)) >> 32
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+# ---------------------------------------------------------------- local training
+
+
+def lr_at(t, total, lr, schedule, power_t):
+    if schedule == "invscaling":
+        return lr / (t + 1.0) ** power_t
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + np.cos(np.pi * t / total))
+    return lr
+
+
+def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
+        weight_decay=0.0, prox_mu=0.0, shuffle=True, seed=0, sample_weight=None,
+        schedule="constant", power_t=0.5, key=None):
+    """Mini-batch SGD, one Python step at a time; ``key`` defaults to client 0's stream."""
+    p0 = np.asarray(params, np.float64)
+    p = p0.copy()
+    v = np.zeros_like(p)
+    n = len(X)
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, float)
+    key = hash2(seed, 0) if key is None else key
+    n_batches = -(-n // batch_size)
+    total = max(1, epochs * n_batches)
+    t = 0
+    for e in range(epochs):
+        order = shuffled(n, hash2(key, e)) if shuffle else list(range(n))
+        for b in range(n_batches):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            g = np.zeros_like(p)
+            for i in idx:
+                g += w[i] * sample_grad(model, p, X[i], _label(y, i))[1]
+            wsum = w[idx].sum()
+            g = g / wsum if wsum > 0 else 0 * g
+            d = g + weight_decay * p + prox_mu * (p - p0)
+            v = momentum * v + d
+            p = p - lr_at(t, total, lr, schedule, power_t) * v
+            t += 1
+    return p
+
+
+def train_clients(model, params, X, y, offsets, *, seed=0, epochs=1, sample_weight=None, **kw):
+    rows = []
+    for k in range(len(offsets) - 1):
+        lo, hi = offsets[k], offsets[k + 1]
+        ep = epochs[k] if np.ndim(epochs) else epochs
+        sw = None if sample_weight is None else np.asarray(sample_weight)[lo:hi]
+        rows.append(sgd(model, params, X[lo:hi], y[lo:hi], epochs=ep, sample_weight=sw,
+                        key=hash2(seed, k), **kw))
+    return np.array(rows)
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+def fedavg(updates, weights=None):
+    U = np.asarray(updates, np.float64)
+    w = np.ones(len(U)) if weights is None else np.asarray(weights, np.float64)
+    share = w / w.sum()  # normalise first: subnormal weights times U would lose bits
+    total = np.zeros(U.shape[1])
+    for k in range(len(U)):
+        total += share[k] * U[k]
+    return total

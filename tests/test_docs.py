@@ -1,0 +1,18 @@
+"""The examples in the public docstrings run and print what they say."""
+
+import doctest
+
+import pytest
+
+import fastmb.aggregation
+import fastmb.gradients
+import fastmb.models
+import fastmb.training
+
+
+@pytest.mark.parametrize("module", [fastmb.models, fastmb.gradients, fastmb.training,
+                                    fastmb.aggregation], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0

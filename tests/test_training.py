@@ -1,0 +1,155 @@
+"""sgd and train_clients against the step-by-step references in tests/naive.py."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+import fastmb
+
+from . import naive
+from .conftest import MODEL_CASES, make_data
+
+F64 = dict(rtol=1e-9, atol=1e-11)
+
+
+def test_rng_matches_python_reference():
+    from fastmb.kernels import _rng
+    from numba import njit
+
+    @njit(cache=False)
+    def draws(key, n):
+        out = np.empty(n, np.int64)
+        for i in range(n):
+            out[i] = _rng.randbelow(key, i, i + 1)
+        return out
+
+    key = naive.hash2(12345, 7)
+    assert int(_rng.hash2(np.uint64(12345), np.uint64(7))) == key
+    expect = [((naive.hash2(key, i) >> 32) * (i + 1)) >> 32 for i in range(50)]
+    assert draws(np.uint64(key), 50).tolist() == expect
+
+
+def test_sgd_matches_naive(model):
+    params, X, y = make_data(model, 45, seed=20)
+    kw = dict(epochs=2, batch_size=8, lr=0.05, seed=3)
+    assert_allclose(fastmb.sgd(model, params, X, y, **kw), naive.sgd(model, params, X, y, **kw),
+                    **F64)
+
+
+@pytest.mark.parametrize("options", [
+    dict(momentum=0.9),
+    dict(weight_decay=0.01, prox_mu=0.1),
+    dict(momentum=0.5, weight_decay=0.01, prox_mu=0.2, schedule="invscaling", power_t=0.3),
+    dict(schedule="cosine", shuffle=False),
+    dict(batch_size=1, epochs=1),
+    dict(batch_size=100, epochs=3),
+    dict(sample_weight="random"),
+])
+def test_sgd_options_match_naive(options):
+    model = MODEL_CASES["mlp-tanh-logistic"]()
+    params, X, y = make_data(model, 30, seed=21)
+    kw = dict(epochs=2, batch_size=7, lr=0.1, seed=11)
+    kw.update(options)
+    if kw.get("sample_weight") == "random":
+        kw["sample_weight"] = np.random.default_rng(0).uniform(0, 1, 30)
+        kw["sample_weight"][:7] = 0.0  # a whole zero-weight batch when unshuffled
+    assert_allclose(fastmb.sgd(model, params, X, y, **kw), naive.sgd(model, params, X, y, **kw),
+                    **F64)
+
+
+def test_train_clients_matches_naive(model):
+    params, X, y = make_data(model, 40, seed=22)
+    offsets = [0, 5, 18, 19, 40]
+    kw = dict(batch_size=4, lr=0.05, momentum=0.3, seed=9)
+    got = fastmb.train_clients(model, params, X, y, offsets, epochs=2, **kw)
+    assert got.shape == (4, model.n_params)
+    assert_allclose(got, naive.train_clients(model, params, X, y, offsets, epochs=2, **kw), **F64)
+
+
+def test_train_clients_per_client_epochs():
+    model = MODEL_CASES["linear-softmax"]()
+    params, X, y = make_data(model, 30, seed=23)
+    offsets, epochs = [0, 10, 20, 30], [0, 1, 3]
+    got = fastmb.train_clients(model, params, X, y, offsets, epochs=epochs, lr=0.1, batch_size=4)
+    assert_allclose(got[0], params)
+    assert_allclose(got, naive.train_clients(model, params, X, y, offsets, epochs=epochs, lr=0.1,
+                                             batch_size=4), **F64)
+
+
+def test_client_zero_is_sgd_and_params_untouched():
+    model = MODEL_CASES["mlp-relu-softmax"]()
+    params, X, y = make_data(model, 30, seed=24)
+    p_before, X_before = params.copy(), X.copy()
+    got = fastmb.train_clients(model, params, X, y, [0, 12, 30], seed=5, lr=0.1)
+    assert_allclose(got[0], fastmb.sgd(model, params, X[:12], y[:12], seed=5, lr=0.1), rtol=0,
+                    atol=0)
+    np.testing.assert_array_equal(params, p_before)
+    np.testing.assert_array_equal(X, X_before)
+
+
+def test_sgd_float32_and_learning():
+    rng = np.random.default_rng(25)
+    X = rng.normal(size=(2000, 10))
+    w = rng.normal(size=10)
+    y = (X @ w > 0).astype(int)
+    model = fastmb.Linear(10, loss="logistic")
+    p32 = fastmb.sgd(model, model.init(), X, y, epochs=5, lr=0.5)
+    p64 = fastmb.sgd(model, model.init(dtype=np.float64), X, y, epochs=5, lr=0.5)
+    assert p32.dtype == np.float32 and p64.dtype == np.float64
+    assert_allclose(p32, p64, rtol=1e-3, atol=1e-3)
+    assert (fastmb.predict(model, p32, X) == y).mean() > 0.97
+    assert fastmb.loss(model, p32, X, y) < 0.2
+
+
+def test_sgd_matches_sklearn_style_regression():
+    # Plain least squares: many epochs of small-step SGD approach the normal-equations solution.
+    rng = np.random.default_rng(26)
+    X = rng.normal(size=(500, 4))
+    y = X @ [1.0, -2.0, 0.5, 3.0] + 0.7
+    model = fastmb.Linear(4)
+    p = fastmb.sgd(model, model.init(dtype=np.float64), X, y, epochs=40, lr=0.05,
+                   schedule="invscaling", power_t=0.1)
+    assert_allclose(p, [1.0, -2.0, 0.5, 3.0, 0.7], atol=1e-3)
+
+
+def test_diverging_training_raises():
+    model = fastmb.Linear(3, loss="squared")
+    X = np.random.default_rng(0).normal(size=(100, 3)) * 100
+    with pytest.raises(ValueError, match="diverged"):
+        fastmb.sgd(model, model.init(), X, X[:, 0], epochs=50, lr=10.0)
+
+
+DETERMINISM_SCRIPT = textwrap.dedent("""
+    import hashlib, numpy as np, fastmb
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 16)).astype(np.float32)
+    y = rng.integers(0, 3, 3000)
+    model = fastmb.MLP([16, 8, 3])
+    p = model.init(seed=1)
+    off = np.linspace(0, 3000, 13).astype(int)
+    T = fastmb.train_clients(model, p, X, y, off, epochs=2, lr=0.1, momentum=0.9, seed=4)
+    S = fastmb.sgd(model, p, X, y, lr=0.1, seed=4)
+    U = rng.normal(size=(37, 100_003)).astype(np.float32)
+    A = fastmb.fedavg(U, rng.uniform(1, 5, 37))
+    G = fastmb.grad(model, p, X, y)
+    h = hashlib.sha256()
+    for a in (T, S, A, G):
+        h.update(a.tobytes())
+    print(h.hexdigest())
+""")
+
+
+def test_bit_identical_on_one_and_two_threads():
+    digests = []
+    for threads in ("1", "2"):
+        env = dict(os.environ, NUMBA_NUM_THREADS=threads)
+        res = subprocess.run([sys.executable, "-c", DETERMINISM_SCRIPT], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr
+        digests.append(res.stdout.strip())
+    assert digests[0] == digests[1]
