@@ -66,7 +66,7 @@ def _act_deriv(z, h, act):
     return 1.0
 
 
-@jit
+@jit(inline="always")
 def forward(params, x, sizes, w_off, b_off, u_off, act, zs, hs):
     """Forward pass of one sample ``x``; returns False if the first layer is not finite.
 
@@ -87,21 +87,26 @@ def forward(params, x, sizes, w_off, b_off, u_off, act, zs, hs):
         else:
             a = hs[u_off[l - 1]:u_off[l - 1] + nin]
         z = zs[zo:zo + nout]
+        W = params[wo:wo + nin * nout]
         if nout == 1:
-            s = params[bo] if bo >= 0 else params[wo] * 0
+            # Start from z[0] so that s keeps the parameters' dtype (a literal 0 would
+            # promote a float32 sum to float64 and halve the SIMD width).
+            z[0] = params[bo] if bo >= 0 else 0
+            s = z[0]
             for i in range(nin):
-                s += a[i] * params[wo + i]
+                s += a[i] * W[i]
             z[0] = s
         else:
             if bo >= 0:
+                bias = params[bo:bo + nout]
                 for j in range(nout):
-                    z[j] = params[bo + j]
+                    z[j] = bias[j]
             else:
                 for j in range(nout):
                     z[j] = 0
             for i in range(nin):
                 ai = a[i]
-                row = params[wo + i * nout:wo + (i + 1) * nout]
+                row = W[i * nout:(i + 1) * nout]
                 for j in range(nout):
                     z[j] += ai * row[j]
         if l == 0:
@@ -115,11 +120,46 @@ def forward(params, x, sizes, w_off, b_off, u_off, act, zs, hs):
     return ok
 
 
-@jit
-def loss_and_delta(f, d, loss, hdelta, yc, yr, r):
+@jit(inline="always")
+def delta1(z, loss, hdelta, yc, yr, r):
+    """dloss/df of a one-output model (every loss but softmax) at output ``z``."""
+    if loss == LOSS_LOGISTIC:
+        return sigmoid(z) - yc[r]
+    if loss == LOSS_HINGE:
+        s = 2.0 * yc[r] - 1.0
+        return -s if s * z < 1.0 else 0.0
+    res = z - yr[r, 0]
+    if loss == LOSS_HUBER and abs(res) > hdelta:
+        return hdelta if res > 0 else -hdelta
+    return res
+
+
+@jit(inline="always")
+def is_linear1(sizes):
+    """A single layer with a single output: the case with dedicated fast loops."""
+    return sizes.shape[0] == 2 and sizes[1] == 1
+
+
+@jit(inline="always")
+def dot1(x, w, z0, tmp):
+    """``z0 + x . w`` in the dtype of ``tmp`` (a 1-element scratch array).
+
+    Starting the sum from a value stored in ``tmp`` keeps it in the arrays' dtype; a
+    Python float would promote a float32 sum to float64 and halve the SIMD width.
+    """
+    tmp[0] = z0
+    s = tmp[0]
+    for i in range(x.shape[0]):
+        s += x[i] * w[i]
+    return s
+
+
+@jit(inline="always")
+def loss_and_delta(f, d, loss, hdelta, yc, yr, r, want_loss):
     """Loss of one sample with outputs ``f`` and label row ``r``; writes dloss/df into ``d``.
 
-    Returns the loss as float64. Each loss is written in its numerically stable form:
+    Returns the loss as float64, or 0.0 when ``want_loss`` is False for the losses
+    whose value costs extra transcendentals (gradients and SGD never need it). Each loss is written in its numerically stable form:
     log(1 + e^f) as max(f, 0) + log1p(e^-|f|), softmax through its log-sum-exp.
     """
     k = f.shape[0]
@@ -127,6 +167,8 @@ def loss_and_delta(f, d, loss, hdelta, yc, yr, r):
         z = f[0]
         y = yc[r]
         d[0] = sigmoid(z) - y
+        if not want_loss:
+            return 0.0
         return max(z, 0.0) + math.log1p(math.exp(-abs(z))) - y * z
     if loss == LOSS_HINGE:
         s = 2.0 * yc[r] - 1.0
@@ -150,6 +192,8 @@ def loss_and_delta(f, d, loss, hdelta, yc, yr, r):
             d[j] = d[j] * inv
         c = yc[r]
         d[c] -= 1.0
+        if not want_loss:
+            return 0.0
         return m + math.log(tot) - f[c]
     out = 0.0
     if loss == LOSS_HUBER:
@@ -172,11 +216,11 @@ def loss_and_delta(f, d, loss, hdelta, yc, yr, r):
 MODE_WRITE, MODE_ADD, MODE_NORM, MODE_NONE = 0, 1, 2, 3
 
 
-@jit
-def backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, scale, mode):
+@jit(inline="always")
+def backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, mode):
     """Backward pass of one sample whose output delta is already in ``ds``.
 
-    ``mode`` MODE_WRITE stores ``scale`` * gradient into ``g`` (length P),
+    ``mode`` MODE_WRITE stores the gradient into ``g`` (length P),
     MODE_ADD adds it, MODE_NORM writes nothing and returns the squared L2 norm of the
     gradient, layer by layer as (|a|^2 + 1) |delta|^2: the norm of an outer product
     is the product of the norms, so the per-sample gradient is never formed.
@@ -206,20 +250,21 @@ def backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, scale, m
                 nd += dl[j] * dl[j]
             sq += na * nd
         elif nout == 1:
-            d0 = dl[0] * scale
+            d0 = dl[0]
+            gw = g[wo:wo + nin]
             if mode == MODE_WRITE:
                 for i in range(nin):
-                    g[wo + i] = a[i] * d0
+                    gw[i] = a[i] * d0
                 if bo >= 0:
                     g[bo] = d0
             else:
                 for i in range(nin):
-                    g[wo + i] += a[i] * d0
+                    gw[i] += a[i] * d0
                 if bo >= 0:
                     g[bo] += d0
         else:
             for i in range(nin):
-                ai = a[i] * scale
+                ai = a[i]
                 gr = g[wo + i * nout:wo + (i + 1) * nout]
                 if mode == MODE_WRITE:
                     for j in range(nout):
@@ -231,36 +276,51 @@ def backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, scale, m
                 gb = g[bo:bo + nout]
                 if mode == MODE_WRITE:
                     for j in range(nout):
-                        gb[j] = dl[j] * scale
+                        gb[j] = dl[j]
                 else:
                     for j in range(nout):
-                        gb[j] += dl[j] * scale
+                        gb[j] += dl[j]
         if l > 0:
             # delta_{l-1} = (W_l delta_l) * act'(z_{l-1}); W_l rows are contiguous.
             po = u_off[l - 1]
+            W = params[wo:wo + nin * nout]
+            dprev = ds[po:po + nin]
+            zprev = zs[po:po + nin]
+            hprev = hs[po:po + nin]
             for i in range(nin):
-                row = params[wo + i * nout:wo + (i + 1) * nout]
+                row = W[i * nout:(i + 1) * nout]
                 s = row[0] * dl[0]
                 for j in range(1, nout):
                     s += row[j] * dl[j]
-                ds[po + i] = s * _act_deriv(zs[po + i], hs[po + i], act)
+                dprev[i] = s * _act_deriv(zprev[i], hprev[i], act)
     return sq
 
 
-@jit
+@jit(inline="always")
 def sample_grad(params, x, yc, yr, r, sizes, w_off, b_off, u_off, act, loss, hdelta,
-                zs, hs, ds, g, scale, mode):
+                zs, hs, ds, g, scale, mode, want_loss):
     """Forward, loss and backward for row ``r``.
 
-    Returns ``(loss, sqnorm, ok)``; ``ok`` is False when the row's first layer or its
+    The gradient is multiplied by ``scale`` (a sample weight, or 1/m for a micro-batch
+    mean). Returns ``(loss, sqnorm, ok)``; ``ok`` is False when the row's first layer or its
     loss is not finite (a NaN/Inf in ``x``, or an overflow).
     """
     ok = forward(params, x, sizes, w_off, b_off, u_off, act, zs, hs)
     L = sizes.shape[0] - 1
     lo = u_off[L - 1]
     hi = u_off[L]
-    lv = loss_and_delta(zs[lo:hi], ds[lo:hi], loss, hdelta, yc, yr, r)
+    dout = ds[lo:hi]
+    f = zs[lo:hi]
+    lv = loss_and_delta(f, dout, loss, hdelta, yc, yr, r, want_loss)
     if not math.isfinite(lv):
         ok = False
-    sq = backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, scale, mode)
+    for j in range(hi - lo):
+        if not math.isfinite(f[j]):
+            ok = False
+    if scale != 1.0:
+        # The gradient is linear in the output delta: scaling it here once scales
+        # every layer's gradient, and keeps the inner loops free of float64 scalars.
+        for j in range(hi - lo):
+            dout[j] = dout[j] * scale
+    sq = backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, mode)
     return lv, sq, ok

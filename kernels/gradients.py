@@ -10,11 +10,14 @@ slot per chunk holding the first such row (or -1). The API turns that into an
 error naming the row.
 """
 
+import math
+
 import numpy as np
 from numba import prange
 
 from ._jit import jit
-from ._model import MODE_ADD, MODE_NONE, MODE_NORM, MODE_WRITE, forward, sample_grad
+from ._model import (MODE_ADD, MODE_NONE, MODE_NORM, MODE_WRITE, delta1, dot1, forward, is_linear1,
+                     sample_grad)
 
 ROWS_PER_TASK = 64
 
@@ -28,19 +31,41 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out, bad):
     groups_per_task = max(1, ROWS_PER_TASK // microbatch)
     n_tasks = (n_groups + groups_per_task - 1) // groups_per_task
     U = u_off[u_off.shape[0] - 1]
+    fast = is_linear1(sizes) and microbatch == 1
+    d = X.shape[1]
+    has_b = b_off[0] >= 0
     for t in prange(n_tasks):
         zs = np.empty(U, params.dtype)
         hs = np.empty(U, params.dtype)
         ds = np.empty(U, params.dtype)
         first_bad = -1
         g_hi = min(n_groups, (t + 1) * groups_per_task)
+        if fast:
+            # One output, one layer: row r of out is delta_r * [x_r, 1]. Views are made
+            # once per task, so the row loop is a dot product and a scaled copy.
+            w = params[:d]
+            z0 = params[d] if has_b else 0.0
+            for r in range(t * groups_per_task, g_hi):
+                x = X[r]
+                z = dot1(x, w, z0, zs)
+                ds[0] = delta1(z, loss, hdelta, yc, yr, r)
+                dl = ds[0]
+                o = out[r]
+                for i in range(d):
+                    o[i] = x[i] * dl
+                if has_b:
+                    o[d] = dl
+                if not (math.isfinite(z) and math.isfinite(dl)) and first_bad < 0:
+                    first_bad = r
+            bad[t] = first_bad
+            continue
         for grp in range(t * groups_per_task, g_hi):
             lo = grp * microbatch
             hi = min(n, lo + microbatch)
             row = out[grp]
             if hi - lo == 1:
                 _, _, ok = sample_grad(params, X[lo], yc, yr, lo, sizes, w_off, b_off, u_off,
-                                       act, loss, hdelta, zs, hs, ds, row, 1.0, MODE_WRITE)
+                                       act, loss, hdelta, zs, hs, ds, row, 1.0, MODE_WRITE, False)
                 if not ok and first_bad < 0:
                     first_bad = lo
             else:
@@ -49,7 +74,7 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out, bad):
                 for r in range(lo, hi):
                     _, _, ok = sample_grad(params, X[r], yc, yr, r, sizes, w_off, b_off,
                                            u_off, act, loss, hdelta, zs, hs, ds, row, inv,
-                                           MODE_ADD)
+                                           MODE_ADD, False)
                     if not ok and first_bad < 0:
                         first_bad = r
         bad[t] = first_bad
@@ -70,7 +95,7 @@ def per_sample_norm(params, X, yc, yr, spec, out, bad):
         first_bad = -1
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
             _, sq, ok = sample_grad(params, X[r], yc, yr, r, sizes, w_off, b_off, u_off,
-                                    act, loss, hdelta, zs, hs, ds, dummy, 1.0, MODE_NORM)
+                                    act, loss, hdelta, zs, hs, ds, dummy, 1.0, MODE_NORM, False)
             out[r] = np.sqrt(sq)
             if not ok and first_bad < 0:
                 first_bad = r
@@ -106,7 +131,7 @@ def loss_grad(params, X, yc, yr, sw, spec, want_grad, acc, totals, grad_out, bad
         for r in range(c * per, min(n, (c + 1) * per)):
             w = sw[r] if has_w else 1.0
             lv, _, ok = sample_grad(params, X[r], yc, yr, r, sizes, w_off, b_off, u_off,
-                                    act, loss, hdelta, zs, hs, ds, g, w, mode)
+                                    act, loss, hdelta, zs, hs, ds, g, w, mode, True)
             lsum += w * lv
             wsum += w
             if not ok and first_bad < 0:

@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
-from ._model import MODE_ADD, sample_grad
+from ._model import MODE_ADD, delta1, dot1, is_linear1, sample_grad
 from ._rng import hash2, shuffle as shuffle_inplace
 
 SCHED_CONSTANT, SCHED_INVSCALING, SCHED_COSINE = 0, 1, 2
@@ -47,6 +47,12 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
     v = np.zeros(P if use_mom else 0, params0.dtype)
     n = hi - lo
     perm = np.arange(n)
+    nf = X.shape[1]
+    xb = np.empty((min(batch, max(n, 1)), nf), X.dtype)
+    fast = is_linear1(sizes)
+    has_b = b_off[0] >= 0
+    pw = p[:nf]
+    gw = g[:nf]
     has_w = sw.shape[0] > 0
     for j in range(P):
         p[j] = params0[j]
@@ -61,11 +67,39 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
         for b in range(n_batches):
             g[:] = 0
             wsum = 0.0
-            for s in range(b * batch, min(n, (b + 1) * batch)):
+            b_lo = b * batch
+            b_hi = min(n, b_lo + batch)
+            # Gather the batch's rows first: a tight copy loop keeps many cache misses
+            # in flight, where computing row by row would wait for each shuffled row.
+            for s in range(b_lo, b_hi):
+                src = X[lo + perm[s]]
+                dst = xb[s - b_lo]
+                for i in range(nf):
+                    dst[i] = src[i]
+            if fast:
+                # One layer, one output: g += w_r * delta_r * [x_r, 1], no views per row.
+                z0 = p[nf] if has_b else 0.0
+                for s in range(b_lo, b_hi):
+                    r = lo + perm[s]
+                    w = sw[r] if has_w else 1.0
+                    x = xb[s - b_lo]
+                    z = dot1(x, pw, z0, zs)
+                    ds[0] = w * delta1(z, loss, hdelta, yc, yr, r)
+                    dl = ds[0]
+                    if not (math.isfinite(z) and math.isfinite(dl)):
+                        return r
+                    for i in range(nf):
+                        gw[i] += x[i] * dl
+                    if has_b:
+                        g[nf] += dl
+                    wsum += w
+            for s in range(b_lo, b_hi):
+                if fast:
+                    break
                 r = lo + perm[s]
                 w = sw[r] if has_w else 1.0
-                _, _, ok = sample_grad(p, X[r], yc, yr, r, sizes, w_off, b_off, u_off, act,
-                                       loss, hdelta, zs, hs, ds, g, w, MODE_ADD)
+                _, _, ok = sample_grad(p, xb[s - b_lo], yc, yr, r, sizes, w_off, b_off, u_off,
+                                       act, loss, hdelta, zs, hs, ds, g, w, MODE_ADD, False)
                 if not ok:
                     return r
                 wsum += w
