@@ -1,0 +1,51 @@
+"""The ``fastmb`` command line: ``fastmb bench`` (and ``python -m fastmb bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+
+
+def _positive(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="fastmb", description="fast micro-batch learning at the edge")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench = sub.add_parser("bench", help="time the core kernels beside their peers",
+                           description="Time fastmb's core kernels beside NumPy, scikit-learn, "
+                           "PyTorch and Flower (those installed), on the issue's sizes, and "
+                           "print each ratio and the fraction of the memory-bandwidth limit.")
+    bench.add_argument("--quick", action="store_true", help="fewer repeats (under a minute "
+                       "once the kernels are compiled)")
+    bench.add_argument("--compile", action="store_true", help="also measure cold compile time "
+                       "and warm start-up in fresh processes")
+    bench.add_argument("--scale", type=_positive, default=1.0, help="multiply the data sizes "
+                       "(default 1: n=200,000 rows, P=1,000,000 parameters)")
+    bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        from . import bench
+
+        print(f"fastmb bench on {platform.processor() or platform.machine()}, "
+              f"Python {platform.python_version()}", flush=True)
+        rows, extra = bench.run(quick=args.quick, compile=args.compile, scale=args.scale,
+                                echo=lambda line: print(line, flush=True))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"rows": rows, **extra}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
