@@ -1,0 +1,53 @@
+"""pytest-benchmark suite: in the normal run (--benchmark-disable) each runs once as a smoke test.
+
+Time them for real with ``pytest tests/test_benchmarks.py --benchmark-enable``.
+"""
+
+import numpy as np
+import pytest
+
+import fastmb
+from fastmb.bench import _numpy_mlp_per_sample, flower_aggregate_copy
+
+
+@pytest.fixture(scope="module")
+def logistic_data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4096, 32)).astype(np.float32)
+    y = (rng.random(4096) < 0.5).astype(np.int64)
+    return fastmb.Linear(32, loss="logistic"), X, y
+
+
+def test_bench_per_sample_grad(benchmark, logistic_data):
+    model, X, y = logistic_data
+    p = model.init()
+    out = np.empty((len(X), model.n_params), np.float32)
+    res = benchmark(fastmb.per_sample_grad, model, p, X, y, out=out)
+    np.testing.assert_allclose(res.mean(axis=0), fastmb.grad(model, p, X, y), rtol=1e-5, atol=1e-6)
+
+
+def test_bench_sgd_epoch(benchmark, logistic_data):
+    model, X, y = logistic_data
+    p = benchmark(fastmb.sgd, model, model.init(), X, y, lr=0.1)
+    assert fastmb.loss(model, p, X, y) < np.log(2) + 0.05
+
+
+def test_bench_mlp_per_sample_and_numpy_peer(benchmark):
+    model = fastmb.MLP([16, 8, 4])
+    rng = np.random.default_rng(1)
+    p, X, y = model.init(seed=0), rng.normal(size=(256, 16)).astype(np.float32), rng.integers(0, 4, 256)
+    G = benchmark(fastmb.per_sample_grad, model, p, X, y)
+    # the NumPy peer in `fastmb bench` computes the same thing
+    peer = _numpy_mlp_per_sample([W for W, _ in model.layers(p)], [b for _, b in model.layers(p)], X, y)
+    flat = np.concatenate([np.concatenate([gW.reshape(len(X), -1), gb], axis=1) for gW, gb in peer],
+                          axis=1)
+    np.testing.assert_allclose(G, flat, rtol=1e-4, atol=1e-5)
+
+
+def test_bench_fedavg_and_flower_peer(benchmark):
+    rng = np.random.default_rng(2)
+    U = rng.normal(size=(16, 50_000)).astype(np.float32)
+    w = rng.integers(1, 100, 16)
+    avg = benchmark(fastmb.fedavg, U, w)
+    flower = flower_aggregate_copy([([u], int(wk)) for u, wk in zip(U, w)])[0]
+    np.testing.assert_allclose(avg, flower, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,31 @@
+"""The command line: `fastmb bench` runs end to end on tiny sizes and writes its JSON."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fastmb.cli import main
+
+
+def test_bench_tiny(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--scale", "0.002", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "memory bandwidth" in text and "fedavg" in text and "per-sample grad" in text
+    data = json.loads(out.read_text())
+    assert data["bandwidth_GBps"] > 0
+    assert {r["kernel"] for r in data["rows"]} >= {"fedavg", "per-sample grad, logistic",
+                                                    "SGD epoch, logistic", "per-sample grad, MLP"}
+    assert all(r["fastmb_s"] > 0 for r in data["rows"])
+
+
+def test_module_entry_point_and_errors():
+    res = subprocess.run([sys.executable, "-m", "fastmb", "bench", "--help"], capture_output=True,
+                         text=True)
+    assert res.returncode == 0 and "--quick" in res.stdout
+    with pytest.raises(SystemExit):
+        main(["bench", "--scale", "-1"])
+    with pytest.raises(SystemExit):
+        main(["frobnicate"])
