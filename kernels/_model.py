@@ -67,6 +67,14 @@ def _act_deriv(z, h, act):
 
 
 @jit(inline="always")
+def layer_input(l, x, hs, u_off, nin):
+    """The input of layer ``l``: the sample itself, or the previous layer's activations."""
+    if l == 0:
+        return x
+    return hs[u_off[l - 1]:u_off[l - 1] + nin]
+
+
+@jit(inline="always")
 def forward(params, x, sizes, w_off, b_off, u_off, act, zs, hs):
     """Forward pass of one sample ``x``; returns False if the first layer is not finite.
 
@@ -82,10 +90,7 @@ def forward(params, x, sizes, w_off, b_off, u_off, act, zs, hs):
         zo = u_off[l]
         wo = w_off[l]
         bo = b_off[l]
-        if l == 0:
-            a = x
-        else:
-            a = hs[u_off[l - 1]:u_off[l - 1] + nin]
+        a = layer_input(l, x, hs, u_off, nin)
         z = zs[zo:zo + nout]
         W = params[wo:wo + nin * nout]
         if nout == 1:
@@ -236,10 +241,7 @@ def backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, mode):
         nout = sizes[l + 1]
         wo = w_off[l]
         bo = b_off[l]
-        if l == 0:
-            a = x
-        else:
-            a = hs[u_off[l - 1]:u_off[l - 1] + nin]
+        a = layer_input(l, x, hs, u_off, nin)
         dl = ds[u_off[l]:u_off[l] + nout]
         if mode == MODE_NORM:
             na = 1.0 if bo >= 0 else 0.0
