@@ -322,12 +322,12 @@ def _ms(t):
     return "-" if t is None else f"{t * 1e3:9.2f} ms"
 
 
-HEADER = (f"{'kernel':<29} {'size':<26} {'fastmb':>12}  {'peer':<38} {'peer time':>12} "
+HEADER = (f"{'kernel':<29} {'size':<30} {'fastmb':>12}  {'peer':<38} {'peer time':>12} "
           f"{'ratio':>7} {'of limit':>8}")
 
 
 def format_row(r):
     ratio = "-" if r["ratio"] is None else f"{r['ratio']:6.1f}x"
     limit = "-" if r["limit"] is None else f"{100 * r['limit']:6.0f}%"
-    return (f"{r['kernel']:<29} {r['size']:<26} {_ms(r['fastmb_s']):>12}  {r['peer']:<38} "
+    return (f"{r['kernel']:<29} {r['size']:<30} {_ms(r['fastmb_s']):>12}  {r['peer']:<38} "
             f"{_ms(r['peer_s']):>12} {ratio:>7} {limit:>8}")
