@@ -93,16 +93,15 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
                     if has_b:
                         g[nf] += dl
                     wsum += w
-            for s in range(b_lo, b_hi):
-                if fast:
-                    break
-                r = lo + perm[s]
-                w = sw[r] if has_w else 1.0
-                _, _, ok = sample_grad(p, xb[s - b_lo], yc, yr, r, sizes, w_off, b_off, u_off,
-                                       act, loss, hdelta, zs, hs, ds, g, w, MODE_ADD, False)
-                if not ok:
-                    return r
-                wsum += w
+            else:
+                for s in range(b_lo, b_hi):
+                    r = lo + perm[s]
+                    w = sw[r] if has_w else 1.0
+                    _, _, ok = sample_grad(p, xb[s - b_lo], yc, yr, r, sizes, w_off, b_off, u_off,
+                                           act, loss, hdelta, zs, hs, ds, g, w, MODE_ADD, False)
+                    if not ok:
+                        return r
+                    wsum += w
             inv = 1.0 / wsum if wsum > 0 else 0.0
             if lr_schedule == SCHED_INVSCALING:
                 lr_t = lr / (t + 1.0) ** power_t
