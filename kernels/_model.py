@@ -160,29 +160,37 @@ def dot1(x, w, z0, tmp):
 
 
 @jit(inline="always")
+def linear1_delta(x, w, z0, tmp, loss, hdelta, yc, yr, r, scale):
+    """Output delta of a one-layer, one-output model for row ``r``, times ``scale``.
+
+    Returns ``(delta, ok)`` with ``delta`` in the dtype of ``tmp`` (see :func:`dot1`)
+    and ``ok`` False when the output or the delta is not finite. The gradient of the
+    row is then ``delta * [x, 1]``.
+    """
+    z = dot1(x, w, z0, tmp)
+    tmp[0] = scale * delta1(z, loss, hdelta, yc, yr, r)
+    dl = tmp[0]
+    return dl, math.isfinite(z) and math.isfinite(dl)
+
+
+@jit(inline="always")
 def loss_and_delta(f, d, loss, hdelta, yc, yr, r, want_loss):
     """Loss of one sample with outputs ``f`` and label row ``r``; writes dloss/df into ``d``.
 
-    Returns the loss as float64, or 0.0 when ``want_loss`` is False for the losses
-    whose value costs extra transcendentals (gradients and SGD never need it). Each loss is written in its numerically stable form:
-    log(1 + e^f) as max(f, 0) + log1p(e^-|f|), softmax through its log-sum-exp.
+    Returns the loss as float64, or 0.0 when ``want_loss`` is False (gradients and SGD
+    never need the value, and for the logistic and softmax losses it costs extra
+    transcendentals). Each loss is written in its numerically stable form: log(1 + e^f)
+    as max(f, 0) + log1p(e^-|f|), softmax through its log-sum-exp.
     """
     k = f.shape[0]
-    if loss == LOSS_LOGISTIC:
+    if loss == LOSS_LOGISTIC or loss == LOSS_HINGE:
         z = f[0]
-        y = yc[r]
-        d[0] = sigmoid(z) - y
+        d[0] = delta1(z, loss, hdelta, yc, yr, r)
         if not want_loss:
             return 0.0
-        return max(z, 0.0) + math.log1p(math.exp(-abs(z))) - y * z
-    if loss == LOSS_HINGE:
-        s = 2.0 * yc[r] - 1.0
-        m = s * f[0]
-        if m < 1.0:
-            d[0] = -s
-            return 1.0 - m
-        d[0] = 0.0
-        return 0.0
+        if loss == LOSS_LOGISTIC:
+            return max(z, 0.0) + math.log1p(math.exp(-abs(z))) - yc[r] * z
+        return max(0.0, 1.0 - (2.0 * yc[r] - 1.0) * z)
     if loss == LOSS_SOFTMAX:
         m = f[0]
         for j in range(1, k):

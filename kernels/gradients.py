@@ -10,14 +10,12 @@ slot per chunk holding the first such row (or -1). The API turns that into an
 error naming the row.
 """
 
-import math
-
 import numpy as np
 from numba import prange
 
 from ._jit import jit
-from ._model import (MODE_ADD, MODE_NONE, MODE_NORM, MODE_WRITE, delta1, dot1, forward, is_linear1,
-                     sample_grad)
+from ._model import (MODE_ADD, MODE_NONE, MODE_NORM, MODE_WRITE, forward, is_linear1,
+                     linear1_delta, sample_grad)
 
 ROWS_PER_TASK = 64
 
@@ -47,15 +45,13 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out, bad):
             z0 = params[d] if has_b else 0.0
             for r in range(t * groups_per_task, g_hi):
                 x = X[r]
-                z = dot1(x, w, z0, zs)
-                ds[0] = delta1(z, loss, hdelta, yc, yr, r)
-                dl = ds[0]
+                dl, ok = linear1_delta(x, w, z0, zs, loss, hdelta, yc, yr, r, 1.0)
                 o = out[r]
                 for i in range(d):
                     o[i] = x[i] * dl
                 if has_b:
                     o[d] = dl
-                if not (math.isfinite(z) and math.isfinite(dl)) and first_bad < 0:
+                if not ok and first_bad < 0:
                     first_bad = r
             bad[t] = first_bad
             continue

@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
-from ._model import MODE_ADD, delta1, dot1, is_linear1, sample_grad
+from ._model import MODE_ADD, is_linear1, linear1_delta, sample_grad
 from ._rng import hash2, shuffle as shuffle_inplace
 
 SCHED_CONSTANT, SCHED_INVSCALING, SCHED_COSINE = 0, 1, 2
@@ -83,10 +83,8 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
                     r = lo + perm[s]
                     w = sw[r] if has_w else 1.0
                     x = xb[s - b_lo]
-                    z = dot1(x, pw, z0, zs)
-                    ds[0] = w * delta1(z, loss, hdelta, yc, yr, r)
-                    dl = ds[0]
-                    if not (math.isfinite(z) and math.isfinite(dl)):
+                    dl, ok = linear1_delta(x, pw, z0, zs, loss, hdelta, yc, yr, r, w)
+                    if not ok:
                         return r
                     for i in range(nf):
                         gw[i] += x[i] * dl
