@@ -89,21 +89,29 @@ def as_y(model, y, n, dtype, name="y"):
     return np.empty(0, np.int64), yr
 
 
-def as_sample_weight(sample_weight, n, name="sample_weight"):
-    """float64 weights, or an empty array meaning 'all ones'."""
-    if sample_weight is None:
-        return np.empty(0, np.float64)
-    w = _as_numeric(name, sample_weight)
+def as_weights(weights, n, name, unit):
+    """Non-negative float64 weights, one per ``unit`` (sample, client), not all zero."""
+    w = _as_numeric(name, weights)
     if w.ndim != 1 or w.shape[0] != n:
-        raise ValueError(f"{name} must be a 1-D array of length {n}, got shape {w.shape}")
+        raise ValueError(f"{name} must be a 1-D array of length {n} (one per {unit}), "
+                         f"got shape {w.shape}")
     w = np.ascontiguousarray(w, dtype=np.float64)
     if not np.isfinite(w).all():
         raise ValueError(f"{name} contains NaN or Inf")
     if (w < 0).any():
-        raise ValueError(f"{name} must be non-negative; got a minimum of {w.min()}")
+        raise ValueError(f"{name} must be non-negative; {unit} {int(np.argmin(w))} has "
+                         f"weight {w.min()}")
     if not w.any():
-        raise ValueError(f"{name} is all zero: at least one sample needs a positive weight")
+        verb = "are" if name.endswith("s") else "is"
+        raise ValueError(f"{name} {verb} all zero: at least one {unit} needs a positive weight")
     return w
+
+
+def as_sample_weight(sample_weight, n, name="sample_weight"):
+    """float64 weights, or an empty array meaning 'all ones'."""
+    if sample_weight is None:
+        return np.empty(0, np.float64)
+    return as_weights(sample_weight, n, name, "sample")
 
 
 def check_number(name, value, *, low=None, high=None, low_open=False, integer=False):

@@ -16,24 +16,6 @@ def _as_updates(updates):
     return np.ascontiguousarray(U, dtype=V.float_dtype(U))
 
 
-def _as_weights(weights, K, name="weights"):
-    if weights is None:
-        return np.ones(K, np.float64)
-    w = V._as_numeric(name, weights)
-    if w.ndim != 1 or w.shape[0] != K:
-        raise ValueError(f"{name} must be a 1-D array of length {K} (one per client), "
-                         f"got shape {w.shape}")
-    w = np.ascontiguousarray(w, dtype=np.float64)
-    if not np.isfinite(w).all():
-        raise ValueError(f"{name} contains NaN or Inf")
-    if (w < 0).any():
-        raise ValueError(f"{name} must be non-negative; client {int(np.argmin(w))} has "
-                         f"weight {w.min()}")
-    if not w.any():
-        raise ValueError(f"{name} are all zero: at least one client needs a positive weight")
-    return w
-
-
 def fedavg(updates, weights=None):
     """Weighted mean of K client updates (FedAvg; McMahan et al. 2017).
 
@@ -65,7 +47,8 @@ def fedavg(updates, weights=None):
     array([1.5, 3. ])
     """
     U = _as_updates(updates)
-    w = _as_weights(weights, U.shape[0])
+    K = U.shape[0]
+    w = np.ones(K) if weights is None else V.as_weights(weights, K, "weights", "client")
     from .kernels import aggregation as K
 
     out = np.empty(U.shape[1], U.dtype)

@@ -10,14 +10,12 @@ from .gradients import _Batch
 SCHEDULES = {"constant": 0, "invscaling": 1, "cosine": 2}
 
 
-def _options(epochs, batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule,
-             power_t):
+def _options(batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule, power_t):
     if not isinstance(schedule, str) or schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
     if not isinstance(shuffle, (bool, np.bool_)):
         raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
     return dict(
-        epochs=V.check_number("epochs", epochs, low=0, integer=True),
         batch=V.check_number("batch_size", batch_size, low=1, integer=True),
         lr_schedule=SCHEDULES[schedule],
         shuffle=bool(shuffle),
@@ -28,6 +26,17 @@ def _options(epochs, batch_size, lr, momentum, weight_decay, prox_mu, shuffle, s
         prox_mu=V.check_number("prox_mu", prox_mu, low=0),
         seed=V.check_number("seed", seed, low=0, high=2**64 - 1, integer=True),
     )
+
+
+def _as_epochs(epochs, K):
+    """Local epochs per client: one non-negative integer for all, or K of them."""
+    if not np.ndim(epochs):
+        return np.full(K, V.check_number("epochs", epochs, low=0, integer=True), np.int64)
+    ep = V._as_numeric("epochs", epochs)
+    if ep.shape != (K,) or ep.dtype.kind not in "biu" or (ep < 0).any():
+        raise ValueError(f"epochs must be a non-negative integer or an array of {K} "
+                         f"non-negative integers, got {epochs!r}")
+    return np.ascontiguousarray(ep, dtype=np.int64)
 
 
 def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
@@ -133,16 +142,9 @@ def train_clients(model, params, X, y, client_offsets, *, epochs=1, batch_size=3
         raise ValueError(f"client_offsets must be strictly increasing (each client owns at "
                          f"least one row); client {k} has offsets {off[k]}..{off[k + 1]}")
     K = off.shape[0] - 1
-    opts = _options(0 if np.ndim(epochs) else epochs, batch_size, lr, momentum, weight_decay,
-                    prox_mu, shuffle, seed, schedule, power_t)
-    if np.ndim(epochs):
-        ep = V._as_numeric("epochs", epochs)
-        if ep.shape != (K,) or ep.dtype.kind not in "biu" or (ep < 0).any():
-            raise ValueError(f"epochs must be a non-negative integer or an array of {K} "
-                             f"non-negative integers, got {epochs!r}")
-        ep = np.ascontiguousarray(ep, dtype=np.int64)
-    else:
-        ep = np.full(K, opts["epochs"], np.int64)
+    ep = _as_epochs(epochs, K)
+    opts = _options(batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule,
+                    power_t)
     from .kernels import training as K_
 
     out = np.empty((K, model.n_params), b.params.dtype)
