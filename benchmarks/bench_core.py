@@ -1,24 +1,29 @@
 """asv benchmarks of the core kernels, with their peers side by side.
 
-Every ``setup`` calls the kernel once, so the JIT compile (or the on-disk cache load)
-never lands inside a timing; ``CompileTime`` measures compilation on purpose, in a
-fresh process with an empty cache. Peers that are not installed skip themselves
+Data and peers come from ``fastmb.bench``, so asv times exactly what ``fastmb bench``
+times. Every ``setup`` makes the call once, so the JIT compile (or the on-disk cache
+load) never lands inside a timing; ``CompileTime`` measures compilation on purpose,
+in a fresh process with an empty cache. Peers that are not installed skip themselves
 (``NotImplementedError``), as asv expects.
 """
-
-import warnings
 
 import numpy as np
 
 import fastmb
-from fastmb.bench import _numpy_mlp_per_sample, flower_aggregate_copy
+from fastmb import bench as B
 
 
-def _require(name):
+def _prepared(call):
+    """Run ``call`` once (warm-up) and return it."""
+    call()
+    return call
+
+
+def _peer(factory, *data):
     try:
-        return __import__(name)
-    except ImportError:
-        raise NotImplementedError(f"{name} is not installed") from None
+        return _prepared(factory(*data))
+    except ImportError as exc:
+        raise NotImplementedError(str(exc)) from None
 
 
 class PerSampleGradLogistic:
@@ -26,99 +31,74 @@ class PerSampleGradLogistic:
 
     params = [["fastmb", "numpy", "torch.func"]]
     param_names = ["impl"]
+    peers = {"numpy": B.numpy_logistic_per_sample, "torch.func": B.torch_logistic_per_sample}
 
     def setup(self, impl):
-        rng = np.random.default_rng(0)
-        n, d = 200_000, 128
-        self.X = rng.normal(size=(n, d)).astype(np.float32)
-        self.y = (rng.random(n) < 0.5).astype(np.int64)
-        self.model = fastmb.Linear(d, loss="logistic")
-        self.p = (0.1 * rng.normal(size=d + 1)).astype(np.float32)
-        self.out = np.empty((n, d + 1), np.float32)
-        self.out_np = np.empty((n, d), np.float32)
-        if impl == "torch.func":
-            torch = _require("torch")
-            from torch.func import grad, vmap
-
-            Xt, yt = torch.from_numpy(self.X), torch.from_numpy(self.y.astype(np.float32))
-            w, b = torch.from_numpy(self.p[:d].copy()), torch.tensor(float(self.p[d]))
-            f = vmap(grad(lambda w_, b_, x, t: torch.nn.functional.binary_cross_entropy_with_logits(
-                x @ w_ + b_, t), argnums=(0, 1)), in_dims=(None, None, 0, 0))
-            self.run = lambda: f(w, b, Xt, yt)
-        elif impl == "numpy":
-            w, b, yf = self.p[:d], self.p[d], self.y.astype(np.float32)
-            self.run = lambda: np.multiply((1 / (1 + np.exp(-(self.X @ w + b))) - yf)[:, None],
-                                           self.X, out=self.out_np)
+        model, p, X, y = B.logistic_data()
+        if impl == "fastmb":
+            out = np.empty((len(X), model.n_params), np.float32)
+            self.call = _prepared(lambda: fastmb.per_sample_grad(model, p, X, y, out=out))
         else:
-            self.run = lambda: fastmb.per_sample_grad(self.model, self.p, self.X, self.y,
-                                                      out=self.out)
-        self.run()
+            self.call = _peer(self.peers[impl], model, p, X, y)
 
     def time_per_sample_grad(self, impl):
-        self.run()
+        self.call()
 
 
 class SGDEpochLogistic:
     """One epoch of SGD on logistic regression, n=200,000 x d=128."""
 
-    params = [["fastmb", "sklearn"]]
+    params = [["fastmb", "sklearn", "torch"]]
     param_names = ["impl"]
-    timeout = 120
+    peers = {"sklearn": B.sklearn_sgd_epoch, "torch": B.torch_sgd_epoch}
+    timeout = 180
 
     def setup(self, impl):
-        rng = np.random.default_rng(1)
-        n, d = 200_000, 128
-        self.X = rng.normal(size=(n, d)).astype(np.float32)
-        self.y = (self.X @ rng.normal(size=d) > 0).astype(np.int64)
-        self.model = fastmb.Linear(d, loss="logistic")
-        if impl == "sklearn":
-            _require("sklearn")
-            self.X64 = self.X.astype(np.float64)
+        model, p, X, y = B.logistic_data()
+        if impl == "fastmb":
+            p0 = model.init()
+            self.call = _prepared(lambda: fastmb.sgd(model, p0, X, y, batch_size=32, lr=0.01))
         else:
-            self.time_epoch(impl)
+            self.call = _peer(self.peers[impl], model, p, X, y)
 
     def time_epoch(self, impl):
-        if impl == "sklearn":
-            from sklearn.linear_model import SGDClassifier
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                SGDClassifier(loss="log_loss", max_iter=1, tol=None, learning_rate="constant",
-                              eta0=0.01, alpha=0.0, random_state=0).fit(self.X64, self.y)
-        else:
-            fastmb.sgd(self.model, self.model.init(), self.X, self.y, batch_size=32, lr=0.01)
+        self.call()
 
 
 class PerSampleGradMLP:
-    """Per-sample gradients and norms of an MLP 128-64-64-10, batch 4096."""
+    """Per-sample gradients of an MLP 128-64-64-10, batch 4096."""
 
-    params = [["fastmb", "numpy"]]
+    params = [["fastmb", "numpy", "torch.func"]]
+    param_names = ["impl"]
+    peers = {"numpy": B.numpy_mlp_per_sample, "torch.func": B.torch_mlp_per_sample}
+
+    def setup(self, impl):
+        model, p, X, y = B.mlp_data()
+        if impl == "fastmb":
+            out = np.empty((len(X), model.n_params), np.float32)
+            self.call = _prepared(lambda: fastmb.per_sample_grad(model, p, X, y, out=out))
+        else:
+            self.call = _peer(self.peers[impl], model, p, X, y)
+
+    def time_per_sample_grad(self, impl):
+        self.call()
+
+
+class PerSampleNormsMLP:
+    """Per-sample gradient norms of the same MLP: ghost norms against materializing."""
+
+    params = [["fastmb", "materialize"]]
     param_names = ["impl"]
 
     def setup(self, impl):
-        rng = np.random.default_rng(2)
-        self.model = fastmb.MLP([128, 64, 64, 10])
-        self.p = self.model.init(seed=0)
-        self.X = rng.normal(size=(4096, 128)).astype(np.float32)
-        self.y = rng.integers(0, 10, 4096)
-        self.out = np.empty((4096, self.model.n_params), np.float32)
-        self.Ws = [W for W, _ in self.model.layers(self.p)]
-        self.bs = [b for _, b in self.model.layers(self.p)]
-        self.time_per_sample_grad(impl)
-        self.time_norms(impl)
-
-    def time_per_sample_grad(self, impl):
-        if impl == "numpy":
-            _numpy_mlp_per_sample(self.Ws, self.bs, self.X, self.y)
+        model, p, X, y = B.mlp_data()
+        if impl == "fastmb":
+            self.call = _prepared(lambda: fastmb.per_sample_grad_norm(model, p, X, y))
         else:
-            fastmb.per_sample_grad(self.model, self.p, self.X, self.y, out=self.out)
+            self.call = _peer(B.materialized_norms, model, p, X, y)
 
     def time_norms(self, impl):
-        if impl == "numpy":  # the materializing way
-            np.linalg.norm(fastmb.per_sample_grad(self.model, self.p, self.X, self.y,
-                                                  out=self.out), axis=1)
-        else:
-            fastmb.per_sample_grad_norm(self.model, self.p, self.X, self.y)
+        self.call()
 
 
 class FedAvg:
@@ -126,29 +106,26 @@ class FedAvg:
 
     params = [[16, 64], ["fastmb", "flower", "numpy"]]
     param_names = ["K", "impl"]
+    peers = {"flower": B.flower_fedavg, "numpy": B.numpy_fedavg}
 
     def setup(self, K, impl):
-        rng = np.random.default_rng(3)
-        self.U = rng.normal(size=(K, 1_000_000)).astype(np.float32)
-        self.w = rng.integers(10, 1000, K).astype(np.float64)
-        self.results = [([u], int(wk)) for u, wk in zip(self.U, self.w)]
-        self.time_aggregate(K, impl)
+        U, w = B.fedavg_data(K=K)
+        if impl == "fastmb":
+            self.call = _prepared(lambda: fastmb.fedavg(U, w))
+        else:
+            self.call = _peer(self.peers[impl], U, w)
 
     def time_aggregate(self, K, impl):
-        if impl == "flower":
-            flower_aggregate_copy(self.results)
-        elif impl == "numpy":
-            (self.w.astype(np.float32) @ self.U) / self.w.sum()
-        else:
-            fastmb.fedavg(self.U, self.w)
+        self.call()
 
 
 class StreamingMean:
     """WeightedMean.add of one P=1,000,000 float32 update."""
 
     def setup(self):
-        self.u = np.random.default_rng(4).normal(size=1_000_000).astype(np.float32)
-        self.wm = fastmb.WeightedMean(1_000_000)
+        U, w = B.fedavg_data(K=1)
+        self.u = U[0]
+        self.wm = fastmb.WeightedMean(U.shape[1])
         self.wm.add(self.u, 2.0)
 
     def time_add(self):
@@ -156,24 +133,15 @@ class StreamingMean:
 
 
 class CompileTime:
-    """First call of the core kernels in a fresh process with an empty Numba cache."""
+    """First calls of the core kernels in a fresh process with an empty Numba cache."""
 
-    timeout = 600
+    timeout = 900
     number = 1
     repeat = 1
 
     def timeraw_cold_compile(self):
-        return """
-import os, tempfile
-os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp()
-import numpy as np, fastmb
-X = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
-y = (X[:, 0] > 0).astype(int)
-m = fastmb.Linear(8, loss="logistic")
-p = m.init()
-fastmb.grad(m, p, X, y); fastmb.per_sample_grad(m, p, X, y); fastmb.sgd(m, p, X, y)
-fastmb.fedavg(np.ones((3, 5), np.float32))
-"""
+        return ("import os, tempfile\nos.environ['NUMBA_CACHE_DIR'] = tempfile.mkdtemp()\n"
+                + B.COMPILE_SNIPPET)
 
     def timeraw_import(self):
         return "import fastmb"

@@ -6,8 +6,11 @@ data, best of several runs after a warm-up (so compile time never enters a timin
 fraction of the memory-bandwidth bound achieved: bytes the kernel must move divided
 by the STREAM-triad bandwidth measured at the start of the same run.
 
-Peers: NumPy written the fast way (always), scikit-learn (when installed), PyTorch
-``torch.func`` and a plain training loop (when installed), Flower's legacy
+Every peer is defined once here, as a factory that takes the data and returns the
+call to time; ``fastmb bench``, the asv suite (``benchmarks/``) and the
+pytest-benchmark tests all time these same calls. A factory raises ``ImportError``
+when its library is missing. Peers: NumPy written the fast way (always),
+scikit-learn, PyTorch ``torch.func`` and a plain training loop, and Flower's legacy
 ``aggregate()`` (the real one when ``flwr`` is installed, else a faithful copy).
 """
 
@@ -24,6 +27,8 @@ import warnings
 import numpy as np
 
 import fastmb
+
+# ----------------------------------------------------------------------------- timing
 
 
 def best_time(func, repeat=5, warmup=1):
@@ -48,124 +53,97 @@ def bandwidth(n_bytes=400_000_000, repeat=5):
     return 3 * a.nbytes / t
 
 
-def _optional(name):
-    try:
-        return __import__(name)
-    except ImportError:
-        return None
+# ----------------------------------------------------------------------------- data
 
 
-def flower_aggregate_copy(results):
-    """Flower's legacy ``flwr.server.strategy.aggregate.aggregate``, line for line."""
-    num_examples_total = sum(num_examples for (_, num_examples) in results)
-    weighted_weights = [[layer * num_examples for layer in weights]
-                        for weights, num_examples in results]
-    return [functools.reduce(np.add, layer_updates) / num_examples_total
-            for layer_updates in zip(*weighted_weights)]
-
-
-def _flower_aggregate():
-    try:
-        from flwr.server.strategy.aggregate import aggregate
-        return aggregate, "flwr aggregate()"
-    except ImportError:
-        return flower_aggregate_copy, "Flower aggregate() (copy)"
-
-
-# ----------------------------------------------------------------------------- rows
-
-
-def _row(kernel, size, t_fast, peer, t_peer, limit_s=None):
-    return dict(kernel=kernel, size=size, fastmb_s=t_fast, peer=peer, peer_s=t_peer,
-                ratio=None if t_peer is None else t_peer / t_fast,
-                limit=None if limit_s is None else limit_s / t_fast)
-
-
-def bench_per_sample_logistic(bw, n=200_000, d=128, repeat=5):
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(n, d)).astype(np.float32)
-    y = (rng.random(n) < 0.5).astype(np.int64)
-    model = fastmb.Linear(d, loss="logistic")
-    params = (0.1 * rng.normal(size=model.n_params)).astype(np.float32)
-    w, b, yf = params[:d], params[d], y.astype(np.float32)
-    # Both sides write into preallocated outputs: a training loop reuses its buffers,
-    # and a fresh 100 MB array costs its page faults to whoever touches it first.
-    out = np.empty((n, model.n_params), np.float32)
-    t_fast = best_time(lambda: fastmb.per_sample_grad(model, params, X, y, out=out), repeat)
-    limit = (X.nbytes + out.nbytes) / bw
-    out_np = np.empty((n, d), np.float32)
-
-    def numpy_peer():
-        g = 1.0 / (1.0 + np.exp(-(X @ w + b))) - yf
-        return np.multiply(g[:, None], X, out=out_np)
-
-    size = f"n={n:,} d={d} f32"
-    rows = [_row("per-sample grad, logistic", size, t_fast, "NumPy (sigmoid(Xw)-y)[:,None]*X",
-                 best_time(numpy_peer, max(1, repeat // 2)), limit)]
-    torch = _optional("torch")
-    if torch is not None:
-        from torch.func import grad, vmap
-
-        Xt, yt = torch.from_numpy(X), torch.from_numpy(yf)
-        wt, bt = torch.from_numpy(w.copy()), torch.tensor(float(b))
-
-        def sample_loss(w_, b_, x_, y_):
-            return torch.nn.functional.binary_cross_entropy_with_logits(x_ @ w_ + b_, y_)
-
-        per_sample = vmap(grad(sample_loss, argnums=(0, 1)), in_dims=(None, None, 0, 0))
-        rows.append(_row("per-sample grad, logistic", size, t_fast, "torch.func vmap(grad)",
-                         best_time(lambda: per_sample(wt, bt, Xt, yt), max(1, repeat // 2)),
-                         limit))
-    return rows
-
-
-def bench_sgd_epoch(bw, n=200_000, d=128, repeat=3):
-    rng = np.random.default_rng(1)
+def logistic_data(n=200_000, d=128, seed=0):
+    """Logistic regression on float32 data with labels from a random hyperplane."""
+    rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, d)).astype(np.float32)
     y = (X @ rng.normal(size=d) > 0).astype(np.int64)
     model = fastmb.Linear(d, loss="logistic")
-    p0 = model.init()
-    t_fast = best_time(lambda: fastmb.sgd(model, p0, X, y, batch_size=32, lr=0.01), repeat)
-    size = f"n={n:,} d={d} batch 32"
-    rows = []
-    limit = X.nbytes / bw
-    sk = _optional("sklearn")
-    if sk is not None:
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import SGDClassifier
+    params = (0.1 * rng.normal(size=model.n_params)).astype(np.float32)
+    return model, params, X, y
 
-        X64 = X.astype(np.float64)  # converted up front: time the epoch, not the copy
 
-        def sklearn_epoch():
-            clf = SGDClassifier(loss="log_loss", max_iter=1, tol=None, learning_rate="constant",
-                                eta0=0.01, alpha=0.0, shuffle=True, random_state=0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                clf.fit(X64, y)
+def mlp_data(sizes=(128, 64, 64, 10), batch=4096, seed=2):
+    """A ReLU/softmax MLP with initialised parameters and one batch of float32 data."""
+    rng = np.random.default_rng(seed)
+    model = fastmb.MLP(list(sizes))
+    X = rng.normal(size=(batch, sizes[0])).astype(np.float32)
+    return model, model.init(seed=0), X, rng.integers(0, sizes[-1], batch)
 
-        rows.append(_row("SGD epoch, logistic", size.replace("batch 32", "batch 32 vs 1"),
-                         t_fast, "sklearn SGDClassifier (batch 1)",
-                         best_time(sklearn_epoch, 1), limit))
-    torch = _optional("torch")
-    if torch is not None:
-        Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.float32))
 
-        def torch_epoch():
-            lin = torch.nn.Linear(d, 1)
-            opt = torch.optim.SGD(lin.parameters(), lr=0.01)
-            lossf = torch.nn.BCEWithLogitsLoss()
-            perm = torch.randperm(n)
-            for i in range(0, n, 32):
-                idx = perm[i:i + 32]
-                opt.zero_grad()
-                lossf(lin(Xt[idx])[:, 0], yt[idx]).backward()
-                opt.step()
+def fedavg_data(K=64, P=1_000_000, seed=3):
+    """K float32 updates of length P and integer example counts as weights."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(K, P)).astype(np.float32),
+            rng.integers(10, 1000, K).astype(np.float64))
 
-        rows.append(_row("SGD epoch, logistic", size, t_fast, "PyTorch loop (batch 32)",
-                         best_time(torch_epoch, 1), limit))
-    if not rows:
-        rows.append(_row("SGD epoch, logistic", size, t_fast, "-", None, limit))
-    return rows
+
+# ----------------------------------------------------------------------------- peers
+
+
+def numpy_logistic_per_sample(model, params, X, y):
+    """``(sigmoid(X w + b) - y)[:, None] * X`` into a preallocated output (its fastest form)."""
+    d = X.shape[1]
+    w, b, yf = params[:d], params[d], y.astype(np.float32)
+    out = np.empty_like(X)
+    return lambda: np.multiply((1.0 / (1.0 + np.exp(-(X @ w + b))) - yf)[:, None], X, out=out)
+
+
+def torch_logistic_per_sample(model, params, X, y):
+    """``torch.func.vmap(grad(loss))`` over the samples."""
+    import torch
+    from torch.func import grad, vmap
+
+    d = X.shape[1]
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.float32))
+    w, b = torch.from_numpy(params[:d].copy()), torch.tensor(float(params[d]))
+
+    def sample_loss(w_, b_, x_, y_):
+        return torch.nn.functional.binary_cross_entropy_with_logits(x_ @ w_ + b_, y_)
+
+    per_sample = vmap(grad(sample_loss, argnums=(0, 1)), in_dims=(None, None, 0, 0))
+    return lambda: per_sample(w, b, Xt, yt)
+
+
+def sklearn_sgd_epoch(model, params, X, y):
+    """One epoch of ``SGDClassifier`` (batch 1, constant step, no penalty)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import SGDClassifier
+
+    X64 = X.astype(np.float64)  # converted up front: time the epoch, not the copy
+
+    def epoch():
+        clf = SGDClassifier(loss="log_loss", max_iter=1, tol=None, learning_rate="constant",
+                            eta0=0.01, alpha=0.0, shuffle=True, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(X64, y)
+
+    return epoch
+
+
+def torch_sgd_epoch(model, params, X, y, batch=32):
+    """A plain PyTorch training loop: ``nn.Linear``, ``optim.SGD``, shuffled batches of 32."""
+    import torch
+
+    n, d = X.shape
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.float32))
+
+    def epoch():
+        lin = torch.nn.Linear(d, 1)
+        opt = torch.optim.SGD(lin.parameters(), lr=0.01)
+        lossf = torch.nn.BCEWithLogitsLoss()
+        perm = torch.randperm(n)
+        for i in range(0, n, batch):
+            idx = perm[i:i + batch]
+            opt.zero_grad()
+            lossf(lin(Xt[idx])[:, 0], yt[idx]).backward()
+            opt.step()
+
+    return epoch
 
 
 def _numpy_mlp_per_sample(Ws, bs, X, y):
@@ -187,120 +165,163 @@ def _numpy_mlp_per_sample(Ws, bs, X, y):
     return grads[::-1]
 
 
-def bench_mlp_per_sample(bw, sizes=(128, 64, 64, 10), batch=4096, repeat=5):
-    rng = np.random.default_rng(2)
-    model = fastmb.MLP(list(sizes))
-    params = model.init(seed=0)
-    X = rng.normal(size=(batch, sizes[0])).astype(np.float32)
-    y = rng.integers(0, sizes[-1], batch)
-    out = np.empty((batch, model.n_params), np.float32)
-    t_fast = best_time(lambda: fastmb.per_sample_grad(model, params, X, y, out=out), repeat)
-    size = f"{'-'.join(map(str, sizes))} batch {batch}"
-    limit = (X.nbytes + out.nbytes) / bw
-    Ws = [W for W, _ in model.layers(params)]
-    bs = [b for _, b in model.layers(params)]
-    rows = [_row("per-sample grad, MLP", size, t_fast, "NumPy batched backprop + einsum",
-                 best_time(lambda: _numpy_mlp_per_sample(Ws, bs, X, y), max(1, repeat // 2)),
-                 limit)]
-    torch = _optional("torch")
-    if torch is not None:
-        from torch.func import functional_call, grad, vmap
+def numpy_mlp_per_sample(model, params, X, y):
+    """Batched NumPy backprop with einsum outer products."""
+    layers = model.layers(params)
+    Ws, bs = [W for W, _ in layers], [b for _, b in layers]
+    return lambda: _numpy_mlp_per_sample(Ws, bs, X, y)
 
-        layers = []
-        for i in range(len(sizes) - 1):
-            layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
-            if i < len(sizes) - 2:
-                layers.append(torch.nn.ReLU())
-        net = torch.nn.Sequential(*layers)
-        tparams = {k: v.detach() for k, v in net.named_parameters()}
-        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
 
-        def sample_loss(p, x, t):
-            logits = functional_call(net, p, (x[None],))
-            return torch.nn.functional.cross_entropy(logits, t[None])
+def torch_mlp_per_sample(model, params, X, y):
+    """``torch.func.vmap(grad(loss))`` over an equivalent ``nn.Sequential``."""
+    import torch
+    from torch.func import functional_call, grad, vmap
 
-        per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
-        rows.append(_row("per-sample grad, MLP", size, t_fast, "torch.func vmap(grad)",
-                         best_time(lambda: per_sample(tparams, Xt, yt), max(1, repeat // 2)),
-                         limit))
-    t_norm = best_time(lambda: fastmb.per_sample_grad_norm(model, params, X, y), repeat)
+    sizes = model.sizes
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    net = torch.nn.Sequential(*layers)
+    tparams = {k: v.detach() for k, v in net.named_parameters()}
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
 
-    def materialize():
-        return np.linalg.norm(fastmb.per_sample_grad(model, params, X, y, out=out), axis=1)
+    def sample_loss(p, x, t):
+        return torch.nn.functional.cross_entropy(functional_call(net, p, (x[None],)), t[None])
 
-    rows.append(_row("per-sample grad norms, MLP", size, t_norm,
-                     "materialize (fastmb) + np.linalg.norm", best_time(materialize, repeat),
-                     X.nbytes / bw))
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+    return lambda: per_sample(tparams, Xt, yt)
+
+
+def materialized_norms(model, params, X, y):
+    """Per-sample norms the materializing way: fastmb's per-sample gradients, then row norms."""
+    out = np.empty((len(X), model.n_params), params.dtype)
+    return lambda: np.linalg.norm(fastmb.per_sample_grad(model, params, X, y, out=out), axis=1)
+
+
+def flower_aggregate_copy(results):
+    """Flower's legacy ``flwr.server.strategy.aggregate.aggregate``, line for line."""
+    num_examples_total = sum(num_examples for (_, num_examples) in results)
+    weighted_weights = [[layer * num_examples for layer in weights]
+                        for weights, num_examples in results]
+    return [functools.reduce(np.add, layer_updates) / num_examples_total
+            for layer_updates in zip(*weighted_weights)]
+
+
+def flower_fedavg(U, w):
+    """Flower's legacy ``aggregate()`` on one-layer results (the real one when installed)."""
+    try:
+        from flwr.server.strategy.aggregate import aggregate
+    except ImportError:
+        aggregate = flower_aggregate_copy
+    results = [([u], int(wk)) for u, wk in zip(U, w)]
+    return lambda: aggregate(results)
+
+
+def numpy_fedavg(U, w):
+    """``(w @ U) / w.sum()``: one BLAS matrix-vector product."""
+    w32, total = w.astype(np.float32), w.sum()
+    return lambda: (w32 @ U) / total
+
+
+#: Each benchmark's peers: (label, factory taking the same data as fastmb's call).
+PEERS = {
+    "per_sample_logistic": [("NumPy (sigmoid(Xw)-y)[:,None]*X", numpy_logistic_per_sample),
+                            ("torch.func vmap(grad)", torch_logistic_per_sample)],
+    "sgd_epoch": [("sklearn SGDClassifier (batch 1)", sklearn_sgd_epoch),
+                  ("PyTorch loop (batch 32)", torch_sgd_epoch)],
+    "mlp_per_sample": [("NumPy batched backprop + einsum", numpy_mlp_per_sample),
+                       ("torch.func vmap(grad)", torch_mlp_per_sample)],
+    "mlp_norms": [("materialize (fastmb) + np.linalg.norm", materialized_norms)],
+    "fedavg": [("Flower aggregate()", flower_fedavg), ("NumPy (w @ U) / w.sum()", numpy_fedavg)],
+}
+
+#: The first calls of the core kernels; run in a fresh process it measures compile time.
+COMPILE_SNIPPET = """
+import numpy as np, fastmb
+X = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+y = (X[:, 0] > 0).astype(int)
+for m in (fastmb.Linear(8, loss="logistic"), fastmb.MLP([8, 4, 2])):
+    p = m.init()
+    fastmb.loss(m, p, X, y); fastmb.grad(m, p, X, y)
+    fastmb.per_sample_grad(m, p, X, y); fastmb.per_sample_grad_norm(m, p, X, y)
+    fastmb.train_clients(m, p, X, y, [0, 32, 64]); fastmb.predict(m, p, X)
+fastmb.fedavg(np.ones((3, 5), np.float32))
+"""
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def _rows(kernel, size, fast, peers, data, repeat, limit_bytes, bw, echo):
+    """Time ``fast`` and each installed peer on ``data``: one table row per peer."""
+    t_fast = best_time(fast, repeat)
+    limit = None if limit_bytes is None else limit_bytes / bw / t_fast
+    rows = []
+    for label, factory in PEERS[peers]:
+        try:
+            call = factory(*data)
+        except ImportError:
+            continue
+        t_peer = best_time(call, max(1, repeat // 2))
+        rows.append(dict(kernel=kernel, size=size, fastmb_s=t_fast, peer=label, peer_s=t_peer,
+                         ratio=t_peer / t_fast, limit=limit))
+    rows = rows or [dict(kernel=kernel, size=size, fastmb_s=t_fast, peer="-", peer_s=None,
+                         ratio=None, limit=limit)]
+    for r in rows:
+        echo(format_row(r))
     return rows
-
-
-def bench_fedavg(bw, K=64, P=1_000_000, repeat=5):
-    rng = np.random.default_rng(3)
-    U = rng.normal(size=(K, P)).astype(np.float32)
-    w = rng.integers(10, 1000, K).astype(np.float64)
-    t_fast = best_time(lambda: fastmb.fedavg(U, w), repeat)
-    size = f"K={K} x P={P:,} f32"
-    limit = (U.nbytes + P * 4) / bw
-    aggregate, name = _flower_aggregate()
-    results = [([U[k]], int(w[k])) for k in range(K)]
-    rows = [_row("fedavg", size, t_fast, name,
-                 best_time(lambda: aggregate(results), max(1, repeat // 2)), limit),
-            _row("fedavg", size, t_fast, "NumPy (w @ U) / w.sum()",
-                 best_time(lambda: (w.astype(np.float32) @ U) / w.sum(), repeat), limit)]
-    wm = fastmb.WeightedMean(P)
-
-    def stream():
-        for k in range(8):
-            wm.add(U[k], w[k])
-
-    t_stream = best_time(stream, repeat) / 8
-    # one add reads the update (4 B) and reads and writes the float64 sum (16 B)
-    rows.append(_row("WeightedMean.add (streaming)", f"P={P:,} f32", t_stream, "-", None,
-                     20 * P / bw))
-    return rows
-
-
-def compile_times(timeout=900):
-    """Cold compile (fresh cache) and warm start-up of the core kernels, in new processes."""
-    code = (
-        "import time; t0 = time.perf_counter()\n"
-        "import numpy as np, fastmb\n"
-        "X = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32); y = (X[:, 0] > 0).astype(int)\n"
-        "for m in (fastmb.Linear(8, loss='logistic'), fastmb.MLP([8, 4, 2])):\n"
-        "    p = m.init(); fastmb.loss(m, p, X, y); fastmb.grad(m, p, X, y)\n"
-        "    fastmb.per_sample_grad(m, p, X, y); fastmb.per_sample_grad_norm(m, p, X, y)\n"
-        "    fastmb.train_clients(m, p, X, y, [0, 32, 64]); fastmb.predict(m, p, X)\n"
-        "fastmb.fedavg(np.ones((3, 5), np.float32))\n"
-        "print(time.perf_counter() - t0)\n")
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        out = []
-        for _ in range(2):
-            res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                                 text=True, timeout=timeout, check=True)
-            out.append(float(res.stdout.strip().splitlines()[-1]))
-    return {"cold_s": out[0], "warm_s": out[1]}
 
 
 def run(quick=False, compile=False, scale=1.0, echo=print):
-    """Run every benchmark and return the rows; ``echo`` receives progress lines."""
+    """Run every benchmark and return ``(rows, extra)``; ``echo`` receives progress lines."""
+    import numba
+
     repeat = 3 if quick else 7
 
     def sz(v):
         return max(64, int(v * scale))
 
-    bw = bandwidth(sz(400_000_000) if scale < 1 else 400_000_000, repeat)
-    echo(f"memory bandwidth (STREAM triad, {fastmb_threads()} threads): {bw / 1e9:.1f} GB/s")
+    bw = bandwidth(max(12 * 64, int(400_000_000 * min(scale, 1.0))), repeat)
+    echo(f"memory bandwidth (STREAM triad, {numba.get_num_threads()} threads): "
+         f"{bw / 1e9:.1f} GB/s")
     echo(HEADER)
-    rows = []
-    for fn, kw in [(bench_per_sample_logistic, dict(n=sz(200_000))),
-                   (bench_sgd_epoch, dict(n=sz(200_000))),
-                   (bench_mlp_per_sample, dict(batch=sz(4096))),
-                   (bench_fedavg, dict(P=sz(1_000_000)))]:
-        new = fn(bw, repeat=repeat, **kw)
-        for r in new:
-            echo(format_row(r))
-        rows.extend(new)
+
+    model, p, X, y = logistic_data(n=sz(200_000))
+    out = np.empty((len(X), model.n_params), np.float32)
+    data = (model, p, X, y)
+    size = f"n={len(X):,} d={X.shape[1]} f32"
+    rows = _rows("per-sample grad, logistic", size,
+                 lambda: fastmb.per_sample_grad(model, p, X, y, out=out), "per_sample_logistic",
+                 data, repeat, X.nbytes + out.nbytes, bw, echo)
+    p0 = model.init()
+    rows += _rows("SGD epoch, logistic", f"n={len(X):,} d={X.shape[1]} batch 32",
+                  lambda: fastmb.sgd(model, p0, X, y, batch_size=32, lr=0.01), "sgd_epoch",
+                  data, max(1, repeat // 2), X.nbytes, bw, echo)
+
+    model, p, X, y = mlp_data(batch=sz(4096))
+    out = np.empty((len(X), model.n_params), np.float32)
+    data = (model, p, X, y)
+    size = f"{'-'.join(map(str, model.sizes))} batch {len(X)}"
+    rows += _rows("per-sample grad, MLP", size,
+                  lambda: fastmb.per_sample_grad(model, p, X, y, out=out), "mlp_per_sample",
+                  data, repeat, X.nbytes + out.nbytes, bw, echo)
+    rows += _rows("per-sample grad norms, MLP", size,
+                  lambda: fastmb.per_sample_grad_norm(model, p, X, y), "mlp_norms", data,
+                  repeat, X.nbytes, bw, echo)
+
+    U, w = fedavg_data(P=sz(1_000_000))
+    rows += _rows("fedavg", f"K={len(U)} x P={U.shape[1]:,} f32", lambda: fastmb.fedavg(U, w),
+                  "fedavg", (U, w), repeat, U.nbytes + U.shape[1] * 4, bw, echo)
+    wm = fastmb.WeightedMean(U.shape[1])
+    t_add = best_time(lambda: wm.add(U[0], w[0]), repeat)
+    # one add reads the update (4 B) and reads and writes the float64 sum (16 B)
+    rows.append(dict(kernel="WeightedMean.add (streaming)", size=f"P={U.shape[1]:,} f32",
+                     fastmb_s=t_add, peer="-", peer_s=None, ratio=None,
+                     limit=20 * U.shape[1] / bw / t_add))
+    echo(format_row(rows[-1]))
+
     extra = {"bandwidth_GBps": bw / 1e9}
     if compile:
         extra.update(compile_times())
@@ -309,13 +330,18 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
     return rows, extra
 
 
-def fastmb_threads():
-    try:
-        import numba
-
-        return numba.get_num_threads()
-    except Exception:  # pragma: no cover - numba is a dependency
-        return os.cpu_count()
+def compile_times(timeout=900):
+    """Cold compile (fresh cache) and warm start-up of the core kernels, in new processes."""
+    code = ("import time; t0 = time.perf_counter()\n" + COMPILE_SNIPPET
+            + "print(time.perf_counter() - t0)\n")
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        out = []
+        for _ in range(2):
+            res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                 text=True, timeout=timeout, check=True)
+            out.append(float(res.stdout.strip().splitlines()[-1]))
+    return {"cold_s": out[0], "warm_s": out[1]}
 
 
 def _ms(t):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastmb
-from fastmb.bench import _numpy_mlp_per_sample, flower_aggregate_copy
+from fastmb.bench import flower_fedavg, numpy_mlp_per_sample
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_bench_mlp_per_sample_and_numpy_peer(benchmark):
     p, X, y = model.init(seed=0), rng.normal(size=(256, 16)).astype(np.float32), rng.integers(0, 4, 256)
     G = benchmark(fastmb.per_sample_grad, model, p, X, y)
     # the NumPy peer in `fastmb bench` computes the same thing
-    peer = _numpy_mlp_per_sample([W for W, _ in model.layers(p)], [b for _, b in model.layers(p)], X, y)
+    peer = numpy_mlp_per_sample(model, p, X, y)()
     flat = np.concatenate([np.concatenate([gW.reshape(len(X), -1), gb], axis=1) for gW, gb in peer],
                           axis=1)
     np.testing.assert_allclose(G, flat, rtol=1e-4, atol=1e-5)
@@ -49,5 +49,5 @@ def test_bench_fedavg_and_flower_peer(benchmark):
     U = rng.normal(size=(16, 50_000)).astype(np.float32)
     w = rng.integers(1, 100, 16)
     avg = benchmark(fastmb.fedavg, U, w)
-    flower = flower_aggregate_copy([([u], int(wk)) for u, wk in zip(U, w)])[0]
+    flower = flower_fedavg(U, w)()[0]
     np.testing.assert_allclose(avg, flower, rtol=1e-5, atol=1e-6)
