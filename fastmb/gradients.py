@@ -21,8 +21,8 @@ class _Batch:
             self.yc, self.yr = V.as_y(model, y, self.n, self.params.dtype)
         self.sw = V.as_sample_weight(sample_weight, self.n)
 
-    def check(self, bad):
-        row = V.first_bad(bad)
+    def check(self, row):
+        """Raise for the row a kernel flagged (-1: none)."""
         if row >= 0:
             V.raise_bad_row(self.X, row)
 
@@ -46,9 +46,8 @@ def _loss_grad(b, want_grad):
     acc = np.empty((nc, m.n_params if want_grad else 0), np.float64)
     totals = np.empty((nc, 2), np.float64)
     g = np.empty(m.n_params if want_grad else 0, b.params.dtype)
-    bad = np.empty(nc, np.int64)
-    value = K.loss_grad(b.params, b.X, b.yc, b.yr, b.sw, m._spec, want_grad, acc, totals, g, bad)
-    b.check(bad)
+    value, row = K.loss_grad(b.params, b.X, b.yc, b.yr, b.sw, m._spec, want_grad, acc, totals, g)
+    b.check(row)
     return float(value), g
 
 
@@ -148,10 +147,7 @@ def per_sample_grad(model, params, X, y, microbatch=1, out=None):
             raise ValueError("out must be a writeable C-contiguous array")
     from .kernels import gradients as K
 
-    groups_per_task = max(1, K.ROWS_PER_TASK // m)
-    bad = np.empty(-(-rows // groups_per_task), np.int64)
-    K.per_sample_grad(b.params, b.X, b.yc, b.yr, model._spec, m, out, bad)
-    b.check(bad)
+    b.check(K.per_sample_grad(b.params, b.X, b.yc, b.yr, model._spec, m, out))
     return out
 
 
@@ -177,9 +173,7 @@ def per_sample_grad_norm(model, params, X, y):
     from .kernels import gradients as K
 
     out = np.empty(b.n, b.params.dtype)
-    bad = np.empty(-(-b.n // K.ROWS_PER_TASK), np.int64)
-    K.per_sample_norm(b.params, b.X, b.yc, b.yr, model._spec, out, bad)
-    b.check(bad)
+    b.check(K.per_sample_norm(b.params, b.X, b.yc, b.yr, model._spec, out))
     return out
 
 
@@ -197,9 +191,7 @@ def decision_function(model, params, X):
     from .kernels import gradients as K
 
     out = np.empty((b.n, model.n_outputs), b.params.dtype)
-    bad = np.empty(-(-b.n // K.ROWS_PER_TASK), np.int64)
-    K.decision(b.params, b.X, model._spec, out, bad)
-    b.check(bad)
+    b.check(K.decision(b.params, b.X, model._spec, out))
     return out[:, 0] if model.n_outputs == 1 else out
 
 

@@ -5,9 +5,9 @@ size, runs the chunks under ``prange`` with per-chunk workspaces, and merges any
 per-chunk partial sums serially in chunk order. The result is therefore identical
 for any number of threads.
 
-A row whose first layer or loss is not finite is reported through ``bad``: one
-slot per chunk holding the first such row (or -1). The API turns that into an
-error naming the row.
+A row whose first layer or loss is not finite is recorded per task (the first such
+row of each task, or -1), and the kernel returns the first of them, or -1. The API
+turns that into an error naming the row; it needs to know nothing of the tasks.
 """
 
 import numpy as np
@@ -20,9 +20,22 @@ from ._model import (MODE_ADD, MODE_NONE, MODE_NORM, MODE_WRITE, forward, is_lin
 ROWS_PER_TASK = 64
 
 
+@jit(inline="always")
+def first_flagged(bad):
+    """The smallest row recorded in ``bad`` (one slot per task, -1 for none), or -1."""
+    row = -1
+    for v in bad:
+        if v >= 0 and (row < 0 or v < row):
+            row = v
+    return row
+
+
 @jit(parallel=True)
-def per_sample_grad(params, X, yc, yr, spec, microbatch, out, bad):
-    """``out[g]`` = mean gradient of rows ``g*m : (g+1)*m`` (the last group may be shorter)."""
+def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
+    """``out[g]`` = mean gradient of rows ``g*m : (g+1)*m`` (the last group may be shorter).
+
+    Returns the first row that is not finite, or -1.
+    """
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
     n = X.shape[0]
     n_groups = out.shape[0]
@@ -32,6 +45,7 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out, bad):
     fast = is_linear1(sizes) and microbatch == 1
     d = X.shape[1]
     has_b = b_off[0] >= 0
+    bad = np.empty(n_tasks, np.int64)
     for t in prange(n_tasks):
         zs = np.empty(U, params.dtype)
         hs = np.empty(U, params.dtype)
@@ -74,16 +88,21 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out, bad):
                     if not ok and first_bad < 0:
                         first_bad = r
         bad[t] = first_bad
+    return first_flagged(bad)
 
 
 @jit(parallel=True)
-def per_sample_norm(params, X, yc, yr, spec, out, bad):
-    """``out[i]`` = L2 norm of sample i's gradient, without forming the gradient."""
+def per_sample_norm(params, X, yc, yr, spec, out):
+    """``out[i]`` = L2 norm of sample i's gradient, without forming the gradient.
+
+    Returns the first row that is not finite, or -1.
+    """
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
     n = X.shape[0]
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     U = u_off[u_off.shape[0] - 1]
     dummy = np.empty(0, params.dtype)
+    bad = np.empty(n_tasks, np.int64)
     for t in prange(n_tasks):
         zs = np.empty(U, params.dtype)
         hs = np.empty(U, params.dtype)
@@ -96,16 +115,18 @@ def per_sample_norm(params, X, yc, yr, spec, out, bad):
             if not ok and first_bad < 0:
                 first_bad = r
         bad[t] = first_bad
+    return first_flagged(bad)
 
 
 @jit(parallel=True)
-def loss_grad(params, X, yc, yr, sw, spec, want_grad, acc, totals, grad_out, bad):
+def loss_grad(params, X, yc, yr, sw, spec, want_grad, acc, totals, grad_out):
     """Weighted mean loss and (if ``want_grad``) weighted mean gradient.
 
     ``acc`` is (n_chunks, P) float64 and ``totals`` (n_chunks, 2) float64 hold each
     chunk's weighted sums of gradients and of (loss, weight). Summing in float64 and
     merging the chunks in order keeps the result independent of the thread count
-    and accurate for any n. Returns the mean loss; writes the gradient to ``grad_out``.
+    and accurate for any n. Writes the gradient to ``grad_out`` and returns
+    ``(mean loss, first row that is not finite or -1)``.
     """
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
     n = X.shape[0]
@@ -115,6 +136,7 @@ def loss_grad(params, X, yc, yr, sw, spec, want_grad, acc, totals, grad_out, bad
     U = u_off[u_off.shape[0] - 1]
     has_w = sw.shape[0] > 0
     mode = MODE_ADD if want_grad else MODE_NONE
+    bad = np.empty(n_chunks, np.int64)
     for c in prange(n_chunks):
         zs = np.empty(U, params.dtype)
         hs = np.empty(U, params.dtype)
@@ -146,12 +168,12 @@ def loss_grad(params, X, yc, yr, sw, spec, want_grad, acc, totals, grad_out, bad
             for c in range(n_chunks):
                 s += acc[c, j]
             grad_out[j] = s / wsum
-    return lsum / wsum
+    return lsum / wsum, first_flagged(bad)
 
 
 @jit(parallel=True)
-def decision(params, X, spec, out, bad):
-    """Raw model outputs ``out`` (n, k) for each row of X."""
+def decision(params, X, spec, out):
+    """Raw model outputs ``out`` (n, k) for each row of X; returns the first non-finite row or -1."""
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
     n = X.shape[0]
     L = sizes.shape[0] - 1
@@ -159,6 +181,7 @@ def decision(params, X, spec, out, bad):
     U = u_off[L]
     lo = u_off[L - 1]
     k = sizes[L]
+    bad = np.empty(n_tasks, np.int64)
     for t in prange(n_tasks):
         zs = np.empty(U, params.dtype)
         hs = np.empty(U, params.dtype)
@@ -170,3 +193,4 @@ def decision(params, X, spec, out, bad):
             if not ok and first_bad < 0:
                 first_bad = r
         bad[t] = first_bad
+    return first_flagged(bad)
