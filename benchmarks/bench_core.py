@@ -26,15 +26,14 @@ def _peer(factory, *data):
         raise NotImplementedError(str(exc)) from None
 
 
-class PerSampleGradLogistic:
-    """Per-sample gradients of logistic regression, n=200,000 x d=128 float32."""
+class _PerSampleGrad:
+    """Per-sample gradients of ``data()``'s model, fastmb beside ``peers``."""
 
     params = [["fastmb", "numpy", "torch.func"]]
     param_names = ["impl"]
-    peers = {"numpy": B.numpy_logistic_per_sample, "torch.func": B.torch_logistic_per_sample}
 
     def setup(self, impl):
-        model, p, X, y = B.logistic_data()
+        model, p, X, y = self.data()
         if impl == "fastmb":
             out = np.empty((len(X), model.n_params), np.float32)
             self.call = _prepared(lambda: fastmb.per_sample_grad(model, p, X, y, out=out))
@@ -43,6 +42,13 @@ class PerSampleGradLogistic:
 
     def time_per_sample_grad(self, impl):
         self.call()
+
+
+class PerSampleGradLogistic(_PerSampleGrad):
+    """Per-sample gradients of logistic regression, n=200,000 x d=128 float32."""
+
+    data = staticmethod(B.logistic_data)
+    peers = {"numpy": B.numpy_logistic_per_sample, "torch.func": B.torch_logistic_per_sample}
 
 
 class SGDEpochLogistic:
@@ -65,23 +71,11 @@ class SGDEpochLogistic:
         self.call()
 
 
-class PerSampleGradMLP:
+class PerSampleGradMLP(_PerSampleGrad):
     """Per-sample gradients of an MLP 128-64-64-10, batch 4096."""
 
-    params = [["fastmb", "numpy", "torch.func"]]
-    param_names = ["impl"]
+    data = staticmethod(B.mlp_data)
     peers = {"numpy": B.numpy_mlp_per_sample, "torch.func": B.torch_mlp_per_sample}
-
-    def setup(self, impl):
-        model, p, X, y = B.mlp_data()
-        if impl == "fastmb":
-            out = np.empty((len(X), model.n_params), np.float32)
-            self.call = _prepared(lambda: fastmb.per_sample_grad(model, p, X, y, out=out))
-        else:
-            self.call = _peer(self.peers[impl], model, p, X, y)
-
-    def time_per_sample_grad(self, impl):
-        self.call()
 
 
 class PerSampleNormsMLP:

@@ -67,6 +67,16 @@ def _act_deriv(z, h, act):
 
 
 @jit(inline="always")
+def workspace(u_off, like):
+    """One sample's buffers ``(zs, hs, ds)``: pre-activations, activations, deltas.
+
+    Each holds every layer's units (``u_off[-1]`` values) in the dtype of ``like``.
+    """
+    U = u_off[u_off.shape[0] - 1]
+    return np.empty(U, like.dtype), np.empty(U, like.dtype), np.empty(U, like.dtype)
+
+
+@jit(inline="always")
 def layer_input(l, x, hs, u_off, nin):
     """The input of layer ``l``: the sample itself, or the previous layer's activations."""
     if l == 0:

@@ -15,7 +15,7 @@ from numba import prange
 
 from ._jit import jit
 from ._model import (MODE_ADD, MODE_NONE, MODE_NORM, MODE_WRITE, forward, is_linear1,
-                     linear1_delta, sample_grad)
+                     linear1_delta, sample_grad, workspace)
 
 ROWS_PER_TASK = 64
 
@@ -41,15 +41,12 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
     n_groups = out.shape[0]
     groups_per_task = max(1, ROWS_PER_TASK // microbatch)
     n_tasks = (n_groups + groups_per_task - 1) // groups_per_task
-    U = u_off[u_off.shape[0] - 1]
     fast = is_linear1(sizes) and microbatch == 1
     d = X.shape[1]
     has_b = b_off[0] >= 0
     bad = np.empty(n_tasks, np.int64)
     for t in prange(n_tasks):
-        zs = np.empty(U, params.dtype)
-        hs = np.empty(U, params.dtype)
-        ds = np.empty(U, params.dtype)
+        zs, hs, ds = workspace(u_off, params)
         first_bad = -1
         g_hi = min(n_groups, (t + 1) * groups_per_task)
         if fast:
@@ -100,13 +97,10 @@ def per_sample_norm(params, X, yc, yr, spec, out):
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
     n = X.shape[0]
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    U = u_off[u_off.shape[0] - 1]
     dummy = np.empty(0, params.dtype)
     bad = np.empty(n_tasks, np.int64)
     for t in prange(n_tasks):
-        zs = np.empty(U, params.dtype)
-        hs = np.empty(U, params.dtype)
-        ds = np.empty(U, params.dtype)
+        zs, hs, ds = workspace(u_off, params)
         first_bad = -1
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
             _, sq, ok = sample_grad(params, X[r], yc, yr, r, sizes, w_off, b_off, u_off,
@@ -133,14 +127,11 @@ def loss_grad(params, X, yc, yr, sw, spec, want_grad, acc, totals, grad_out):
     n_chunks = acc.shape[0]
     P = params.shape[0]
     per = (n + n_chunks - 1) // n_chunks
-    U = u_off[u_off.shape[0] - 1]
     has_w = sw.shape[0] > 0
     mode = MODE_ADD if want_grad else MODE_NONE
     bad = np.empty(n_chunks, np.int64)
     for c in prange(n_chunks):
-        zs = np.empty(U, params.dtype)
-        hs = np.empty(U, params.dtype)
-        ds = np.empty(U, params.dtype)
+        zs, hs, ds = workspace(u_off, params)
         g = acc[c]
         g[:] = 0.0
         lsum = 0.0
@@ -178,13 +169,11 @@ def decision(params, X, spec, out):
     n = X.shape[0]
     L = sizes.shape[0] - 1
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    U = u_off[L]
     lo = u_off[L - 1]
     k = sizes[L]
     bad = np.empty(n_tasks, np.int64)
     for t in prange(n_tasks):
-        zs = np.empty(U, params.dtype)
-        hs = np.empty(U, params.dtype)
+        zs, hs, _ = workspace(u_off, params)
         first_bad = -1
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
             ok = forward(params, X[r], sizes, w_off, b_off, u_off, act, zs, hs)

@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
-from ._model import MODE_ADD, is_linear1, linear1_delta, sample_grad
+from ._model import MODE_ADD, is_linear1, linear1_delta, sample_grad, workspace
 from ._rng import hash2, shuffle as shuffle_inplace
 
 SCHED_CONSTANT, SCHED_INVSCALING, SCHED_COSINE = 0, 1, 2
@@ -38,10 +38,7 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
     """
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
     P = params0.shape[0]
-    U = u_off[u_off.shape[0] - 1]
-    zs = np.empty(U, params0.dtype)
-    hs = np.empty(U, params0.dtype)
-    ds = np.empty(U, params0.dtype)
+    zs, hs, ds = workspace(u_off, params0)
     g = np.empty(P, params0.dtype)
     use_mom = momentum != 0.0
     v = np.zeros(P if use_mom else 0, params0.dtype)
