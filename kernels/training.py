@@ -45,7 +45,6 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
     n = hi - lo
     perm = np.arange(n)
     nf = X.shape[1]
-    xb = np.empty((min(batch, max(n, 1)), nf), X.dtype)
     fast = is_linear1(sizes)
     has_b = b_off[0] >= 0
     pw = p[:nf]
@@ -66,20 +65,13 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
             wsum = 0.0
             b_lo = b * batch
             b_hi = min(n, b_lo + batch)
-            # Gather the batch's rows first: a tight copy loop keeps many cache misses
-            # in flight, where computing row by row would wait for each shuffled row.
-            for s in range(b_lo, b_hi):
-                src = X[lo + perm[s]]
-                dst = xb[s - b_lo]
-                for i in range(nf):
-                    dst[i] = src[i]
             if fast:
                 # One layer, one output: g += w_r * delta_r * [x_r, 1], no views per row.
                 z0 = p[nf] if has_b else 0.0
                 for s in range(b_lo, b_hi):
                     r = lo + perm[s]
                     w = sw[r] if has_w else 1.0
-                    x = xb[s - b_lo]
+                    x = X[r]
                     dl, ok = linear1_delta(x, pw, z0, zs, loss, hdelta, yc, yr, r, w)
                     if not ok:
                         return r
@@ -92,7 +84,7 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
                 for s in range(b_lo, b_hi):
                     r = lo + perm[s]
                     w = sw[r] if has_w else 1.0
-                    _, _, ok = sample_grad(p, xb[s - b_lo], yc, yr, r, sizes, w_off, b_off, u_off,
+                    _, _, ok = sample_grad(p, X[r], yc, yr, r, sizes, w_off, b_off, u_off,
                                            act, loss, hdelta, zs, hs, ds, g, w, MODE_ADD, False)
                     if not ok:
                         return r
