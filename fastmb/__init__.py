@@ -10,6 +10,9 @@ from .aggregation import WeightedMean, fedavg
 from .gradients import (decision_function, grad, loss, loss_and_grad, per_sample_grad,
                         per_sample_grad_norm, predict, predict_proba)
 from .models import MLP, Linear
+from .robust import (RobustAggregate, bulyan, centered_clipping, coordinate_median,
+                     geometric_median, krum, multi_krum, norm_bounded_mean, pairwise_sq_distances,
+                     trimmed_mean)
 from .training import sgd, train_clients
 
 __version__ = "0.1.0"
@@ -17,5 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Linear", "MLP", "loss", "grad", "loss_and_grad", "per_sample_grad", "per_sample_grad_norm",
     "predict", "predict_proba", "decision_function", "sgd", "train_clients", "fedavg",
-    "WeightedMean", "__version__",
+    "WeightedMean", "RobustAggregate", "coordinate_median", "trimmed_mean", "krum", "multi_krum",
+    "bulyan", "geometric_median", "centered_clipping", "norm_bounded_mean",
+    "pairwise_sq_distances", "__version__",
 ]

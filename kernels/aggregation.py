@@ -82,11 +82,21 @@ def count_nonfinite(a):
 
 @jit(parallel=True)
 def rows_nonfinite(U, out):
-    """``out[k]`` = True where row k of U holds a NaN or Inf (error path only)."""
-    for k in prange(U.shape[0]):
+    """``out[k]`` = True where row k of U holds a NaN or Inf.
+
+    Counting ``abs(x) < inf`` over a block is a branch-free loop that vectorizes
+    (an early ``break`` on the first bad value would not); a row stops at the first
+    block with a non-finite value.
+    """
+    K, P = U.shape
+    for k in prange(K):
         flag = False
-        for j in range(U.shape[1]):
-            if not math.isfinite(U[k, j]):
+        for lo in range(0, P, BLOCK):
+            hi = min(P, lo + BLOCK)
+            cnt = 0
+            for j in range(lo, hi):
+                cnt += abs(U[k, j]) < np.inf
+            if cnt != hi - lo:
                 flag = True
                 break
         out[k] = flag

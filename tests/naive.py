@@ -235,3 +235,99 @@ def fedavg(updates, weights=None):
     for k in range(len(U)):
         total += share[k] * U[k]
     return total
+
+
+# ---------------------------------------------------------------- robust aggregation
+# Each rule written straight from its paper, one coordinate or one pair at a time.
+
+
+def coordinate_median(U):
+    U = np.asarray(U, np.float64)
+    out = np.empty(U.shape[1])
+    for j in range(U.shape[1]):
+        col = sorted(U[:, j])
+        K = len(col)
+        out[j] = col[K // 2] if K % 2 else 0.5 * (col[K // 2 - 1] + col[K // 2])
+    return out
+
+
+def trimmed_mean(U, beta):
+    U = np.asarray(U, np.float64)
+    K = U.shape[0]
+    t = int(np.floor(beta * K))
+    return np.array([np.mean(sorted(U[:, j])[t:K - t]) for j in range(U.shape[1])])
+
+
+def sq_distances(U):
+    U = np.asarray(U, np.float64)
+    K = len(U)
+    return np.array([[float(np.sum((U[i] - U[k]) ** 2)) for k in range(K)] for i in range(K)])
+
+
+def krum_scores(U, f):
+    D = sq_distances(U)
+    n = len(U)
+    return np.array([sum(sorted(D[i, k] for k in range(n) if k != i)[:n - f - 2])
+                     for i in range(n)])
+
+
+def multi_krum(U, f, m):
+    """Indices of the m lowest scores (ties to the lower index) and their mean."""
+    scores = krum_scores(U, f)
+    order = sorted(range(len(U)), key=lambda i: (scores[i], i))[:m]
+    sel = sorted(order)
+    return sel, np.mean(np.asarray(U, np.float64)[sel], axis=0)
+
+
+def bulyan(U, f):
+    U = np.asarray(U, np.float64)
+    n = len(U)
+    theta = n - 2 * f
+    left = list(range(n))
+    chosen = []
+    for _ in range(theta):
+        sub = U[left]
+        if len(left) > 2 * f + 2:
+            scores = krum_scores(sub, f)
+        else:
+            scores = sq_distances(sub).sum(axis=1)
+        best = left[min(range(len(left)), key=lambda i: (scores[i], i))]
+        chosen.append(best)
+        left.remove(best)
+    sel = sorted(chosen)
+    beta = theta - 2 * f
+    out = np.empty(U.shape[1])
+    for j in range(U.shape[1]):
+        col = np.sort(U[sel, j])
+        med = np.median(col)
+        closest = np.argsort(np.abs(col - med), kind="stable")[:beta]
+        out[j] = np.mean(col[closest])
+    return sel, out
+
+
+def norm_bounded_mean(U, max_norm, w=None):
+    U = np.asarray(U, np.float64)
+    w = np.ones(len(U)) if w is None else np.asarray(w, np.float64)
+    clipped = [u * min(1.0, max_norm / np.linalg.norm(u)) if np.linalg.norm(u) > 0 else u
+               for u in U]
+    return sum(wk * ck for wk, ck in zip(w, clipped)) / w.sum()
+
+
+def centered_clipping(U, tau, center, n_iter, w=None):
+    U = np.asarray(U, np.float64)
+    w = np.ones(len(U)) if w is None else np.asarray(w, np.float64)
+    w = w / w.sum()
+    v = np.array(center, np.float64)
+    for _ in range(n_iter):
+        step = np.zeros_like(v)
+        for wk, u in zip(w, U):
+            d = np.linalg.norm(u - v)
+            step += wk * (u - v) * (min(1.0, tau / d) if d > 0 else 1.0)
+        v = v + step
+    return v
+
+
+def geometric_median_objective(U, v, w=None):
+    U = np.asarray(U, np.float64)
+    w = np.ones(len(U)) if w is None else np.asarray(w, np.float64)
+    return float(sum(wk * np.linalg.norm(u - v) for wk, u in zip(w, U)))

@@ -137,8 +137,11 @@ DETERMINISM_SCRIPT = textwrap.dedent("""
     U = rng.normal(size=(37, 100_003)).astype(np.float32)
     A = fastmb.fedavg(U, rng.uniform(1, 5, 37))
     G = fastmb.grad(model, p, X, y)
+    M = fastmb.coordinate_median(U).aggregate
+    D = fastmb.pairwise_sq_distances(U[:10])
+    R = fastmb.geometric_median(U[:10], max_iter=3).aggregate
     h = hashlib.sha256()
-    for a in (T, S, A, G):
+    for a in (T, S, A, G, M, D, R):
         h.update(a.tobytes())
     print(h.hexdigest())
 """)
