@@ -53,6 +53,13 @@ def bandwidth(n_bytes=400_000_000, repeat=5):
     return 3 * a.nbytes / t
 
 
+def gemm_peak(n=1536, repeat=5):
+    """float32 matrix-multiply throughput of NumPy's BLAS (flop/s): the compute limit."""
+    a = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
+    out = np.empty_like(a)
+    return 2.0 * n**3 / best_time(lambda: np.matmul(a, a, out=out), repeat)
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -79,6 +86,14 @@ def fedavg_data(K=64, P=1_000_000, seed=3):
     rng = np.random.default_rng(seed)
     return (rng.normal(size=(K, P)).astype(np.float32),
             rng.integers(10, 1000, K).astype(np.float64))
+
+
+def robust_data(K=64, P=1_000_000, seed=4):
+    """K float32 updates of length P: a shared direction plus per-client noise."""
+    rng = np.random.default_rng(seed)
+    U = rng.normal(size=(K, P)).astype(np.float32)
+    U += rng.normal(size=P).astype(np.float32)
+    return (U,)
 
 
 # ----------------------------------------------------------------------------- peers
@@ -225,6 +240,31 @@ def numpy_fedavg(U, w):
     return lambda: (w32 @ U) / total
 
 
+def numpy_median(U):
+    """``np.median(U, axis=0)``."""
+    return lambda: np.median(U, axis=0)
+
+
+def numpy_trimmed_mean(U, beta=0.1):
+    """scipy.stats.trim_mean's formulation: ``np.partition`` at both cuts, mean of the middle."""
+    K = U.shape[0]
+    t = int(beta * K)
+    return lambda: np.partition(U, (t, K - t - 1), axis=0)[t:K - t].mean(axis=0)
+
+
+def numpy_krum(U, f=10):
+    """Flower's Krum with its distance matrix from one Gram matrix ``U @ U.T`` (BLAS)."""
+    def krum():
+        G = U @ U.T
+        sq = np.diag(G)
+        D = sq[:, None] + sq[None, :] - 2.0 * G
+        np.fill_diagonal(D, np.inf)
+        scores = np.sort(D, axis=1)[:, :len(U) - f - 2].sum(axis=1)
+        return U[np.argmin(scores)]
+
+    return krum
+
+
 #: Each benchmark's peers: (label, factory taking the same data as fastmb's call).
 PEERS = {
     "per_sample_logistic": [("NumPy (sigmoid(Xw)-y)[:,None]*X", numpy_logistic_per_sample),
@@ -235,6 +275,9 @@ PEERS = {
                        ("torch.func vmap(grad)", torch_mlp_per_sample)],
     "mlp_norms": [("materialize (fastmb) + np.linalg.norm", materialized_norms)],
     "fedavg": [("Flower aggregate()", flower_fedavg), ("NumPy (w @ U) / w.sum()", numpy_fedavg)],
+    "median": [("np.median(U, axis=0)", numpy_median)],
+    "trimmed_mean": [("np.partition trimmed mean", numpy_trimmed_mean)],
+    "krum": [("NumPy Gram-matrix Krum", numpy_krum)],
 }
 
 #: The first calls of the core kernels; run in a fresh process it measures compile time.
@@ -254,10 +297,16 @@ fastmb.fedavg(np.ones((3, 5), np.float32))
 # ----------------------------------------------------------------------------- rows
 
 
-def _rows(kernel, size, fast, peers, data, repeat, limit_bytes, bw, echo):
-    """Time ``fast`` and each installed peer on ``data``: one table row per peer."""
+def _rows(kernel, size, fast, peers, data, repeat, limit_bytes, bw, echo, limit_s=None):
+    """Time ``fast`` and each installed peer on ``data``: one table row per peer.
+
+    The limit is ``limit_bytes`` at bandwidth ``bw``, or a time ``limit_s`` given directly
+    (a flop count at GEMM peak); the row reports the limit's time over fastmb's time.
+    """
     t_fast = best_time(fast, repeat)
-    limit = None if limit_bytes is None else limit_bytes / bw / t_fast
+    if limit_bytes is not None:
+        limit_s = limit_bytes / bw
+    limit = None if limit_s is None else limit_s / t_fast
     rows = []
     for label, factory in PEERS[peers]:
         try:
@@ -322,7 +371,23 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
                      limit=20 * U.shape[1] / bw / t_add))
     echo(format_row(rows[-1]))
 
-    extra = {"bandwidth_GBps": bw / 1e9}
+    data = robust_data(P=sz(1_000_000))
+    (U,) = data
+    size = f"K={len(U)} x P={U.shape[1]:,} f32"
+    rows += _rows("coordinate median", size, lambda: fastmb.coordinate_median(U), "median",
+                  data, max(1, repeat // 2), U.nbytes, bw, echo)
+    rows += _rows("trimmed mean (beta 0.1)", size, lambda: fastmb.trimmed_mean(U, 0.1),
+                  "trimmed_mean", data, max(1, repeat // 2), U.nbytes, bw, echo)
+    data = robust_data(K=100, P=sz(1_000_000))
+    (U,) = data
+    peak = gemm_peak(repeat=repeat)
+    echo(f"float32 GEMM peak (NumPy BLAS): {peak / 1e9:.0f} GFLOP/s")
+    # the limit of the distances: the upper triangle of the Gram matrix at GEMM peak
+    rows += _rows("Krum (f=10)", f"K={len(U)} x P={U.shape[1]:,} f32",
+                  lambda: fastmb.krum(U, 10), "krum", data, max(1, repeat // 2), None, bw, echo,
+                  limit_s=len(U) * (len(U) + 1) * U.shape[1] / peak)
+
+    extra = {"bandwidth_GBps": bw / 1e9, "gemm_GFLOPs": peak / 1e9}
     if compile:
         extra.update(compile_times())
         echo(f"compile: cold {extra['cold_s']:.1f} s (fresh cache), warm start-up "

@@ -51,3 +51,15 @@ def test_bench_fedavg_and_flower_peer(benchmark):
     avg = benchmark(fastmb.fedavg, U, w)
     flower = flower_fedavg(U, w)()[0]
     np.testing.assert_allclose(avg, flower, rtol=1e-5, atol=1e-6)
+
+
+def test_bench_robust_rules_and_numpy_peers(benchmark):
+    from fastmb.bench import numpy_krum, numpy_median, numpy_trimmed_mean, robust_data
+
+    (U,) = robust_data(K=24, P=3000)
+    med = benchmark(fastmb.coordinate_median, U)
+    # the peers `fastmb bench` times compute the same aggregates
+    np.testing.assert_array_equal(med.aggregate, numpy_median(U)())
+    np.testing.assert_allclose(fastmb.trimmed_mean(U, 0.1).aggregate, numpy_trimmed_mean(U)(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(fastmb.krum(U, 5).aggregate, numpy_krum(U, 5)())

@@ -7,11 +7,12 @@ import pytest
 import fastmb.aggregation
 import fastmb.gradients
 import fastmb.models
+import fastmb.robust
 import fastmb.training
 
 
 @pytest.mark.parametrize("module", [fastmb.models, fastmb.gradients, fastmb.training,
-                                    fastmb.aggregation], ids=lambda m: m.__name__)
+                                    fastmb.aggregation, fastmb.robust], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
