@@ -13,6 +13,7 @@ from .models import MLP, Linear
 from .robust import (RobustAggregate, bulyan, centered_clipping, coordinate_median,
                      geometric_median, krum, multi_krum, norm_bounded_mean, pairwise_sq_distances,
                      trimmed_mean)
+from .server import FedAdagrad, FedAdam, FedAvgM, FedYogi, ServerOptimizer
 from .training import sgd, train_clients
 
 __version__ = "0.1.0"
@@ -22,5 +23,6 @@ __all__ = [
     "predict", "predict_proba", "decision_function", "sgd", "train_clients", "fedavg",
     "WeightedMean", "RobustAggregate", "coordinate_median", "trimmed_mean", "krum", "multi_krum",
     "bulyan", "geometric_median", "centered_clipping", "norm_bounded_mean",
-    "pairwise_sq_distances", "__version__",
+    "pairwise_sq_distances", "ServerOptimizer", "FedAvgM", "FedAdagrad", "FedAdam", "FedYogi",
+    "__version__",
 ]

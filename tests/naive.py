@@ -331,3 +331,29 @@ def geometric_median_objective(U, v, w=None):
     U = np.asarray(U, np.float64)
     w = np.ones(len(U)) if w is None else np.asarray(w, np.float64)
     return float(sum(wk * np.linalg.norm(u - v) for wk, u in zip(w, U)))
+
+
+# ---------------------------------------------------------------- server optimizers
+
+
+def server_steps(kind, x, aggregates, lr, b1, b2=0.0, tau=0.0):
+    """Reddi et al. 2021, Algorithm 2, one coordinate at a time in float64."""
+    x = [float(a) for a in x]
+    m = [0.0] * len(x)
+    v = [tau * tau] * len(x)
+    for agg in aggregates:
+        for j in range(len(x)):
+            d = float(agg[j]) - x[j]
+            if kind == "FedAvgM":
+                m[j] = b1 * m[j] + d
+                x[j] += lr * m[j]
+                continue
+            m[j] = b1 * m[j] + (1 - b1) * d
+            if kind == "FedAdagrad":
+                v[j] = v[j] + d * d
+            elif kind == "FedAdam":
+                v[j] = b2 * v[j] + (1 - b2) * d * d
+            else:
+                v[j] = v[j] - (1 - b2) * d * d * np.sign(v[j] - d * d)
+            x[j] += lr * m[j] / (np.sqrt(v[j]) + tau)
+    return np.array(x)

@@ -8,11 +8,13 @@ import fastmb.aggregation
 import fastmb.gradients
 import fastmb.models
 import fastmb.robust
+import fastmb.server
 import fastmb.training
 
 
 @pytest.mark.parametrize("module", [fastmb.models, fastmb.gradients, fastmb.training,
-                                    fastmb.aggregation, fastmb.robust], ids=lambda m: m.__name__)
+                                    fastmb.aggregation, fastmb.robust,
+                                    fastmb.server], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
