@@ -9,6 +9,7 @@ importing fastmb compiles nothing and does not even import Numba.
 from .aggregation import WeightedMean, fedavg
 from .gradients import (decision_function, grad, loss, loss_and_grad, per_sample_grad,
                         per_sample_grad_norm, predict, predict_proba)
+from .compress import SparseUpdate, topk
 from .models import MLP, Linear
 from .robust import (RobustAggregate, bulyan, centered_clipping, coordinate_median,
                      geometric_median, krum, multi_krum, norm_bounded_mean, pairwise_sq_distances,
@@ -24,5 +25,5 @@ __all__ = [
     "WeightedMean", "RobustAggregate", "coordinate_median", "trimmed_mean", "krum", "multi_krum",
     "bulyan", "geometric_median", "centered_clipping", "norm_bounded_mean",
     "pairwise_sq_distances", "ServerOptimizer", "FedAvgM", "FedAdagrad", "FedAdam", "FedYogi",
-    "__version__",
+    "SparseUpdate", "topk", "__version__",
 ]

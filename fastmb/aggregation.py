@@ -120,6 +120,32 @@ class WeightedMean:
         self.total_weight += w
         self.count += 1
 
+    def add_sparse(self, sparse, weight=1.0):
+        """Add a :class:`fastmb.SparseUpdate` (e.g. from :func:`fastmb.topk`) without densifying it.
+
+        Costs O(k), not O(P): only the sent coordinates are touched.
+        """
+        from .compress import SparseUpdate
+
+        if not isinstance(sparse, SparseUpdate):
+            raise TypeError(f"sparse must be a fastmb.SparseUpdate, got {type(sparse).__name__}")
+        if sparse.n_params != self.n_params:
+            raise ValueError(f"sparse has n_params={sparse.n_params}, expected {self.n_params}")
+        w = V.check_number("weight", weight, low=0)
+        idx = np.ascontiguousarray(sparse.indices, np.int64)
+        val = np.ascontiguousarray(sparse.values, V.float_dtype(np.asarray(sparse.values)))
+        if idx.shape != val.shape or idx.ndim != 1:
+            raise ValueError("sparse.indices and sparse.values must be 1-D of equal length")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_params or (np.diff(idx) <= 0).any()):
+            raise ValueError("sparse.indices must be strictly increasing and in range")
+        if not np.isfinite(val).all():
+            raise ValueError("sparse.values contains NaN or Inf")
+        from .kernels import compress as KC
+
+        KC.sparse_axpy(self._sum, w, idx, val)
+        self.total_weight += w
+        self.count += 1
+
     def merge(self, other):
         """Fold another WeightedMean of the same length into this one."""
         if not isinstance(other, WeightedMean):

@@ -265,6 +265,20 @@ def numpy_krum(U, f=10):
     return krum
 
 
+def numpy_topk_ef(u, residual, k):
+    """Top-k with error feedback by ``np.argpartition`` of ``|u + residual|``."""
+    P = u.shape[0]
+
+    def step():
+        c = u + residual
+        sel = np.argpartition(np.abs(c), P - k)[P - k:]
+        vals = c[sel]
+        c[sel] = 0
+        return sel, vals, c
+
+    return step
+
+
 #: Each benchmark's peers: (label, factory taking the same data as fastmb's call).
 PEERS = {
     "per_sample_logistic": [("NumPy (sigmoid(Xw)-y)[:,None]*X", numpy_logistic_per_sample),
@@ -278,6 +292,7 @@ PEERS = {
     "median": [("np.median(U, axis=0)", numpy_median)],
     "trimmed_mean": [("np.partition trimmed mean", numpy_trimmed_mean)],
     "krum": [("NumPy Gram-matrix Krum", numpy_krum)],
+    "topk": [("np.argpartition top-k + residual", numpy_topk_ef)],
 }
 
 #: The first calls of the core kernels; run in a fresh process it measures compile time.
@@ -386,6 +401,16 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
     rows += _rows("Krum (f=10)", f"K={len(U)} x P={U.shape[1]:,} f32",
                   lambda: fastmb.krum(U, 10), "krum", data, max(1, repeat // 2), None, bw, echo,
                   limit_s=len(U) * (len(U) + 1) * U.shape[1] / peak)
+
+    rng = np.random.default_rng(5)
+    u = rng.normal(size=sz(10_000_000)).astype(np.float32)
+    res0 = (0.1 * rng.normal(size=u.size)).astype(np.float32)
+    res = res0.copy()
+    k = max(1, u.size // 100)
+    # reads u and the residual, writes the residual: 12 bytes a coordinate at least
+    rows += _rows("top-k 1% + error feedback", f"P={u.size:,} f32",
+                  lambda: fastmb.topk(u, k, residual=res), "topk", (u, res0, k),
+                  max(1, repeat // 2), 12 * u.size, bw, echo)
 
     extra = {"bandwidth_GBps": bw / 1e9, "gemm_GFLOPs": peak / 1e9}
     if compile:

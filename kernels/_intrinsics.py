@@ -38,3 +38,21 @@ fmin = _float_binary("llvm.minnum")
 fmax = _float_binary("llvm.maxnum")
 """Maximum of two finite floats of the same type (``vmaxps``/``vmaxpd``)."""
 
+
+
+@intrinsic
+def float_bits(typingctx, x):
+    """The IEEE bits of a float as a signed integer of the same width (a bitcast).
+
+    For non-negative x the integer orders like x itself: what radix selection needs.
+    Taken from the value, not through an integer view of the array, so the compiler
+    never sees two arrays that secretly alias.
+    """
+    if not isinstance(x, types.Float):
+        return None
+    ity = types.int32 if x.bitwidth == 32 else types.int64
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(ity))
+
+    return ity(x), codegen

@@ -6,6 +6,7 @@ import pytest
 
 import fastmb.aggregation
 import fastmb.gradients
+import fastmb.compress
 import fastmb.models
 import fastmb.robust
 import fastmb.server
@@ -14,7 +15,7 @@ import fastmb.training
 
 @pytest.mark.parametrize("module", [fastmb.models, fastmb.gradients, fastmb.training,
                                     fastmb.aggregation, fastmb.robust,
-                                    fastmb.server], ids=lambda m: m.__name__)
+                                    fastmb.server, fastmb.compress], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
