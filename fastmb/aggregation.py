@@ -132,14 +132,7 @@ class WeightedMean:
         if sparse.n_params != self.n_params:
             raise ValueError(f"sparse has n_params={sparse.n_params}, expected {self.n_params}")
         w = V.check_number("weight", weight, low=0)
-        idx = np.ascontiguousarray(sparse.indices, np.int64)
-        val = np.ascontiguousarray(sparse.values, V.float_dtype(np.asarray(sparse.values)))
-        if idx.shape != val.shape or idx.ndim != 1:
-            raise ValueError("sparse.indices and sparse.values must be 1-D of equal length")
-        if idx.size and (idx.min() < 0 or idx.max() >= self.n_params or (np.diff(idx) <= 0).any()):
-            raise ValueError("sparse.indices must be strictly increasing and in range")
-        if not np.isfinite(val).all():
-            raise ValueError("sparse.values contains NaN or Inf")
+        idx, val, _ = sparse.checked("sparse")
         from .kernels import compress as KC
 
         KC.sparse_axpy(self._sum, w, idx, val)

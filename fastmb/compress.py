@@ -52,9 +52,21 @@ class SparseUpdate(NamedTuple):
         off = _HEADER.size
         idx = np.frombuffer(data, f"<u{isz}", k, off).astype(np.int64)
         val = np.frombuffer(data, vdt, k, off + k * isz).astype(vdt.newbyteorder("="))
-        if k and (idx[-1] >= n or (np.diff(idx) <= 0).any()):
-            raise ValueError("data has indices out of range or not strictly increasing")
-        return cls(idx, val, int(n))
+        return cls(idx, val, int(n)).checked("data")
+
+    def checked(self, name="sparse"):
+        """This update with contiguous int64 indices and float values, after checking that
+        the indices are strictly increasing and in range and the values finite."""
+        idx = np.ascontiguousarray(self.indices, np.int64)
+        val = np.asarray(self.values)
+        val = np.ascontiguousarray(val, V.float_dtype(val))
+        if idx.shape != val.shape or idx.ndim != 1:
+            raise ValueError(f"{name}: indices and values must be 1-D of equal length")
+        if idx.size and (idx[0] < 0 or idx[-1] >= self.n_params or (np.diff(idx) <= 0).any()):
+            raise ValueError(f"{name}: indices must be strictly increasing and in range")
+        if not np.isfinite(val).all():
+            raise ValueError(f"{name}: values contain NaN or Inf")
+        return SparseUpdate(idx, val, int(self.n_params))
 
     def densify(self):
         """The dense (n_params,) update."""

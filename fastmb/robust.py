@@ -341,6 +341,11 @@ def _row_dist(U, z):
     return np.sqrt(out)
 
 
+def _clip_factors(dist, radius):
+    """``min(1, radius / dist)`` per client (a zero distance needs no clipping)."""
+    return np.minimum(1.0, radius / np.maximum(dist, np.finfo(np.float64).tiny))
+
+
 def _client_weights(weights, n_all, kept):
     if weights is None:
         return np.ones(kept.size)
@@ -376,7 +381,7 @@ def norm_bounded_mean(updates, max_norm, weights=None):
     U, kept, rejected = _finite_rows(updates)
     w = _client_weights(weights, np.shape(updates)[0], kept)
     norms = _row_dist(U, np.zeros(U.shape[1]))
-    scale = np.minimum(1.0, c / np.maximum(norms, np.finfo(np.float64).tiny))
+    scale = _clip_factors(norms, c)
     from .kernels import aggregation as KA
 
     out = np.empty(U.shape[1], U.dtype)
@@ -424,7 +429,7 @@ def centered_clipping(updates, tau, center=None, n_iter=1, weights=None):
     step = np.empty(U.shape[1], np.float64)
     for _ in range(n_iter):
         d = _row_dist(U, v)
-        c = w * np.minimum(1.0, tau / np.maximum(d, np.finfo(np.float64).tiny))
+        c = w * _clip_factors(d, tau)
         # v + sum_k c_k (u_k - v) = sum_k c_k u_k + (1 - sum_k c_k) v
         KA.weighted_mean(U, c, 1.0, step)
         v = step + (1.0 - c.sum()) * v
