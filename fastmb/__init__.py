@@ -11,6 +11,7 @@ from .gradients import (decision_function, grad, loss, loss_and_grad, per_sample
                         per_sample_grad_norm, predict, predict_proba)
 from .compress import SparseUpdate, topk
 from .models import MLP, Linear
+from .privacy import CentralDP, DPAggregate
 from .robust import (RobustAggregate, bulyan, centered_clipping, coordinate_median,
                      geometric_median, krum, multi_krum, norm_bounded_mean, pairwise_sq_distances,
                      trimmed_mean)
@@ -25,5 +26,5 @@ __all__ = [
     "WeightedMean", "RobustAggregate", "coordinate_median", "trimmed_mean", "krum", "multi_krum",
     "bulyan", "geometric_median", "centered_clipping", "norm_bounded_mean",
     "pairwise_sq_distances", "ServerOptimizer", "FedAvgM", "FedAdagrad", "FedAdam", "FedYogi",
-    "SparseUpdate", "topk", "__version__",
+    "SparseUpdate", "topk", "CentralDP", "DPAggregate", "__version__",
 ]

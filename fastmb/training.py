@@ -8,6 +8,27 @@ from . import _validation as V
 from .gradients import _Batch
 
 SCHEDULES = {"constant": 0, "invscaling": 1, "cosine": 2}
+# From this batch size on, a mini-batch's gradient is computed with matrix products, one
+# per layer and pass (BLAS), instead of sample by sample; a one-output linear model keeps
+# its dedicated per-sample loop. Measured on a 2-core AVX2 machine: at batch 8 the
+# batched path is 1.5x faster for MLP([16, 8, 2]) and [128, 256, 256, 10], at batch 4
+# it is slower for the larger one (BLAS call overhead on 4-row products).
+BATCHED_MIN_BATCH = 8
+
+
+def _privacy(model, clip_norm, noise_multiplier, sample_weight):
+    """``(clip, noise_std)`` for the kernel: ``(inf, 0)`` when DP-SGD is off."""
+    z = V.check_number("noise_multiplier", noise_multiplier, low=0)
+    if clip_norm is None:
+        if z > 0:
+            raise ValueError("noise_multiplier > 0 needs clip_norm: the noise is calibrated to "
+                             "the clipping norm (standard deviation noise_multiplier * clip_norm)")
+        return np.inf, 0.0
+    c = V.check_number("clip_norm", clip_norm, low=0, low_open=True)
+    if sample_weight is not None:
+        raise ValueError("sample_weight cannot be combined with clip_norm: weights change "
+                         "each sample's sensitivity, which DP-SGD's clipping bounds")
+    return c, z * c
 
 
 def _options(batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule, power_t):
@@ -41,7 +62,7 @@ def _as_epochs(epochs, K):
 
 def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
         weight_decay=0.0, prox_mu=0.0, shuffle=True, seed=0, sample_weight=None,
-        schedule="constant", power_t=0.5):
+        schedule="constant", power_t=0.5, clip_norm=None, noise_multiplier=0.0):
     """Mini-batch SGD on one client's data; returns new parameters (``params`` is not changed).
 
     Each step uses the weighted mean gradient of one mini-batch ``g`` and updates::
@@ -73,6 +94,17 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
         ``lr_t`` = ``lr``; ``lr / (t + 1)**power_t``; ``lr * (1 + cos(pi t / T)) / 2``,
         with ``t`` the step and ``T`` the number of steps.
     power_t : float, default 0.5
+    clip_norm : float, optional
+        DP-SGD (Abadi et al. 2016): clip every per-sample gradient to this L2 norm before
+        the mini-batch sum. The per-sample norms come from each layer's activations and
+        deltas (|a|^2 |d|^2 per layer, "ghost norms"); no per-sample gradient is formed,
+        and the clipped sum is one matrix product per layer. ``g`` above becomes
+        ``(sum_i clip(g_i) + noise) / b`` for a batch of ``b`` rows.
+    noise_multiplier : float, default 0
+        Gaussian noise of standard deviation ``noise_multiplier * clip_norm`` added to
+        each coordinate of the clipped sum, drawn from a counter-based stream of
+        ``seed`` (reproducible, and the same on any number of threads). See
+        :func:`fastmb.privacy.epsilon` for the privacy this buys.
 
     Returns
     -------
@@ -88,17 +120,26 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
     >>> p = fastmb.sgd(model, model.init(), X, y, epochs=5, lr=0.5)
     >>> float((fastmb.predict(model, p, X) == y).mean()) > 0.95
     True
+
+    The same with DP-SGD (each sample's gradient clipped to norm 1, noise of std 0.5):
+
+    >>> p = fastmb.sgd(model, model.init(), X, y, epochs=5, lr=0.5, clip_norm=1.0,
+    ...                noise_multiplier=0.5)
+    >>> float((fastmb.predict(model, p, X) == y).mean()) > 0.9
+    True
     """
     n = len(X) if np.ndim(X) >= 1 else 0
     return train_clients(model, params, X, y, [0, n],
                          epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                          weight_decay=weight_decay, prox_mu=prox_mu, shuffle=shuffle, seed=seed,
-                         sample_weight=sample_weight, schedule=schedule, power_t=power_t)[0]
+                         sample_weight=sample_weight, schedule=schedule, power_t=power_t,
+                         clip_norm=clip_norm, noise_multiplier=noise_multiplier)[0]
 
 
 def train_clients(model, params, X, y, client_offsets, *, epochs=1, batch_size=32, lr=0.01,
                   momentum=0.0, weight_decay=0.0, prox_mu=0.0, shuffle=True, seed=0,
-                  sample_weight=None, schedule="constant", power_t=0.5):
+                  sample_weight=None, schedule="constant", power_t=0.5, clip_norm=None,
+                  noise_multiplier=0.0):
     """Local SGD of K clients from the same starting ``params``, in parallel, in one call.
 
     Client k owns rows ``client_offsets[k]:client_offsets[k+1]`` of ``X`` and ``y``
@@ -107,7 +148,8 @@ def train_clients(model, params, X, y, client_offsets, *, epochs=1, batch_size=3
     length-K array, for stragglers that run fewer local epochs. Client k shuffles with
     its own stream derived from ``(seed, k)``, so client 0 reproduces
     ``sgd(..., seed=seed)`` on its rows, and the result is bit-identical on any number
-    of threads.
+    of threads. With ``clip_norm`` and ``noise_multiplier`` every client runs DP-SGD
+    (local differential privacy of each client's samples), each with its own noise.
 
     Returns
     -------
@@ -145,6 +187,10 @@ def train_clients(model, params, X, y, client_offsets, *, epochs=1, batch_size=3
     ep = _as_epochs(epochs, K)
     opts = _options(batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule,
                     power_t)
+    clip, noise_std = _privacy(model, clip_norm, noise_multiplier, sample_weight)
+    one_output_linear = len(model.sizes) == 2 and model.sizes[1] == 1
+    batched = bool(clip < np.inf
+                   or (not one_output_linear and opts["batch"] >= BATCHED_MIN_BATCH))
     from .kernels import training as K_
 
     out = np.empty((K, model.n_params), b.params.dtype)
@@ -152,7 +198,7 @@ def train_clients(model, params, X, y, client_offsets, *, epochs=1, batch_size=3
     K_.train_clients(b.params, b.X, b.yc, b.yr, b.sw, model._spec, off, np.uint64(opts["seed"]),
                      ep, opts["batch"], opts["lr_schedule"], opts["shuffle"], opts["lr"],
                      opts["power_t"], opts["momentum"], opts["weight_decay"], opts["prox_mu"],
-                     out, bad)
+                     batched, float(clip), float(noise_std), out, bad)
     row = V.first_bad(bad)
     if row >= 0:
         V.raise_bad_row(b.X, row, overflow=f"training diverged: the loss became NaN or Inf at "

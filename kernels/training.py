@@ -14,6 +14,13 @@ dtype (at most ``batch`` terms). The update, with all options on, is::
 Shuffling uses the counter-based generator of ``_rng``: client k's epoch e is
 shuffled with key ``hash2(hash2(seed, k), e)``, so clients are independent of which
 thread trains them.
+
+DP-SGD (Abadi et al. 2016) replaces ``g`` by ``(sum_i clip(g_i, C) + N(0, (zC)^2 I)) / b``
+for a batch of b rows: each per-sample gradient is clipped to L2 norm ``C`` before the
+sum and Gaussian noise of standard deviation ``noise_std = z C`` is added to the sum.
+It runs on the batched path (``_layers.batch_grad``), which gets the per-sample norms
+from the layer activations and deltas and folds the clip factors into one matrix
+product per layer. Step t's noise is drawn with key ``hash2(client key ^ NOISE_TAG, t)``.
 """
 
 import math
@@ -23,18 +30,23 @@ from numba import prange
 
 from ._jit import jit
 from ._model import MODE_ADD, is_linear1, linear1_delta, sample_grad, workspace
-from ._rng import hash2, shuffle as shuffle_inplace
+from ._layers import batch_grad
+from ._rng import add_normal, hash2, shuffle as shuffle_inplace
 
 SCHED_CONSTANT, SCHED_INVSCALING, SCHED_COSINE = 0, 1, 2
+# Separates the noise stream from the shuffling stream that uses the same client key.
+NOISE_TAG = np.uint64(0xD1B54A32D192ED03)
 
 
 @jit
 def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_schedule, shuffle,
-               lr, power_t, momentum, weight_decay, prox_mu, p):
+               lr, power_t, momentum, weight_decay, prox_mu, batched, clip, noise_std, p):
     """Train on rows ``lo:hi`` starting from ``params0``; the result is written to ``p``.
 
-    Returns -1, or the first row whose forward pass or loss was not finite (a bad
-    input row, or parameters that diverged).
+    ``batched`` computes each mini-batch's gradient layer by layer with matrix products
+    (required for ``clip < inf``, DP-SGD); otherwise sample by sample. Returns -1, or
+    the first row whose forward pass or loss was not finite (a bad input row, or
+    parameters that diverged).
     """
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
     P = params0.shape[0]
@@ -52,6 +64,17 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
     has_w = sw.shape[0] > 0
     for j in range(P):
         p[j] = params0[j]
+    if batched:
+        bmax = min(batch, hi - lo)
+        A0 = np.empty((bmax, nf), params0.dtype)
+        rows = np.empty(bmax, np.int64)
+        scale = np.empty(bmax if has_w else 0, params0.dtype)
+        nbuf = bmax * spec[3][spec[3].shape[0] - 1]
+        Zb = np.empty(nbuf, params0.dtype)
+        Hb = np.empty(nbuf, params0.dtype)
+        Db = np.empty(nbuf, params0.dtype)
+        sq = np.empty(bmax, np.float64)
+    noise_key = hash2(np.uint64(key) ^ NOISE_TAG, 0)
     n_batches = (n + batch - 1) // batch
     total = max(1, epochs * n_batches)
     t = 0
@@ -65,7 +88,24 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
             wsum = 0.0
             b_lo = b * batch
             b_hi = min(n, b_lo + batch)
-            if fast:
+            if batched:
+                nb = b_hi - b_lo
+                A = A0[:nb]
+                for s in range(nb):
+                    r = lo + perm[s + b_lo]
+                    rows[s] = r
+                    A[s] = X[r]
+                    w = sw[r] if has_w else 1.0
+                    if has_w:
+                        scale[s] = w
+                    wsum += w
+                r, _ = batch_grad(p, A, rows[:nb], yc, yr, spec, scale[:nb if has_w else 0],
+                                  clip, Zb, Hb, Db, sq[:nb], g)
+                if r >= 0:
+                    return r
+                if noise_std > 0.0:
+                    add_normal(g, hash2(noise_key, t), noise_std)
+            elif fast:
                 # One layer, one output: g += w_r * delta_r * [x_r, 1], no views per row.
                 z0 = p[nf] if has_b else 0.0
                 for s in range(b_lo, b_hi):
@@ -115,10 +155,12 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
 
 @jit(parallel=True)
 def train_clients(params0, X, yc, yr, sw, spec, offsets, seed, epochs, batch, lr_schedule, shuffle,
-                  lr, power_t, momentum, weight_decay, prox_mu, out, bad):
+                  lr, power_t, momentum, weight_decay, prox_mu, batched, clip, noise_std, out,
+                  bad):
     """Client k trains on rows ``offsets[k]:offsets[k+1]`` for ``epochs[k]`` epochs into ``out[k]``."""
     K = out.shape[0]
     for k in prange(K):
         bad[k] = sgd_client(params0, X, yc, yr, sw, spec, offsets[k], offsets[k + 1],
                             hash2(seed, k), epochs[k], batch, lr_schedule, shuffle, lr, power_t,
-                            momentum, weight_decay, prox_mu, out[k])
+                            momentum, weight_decay, prox_mu, batched, clip, noise_std,
+                            out[k])

@@ -5,6 +5,8 @@ be read rather than to be fast. The kernels are tested against these functions a
 the gradients here are themselves tested against finite differences.
 """
 
+import math
+
 import numpy as np
 
 # ---------------------------------------------------------------- models
@@ -173,6 +175,53 @@ def shuffled(n, key):
     return perm
 
 
+def _uniform53(h):
+    return (h >> 11) * 2.0**-53
+
+
+def _zig_tables(n=128, r=3.442619855899, v=9.91256303526217e-3):
+    x = [0.0] * (n + 1)
+    f = math.exp(-0.5 * r * r)
+    x[0], x[1] = v / f, r
+    for i in range(2, n):
+        x[i] = math.sqrt(-2.0 * math.log(v / x[i - 1] + f))
+        f = math.exp(-0.5 * x[i] * x[i])
+    return x, [x[i + 1] / x[i] for i in range(n)]
+
+
+ZIG_X, ZIG_R = _zig_tables()
+
+
+def normal(key, ctr):
+    """Doornik's ZIGNOR ziggurat driven by hash2 draws, step by step (see kernels/_rng.py)."""
+    h = hash2(key, ctr)
+    u, i = 2.0 * _uniform53(h) - 1.0, h & 127
+    if abs(u) < ZIG_R[i]:
+        return u * ZIG_X[i]
+    key, a = h, 1
+    while True:
+        if i == 0:
+            while True:
+                x = -math.log(1.0 - _uniform53(hash2(key, a))) / ZIG_X[1]
+                y = -math.log(1.0 - _uniform53(hash2(key, a + 1)))
+                a += 2
+                if 2.0 * y > x * x:
+                    return -(ZIG_X[1] + x) if u < 0 else ZIG_X[1] + x
+        x = u * ZIG_X[i]
+        f0 = math.exp(-0.5 * (ZIG_X[i] ** 2 - x * x))
+        f1 = math.exp(-0.5 * (ZIG_X[i + 1] ** 2 - x * x))
+        if f1 + _uniform53(hash2(key, a)) * (f0 - f1) < 1.0:
+            return x
+        h = hash2(key, a + 1)
+        a += 2
+        u, i = 2.0 * _uniform53(h) - 1.0, h & 127
+        if abs(u) < ZIG_R[i]:
+            return u * ZIG_X[i]
+
+
+NOISE_TAG = 0xD1B54A32D192ED03
+
+
 # ---------------------------------------------------------------- local training
 
 
@@ -186,8 +235,12 @@ def lr_at(t, total, lr, schedule, power_t):
 
 def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
         weight_decay=0.0, prox_mu=0.0, shuffle=True, seed=0, sample_weight=None,
-        schedule="constant", power_t=0.5, key=None):
-    """Mini-batch SGD, one Python step at a time; ``key`` defaults to client 0's stream."""
+        schedule="constant", power_t=0.5, key=None, clip_norm=None, noise_multiplier=0.0):
+    """Mini-batch SGD, one Python step at a time; ``key`` defaults to client 0's stream.
+
+    With ``clip_norm``: DP-SGD, each per-sample gradient clipped to that norm, noise
+    ``noise_multiplier * clip_norm * normal(hash2(key ^ NOISE_TAG, 0) then t, j)``.
+    """
     p0 = np.asarray(params, np.float64)
     p = p0.copy()
     v = np.zeros_like(p)
@@ -196,6 +249,7 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
     key = hash2(seed, 0) if key is None else key
     n_batches = -(-n // batch_size)
     total = max(1, epochs * n_batches)
+    noise_key = hash2(key ^ NOISE_TAG, 0)
     t = 0
     for e in range(epochs):
         order = shuffled(n, hash2(key, e)) if shuffle else list(range(n))
@@ -203,7 +257,16 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
             idx = order[b * batch_size:(b + 1) * batch_size]
             g = np.zeros_like(p)
             for i in idx:
-                g += w[i] * sample_grad(model, p, X[i], _label(y, i))[1]
+                gi = sample_grad(model, p, X[i], _label(y, i))[1]
+                if clip_norm is not None:
+                    norm = np.linalg.norm(gi)
+                    if norm > clip_norm:
+                        gi = gi * (clip_norm / norm)
+                g += w[i] * gi
+            if noise_multiplier > 0:
+                step_key = hash2(noise_key, t)
+                g += noise_multiplier * clip_norm * np.array(
+                    [normal(step_key, j) for j in range(len(p))])
             wsum = w[idx].sum()
             g = g / wsum if wsum > 0 else 0 * g
             d = g + weight_decay * p + prox_mu * (p - p0)

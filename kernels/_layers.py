@@ -1,0 +1,155 @@
+"""A whole mini-batch through a fully connected model, layer by layer as matrix products.
+
+``_model`` pushes one sample at a time through the network (matrix-vector products);
+that is the right shape for small batches and for per-sample outputs. For a large
+mini-batch the same arithmetic is three matrix products per layer, and those run at
+GEMM speed through ``np.dot`` (BLAS, via SciPy). With the rows of a batch in the
+rows of ``A_l`` (activations entering layer l) and ``D_l`` (output deltas of layer l):
+
+    forward    Z_l = A_l W_l + b_l,            A_{l+1} = act(Z_l)
+    backward   D_{l-1} = (D_l W_l^T) * act'(Z_{l-1})
+    gradient   G_W_l = A_l^T diag(c) D_l,      G_b_l = sum_i c_i D_l[i]
+
+Sample i's gradient for layer l is the outer product ``a_il (x) d_il``, so its squared
+norm is ``(|a_il|^2 + 1) |d_il|^2`` (the 1 for the bias): the per-sample norms, needed
+to clip for DP-SGD, cost two row norms per layer and no per-sample gradient is ever
+formed ("ghost norms", Goodfellow 2015; Li et al. 2022). The clip factors ``c_i`` then
+enter the weight-gradient product as a diagonal scaling of ``D_l``'s rows, so the
+clipped sum is still one matrix product per layer.
+
+Row norms are summed in float64 (at most a few thousand terms each, but the clip
+decision compares them to a threshold, so they should not depend on the dtype's
+rounding more than needed). The matrix products run in the parameters' dtype, as
+BLAS does; each output element is one dot product over the batch or the layer width,
+and OpenBLAS splits GEMM work over output blocks only, so the bits do not depend on
+its thread count.
+"""
+
+import math
+
+import numpy as np
+
+from ._jit import jit
+from ._model import _act_deriv, _activate, loss_and_delta
+
+
+@jit(inline="always")
+def _block(buf, b, lo, hi):
+    """Rows ``0:b`` of layer units ``lo:hi`` in a flat per-batch buffer, as a (b, hi-lo) view."""
+    return buf[b * lo:b * hi].reshape((b, hi - lo))
+
+
+@jit
+def batch_grad(params, A0, rows, yc, yr, spec, scale, clip, Zb, Hb, Db, sq, g):
+    """Sum of (clipped, weighted) per-sample gradients of one mini-batch, written to ``g``.
+
+    ``A0`` (b, n_features) holds the batch's inputs and ``rows`` (b,) their row numbers
+    in the label arrays. ``scale`` (b,) weights each sample (or is empty: weight 1).
+    Each sample's gradient is first clipped to L2 norm ``clip`` (``inf``: no clipping).
+    ``Zb``, ``Hb``, ``Db`` are flat buffers of at least ``b * u_off[L]`` values and
+    ``sq`` (b,) float64 receives the squared per-sample norms (before clipping and
+    weighting). Returns ``(first bad row or -1, number of samples clipped)``.
+    """
+    sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+    L = sizes.shape[0] - 1
+    b = A0.shape[0]
+    has_w = scale.shape[0] > 0
+    bad = -1
+    # Forward: Z_l = A_l W_l + b_l, then the activation into H.
+    for l in range(L):
+        nin = sizes[l]
+        nout = sizes[l + 1]
+        A = A0 if l == 0 else _block(Hb, b, u_off[l - 1], u_off[l])
+        W = params[w_off[l]:w_off[l] + nin * nout].reshape((nin, nout))
+        Z = _block(Zb, b, u_off[l], u_off[l + 1])
+        np.dot(A, W, Z)
+        if b_off[l] >= 0:
+            bias = params[b_off[l]:b_off[l] + nout]
+            for i in range(b):
+                z = Z[i]
+                for j in range(nout):
+                    z[j] += bias[j]
+        if l == 0:
+            # A NaN/Inf input always reaches its row of Z_0 (see _model.forward).
+            for i in range(b):
+                if bad < 0:
+                    for j in range(nout):
+                        if not math.isfinite(Z[i, j]):
+                            bad = rows[i]
+                            break
+        if l < L - 1:
+            H = _block(Hb, b, u_off[l], u_off[l + 1])
+            for i in range(b):
+                for j in range(nout):
+                    H[i, j] = _activate(Z[i, j], act)
+    # Output deltas, row by row (the losses are per-sample functions).
+    lo = u_off[L - 1]
+    F = _block(Zb, b, lo, u_off[L])
+    DL = _block(Db, b, lo, u_off[L])
+    for i in range(b):
+        lv = loss_and_delta(F[i], DL[i], loss, hdelta, yc, yr, rows[i], False)
+        ok = math.isfinite(lv)
+        for j in range(F.shape[1]):
+            ok = ok and math.isfinite(F[i, j]) and math.isfinite(DL[i, j])
+        if not ok and (bad < 0 or rows[i] < bad):
+            bad = rows[i]
+    if bad >= 0:
+        return bad, 0
+    # Backward: D_{l-1} = (D_l W_l^T) * act'(Z_{l-1}).
+    for l in range(L - 1, 0, -1):
+        nin = sizes[l]
+        nout = sizes[l + 1]
+        W = params[w_off[l]:w_off[l] + nin * nout].reshape((nin, nout))
+        D = _block(Db, b, u_off[l], u_off[l + 1])
+        Dp = _block(Db, b, u_off[l - 1], u_off[l])
+        np.dot(D, W.T, Dp)
+        Zp = _block(Zb, b, u_off[l - 1], u_off[l])
+        Hp = _block(Hb, b, u_off[l - 1], u_off[l])
+        for i in range(b):
+            for j in range(nin):
+                Dp[i, j] *= _act_deriv(Zp[i, j], Hp[i, j], act)
+    # Ghost norms: |a (x) d|^2 = |a|^2 |d|^2 per layer, plus |d|^2 for the bias.
+    # Not needed (and left at 0) without clipping.
+    for i in range(b):
+        sq[i] = 0.0
+    for l in range(L if clip < np.inf else 0):
+        A = A0 if l == 0 else _block(Hb, b, u_off[l - 1], u_off[l])
+        D = _block(Db, b, u_off[l], u_off[l + 1])
+        hb = 1.0 if b_off[l] >= 0 else 0.0
+        for i in range(b):
+            na = hb
+            for j in range(A.shape[1]):
+                na += np.float64(A[i, j]) * A[i, j]
+            nd = 0.0
+            for j in range(D.shape[1]):
+                nd += np.float64(D[i, j]) * D[i, j]
+            sq[i] += na * nd
+    # Row factors c_i = weight_i * min(1, clip / |g_i|), folded into the deltas.
+    n_clipped = 0
+    clip_sq = clip * clip
+    for i in range(b):
+        c = scale[i] if has_w else 1.0
+        if sq[i] > clip_sq:
+            c *= clip / math.sqrt(sq[i])
+            n_clipped += 1
+        if c != 1.0:
+            for l in range(L):
+                D = _block(Db, b, u_off[l], u_off[l + 1])
+                d = D[i]
+                for j in range(d.shape[0]):
+                    d[j] = d[j] * c
+    # Weight gradients: G_W_l = A_l^T D_l (one GEMM), bias gradients: column sums of D_l.
+    for l in range(L):
+        nin = sizes[l]
+        nout = sizes[l + 1]
+        A = A0 if l == 0 else _block(Hb, b, u_off[l - 1], u_off[l])
+        D = _block(Db, b, u_off[l], u_off[l + 1])
+        np.dot(A.T, D, g[w_off[l]:w_off[l] + nin * nout].reshape((nin, nout)))
+        if b_off[l] >= 0:
+            gb = g[b_off[l]:b_off[l] + nout]
+            gb[:] = 0
+            for i in range(b):
+                d = D[i]
+                for j in range(nout):
+                    gb[j] += d[j]
+    return -1, n_clipped
