@@ -343,7 +343,10 @@ def _row_dist(U, z):
 
 def _clip_factors(dist, radius):
     """``min(1, radius / dist)`` per client (a zero distance needs no clipping)."""
-    return np.minimum(1.0, radius / np.maximum(dist, np.finfo(np.float64).tiny))
+    out = np.ones(dist.shape)
+    big = dist > radius
+    out[big] = radius / dist[big]
+    return out
 
 
 def _client_weights(weights, n_all, kept):

@@ -420,3 +420,34 @@ def server_steps(kind, x, aggregates, lr, b1, b2=0.0, tau=0.0):
                 v[j] = v[j] - (1 - b2) * d * d * np.sign(v[j] - d * d)
             x[j] += lr * m[j] / (np.sqrt(v[j]) + tau)
     return np.array(x)
+
+
+# ---------------------------------------------------------------- differential privacy
+
+
+def central_dp_round(U, clip, z_sum, m, key, adaptive=None):
+    """One DP-FedAvg round; ``adaptive`` = (gamma, clip_lr, sigma_b) or None.
+
+    Returns (aggregate, new clip norm). Noise: normal(hash2(key, 0), j) per coordinate,
+    normal(hash2(key, 1), 0) for the count.
+    """
+    U = np.asarray(U, np.float64)
+    total = np.zeros(U.shape[1])
+    below = 0
+    for u in U:
+        if not np.isfinite(u).all():
+            continue
+        norm = np.linalg.norm(u)
+        below += norm <= clip
+        total += u * (min(1.0, clip / norm) if norm > 0 else 1.0)
+    agg = total / m
+    sigma = z_sum * clip / m
+    if sigma > 0:
+        k0 = hash2(key, 0)
+        agg = agg + sigma * np.array([normal(k0, j) for j in range(U.shape[1])])
+    new_clip = clip
+    if adaptive is not None:
+        gamma, lr, sigma_b = adaptive
+        b = below + (sigma_b * normal(hash2(key, 1), 0) if z_sum > 0 and sigma_b > 0 else 0.0)
+        new_clip = clip * math.exp(-lr * (b / m - gamma))
+    return agg, new_clip

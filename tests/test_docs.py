@@ -8,6 +8,7 @@ import fastmb.aggregation
 import fastmb.gradients
 import fastmb.compress
 import fastmb.models
+import fastmb.privacy
 import fastmb.robust
 import fastmb.server
 import fastmb.training
@@ -15,7 +16,7 @@ import fastmb.training
 
 @pytest.mark.parametrize("module", [fastmb.models, fastmb.gradients, fastmb.training,
                                     fastmb.aggregation, fastmb.robust,
-                                    fastmb.server, fastmb.compress], ids=lambda m: m.__name__)
+                                    fastmb.server, fastmb.compress, fastmb.privacy], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
