@@ -279,6 +279,84 @@ def numpy_topk_ef(u, residual, k):
     return step
 
 
+def fastmb_plain_step(model, params, X, y):
+    """fastmb's own non-private step on the same batch (the issue's 2x reference)."""
+    return lambda: fastmb.sgd(model, params, X, y, batch_size=len(X), shuffle=False, lr=0.01)
+
+
+def _torch_mlp(sizes):
+    import torch
+
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
+def torch_mlp_step(model, params, X, y):
+    """A plain (non-private) PyTorch step: forward, cross-entropy, backward, ``optim.SGD``."""
+    import torch
+
+    net = _torch_mlp(model.sizes)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(Xt), yt).backward()
+        opt.step()
+
+    return step
+
+
+def _opacus_step(model, X, y, mode):
+    import torch
+    from opacus import PrivacyEngine
+
+    net = _torch_mlp(model.sizes)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xt, yt),
+                                         batch_size=len(X))
+    lossf = torch.nn.CrossEntropyLoss()
+    kw = dict(module=net, optimizer=opt, data_loader=loader, noise_multiplier=1.0,
+              max_grad_norm=1.0, poisson_sampling=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if mode == "ghost":
+            net, opt, lossf, _ = PrivacyEngine().make_private(criterion=lossf,
+                                                             grad_sample_mode="ghost", **kw)
+        else:
+            net, opt, _ = PrivacyEngine().make_private(**kw)
+
+    def step():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt.zero_grad()
+            lossf(net(Xt), yt).backward()
+            opt.step()
+
+    return step
+
+
+def opacus_ghost_step(model, params, X, y):
+    """Opacus DP-SGD step, its fastest CPU mode (``grad_sample_mode="ghost"``)."""
+    return _opacus_step(model, X, y, "ghost")
+
+
+def opacus_hooks_step(model, params, X, y):
+    """Opacus DP-SGD step in its default per-sample mode (``"hooks"``)."""
+    return _opacus_step(model, X, y, "hooks")
+
+
+def mlp_step_flops(sizes, batch):
+    """Flops of one training step: forward, input-side deltas (not for layer 0), weight grads."""
+    prods = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    return 2 * batch * (3 * sum(prods) - prods[0])
+
+
 #: Each benchmark's peers: (label, factory taking the same data as fastmb's call).
 PEERS = {
     "per_sample_logistic": [("NumPy (sigmoid(Xw)-y)[:,None]*X", numpy_logistic_per_sample),
@@ -293,6 +371,10 @@ PEERS = {
     "trimmed_mean": [("np.partition trimmed mean", numpy_trimmed_mean)],
     "krum": [("NumPy Gram-matrix Krum", numpy_krum)],
     "topk": [("np.argpartition top-k + residual", numpy_topk_ef)],
+    "dp_step": [("fastmb non-private step", fastmb_plain_step),
+                ("PyTorch plain step", torch_mlp_step),
+                ("Opacus ghost (fastest)", opacus_ghost_step),
+                ("Opacus hooks (default)", opacus_hooks_step)],
 }
 
 #: The first calls of the core kernels; run in a fresh process it measures compile time.
@@ -411,6 +493,14 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
     rows += _rows("top-k 1% + error feedback", f"P={u.size:,} f32",
                   lambda: fastmb.topk(u, k, residual=res), "topk", (u, res0, k),
                   max(1, repeat // 2), 12 * u.size, bw, echo)
+
+    # DP-SGD: one step (clip 1, noise 1) on a whole batch; limit = the step's flops at GEMM peak
+    model, p, X, y = mlp_data(sizes=(128, 256, 256, 10), batch=sz(1024))
+    rows += _rows("DP-SGD step, MLP", f"{'-'.join(map(str, model.sizes))} batch {len(X)}",
+                  lambda: fastmb.sgd(model, p, X, y, batch_size=len(X), shuffle=False, lr=0.01,
+                                     clip_norm=1.0, noise_multiplier=1.0),
+                  "dp_step", (model, p, X, y), repeat, None, bw, echo,
+                  limit_s=mlp_step_flops(model.sizes, len(X)) / peak)
 
     extra = {"bandwidth_GBps": bw / 1e9, "gemm_GFLOPs": peak / 1e9}
     if compile:
