@@ -9,7 +9,8 @@ importing fastmb compiles nothing and does not even import Numba.
 from .aggregation import WeightedMean, fedavg
 from .gradients import (decision_function, grad, loss, loss_and_grad, per_sample_grad,
                         per_sample_grad_norm, predict, predict_proba)
-from .compress import SparseUpdate, topk
+from .compress import (QuantizedUpdate, SparseUpdate, mean_compressed, qsgd, quantize_int8, randk,
+                       to_half, topk)
 from .models import MLP, Linear
 from .privacy import CentralDP, DPAggregate
 from .robust import (RobustAggregate, bulyan, centered_clipping, coordinate_median,
@@ -26,5 +27,6 @@ __all__ = [
     "WeightedMean", "RobustAggregate", "coordinate_median", "trimmed_mean", "krum", "multi_krum",
     "bulyan", "geometric_median", "centered_clipping", "norm_bounded_mean",
     "pairwise_sq_distances", "ServerOptimizer", "FedAvgM", "FedAdagrad", "FedAdam", "FedYogi",
-    "SparseUpdate", "topk", "CentralDP", "DPAggregate", "__version__",
+    "SparseUpdate", "topk", "randk", "QuantizedUpdate", "quantize_int8", "qsgd", "to_half",
+    "mean_compressed", "CentralDP", "DPAggregate", "__version__",
 ]

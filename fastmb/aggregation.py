@@ -139,6 +139,33 @@ class WeightedMean:
         self.total_weight += w
         self.count += 1
 
+    def add_quantized(self, quantized, weight=1.0):
+        """Add a :class:`fastmb.QuantizedUpdate` (int8, QSGD, fp16 or bf16) from its codes.
+
+        int8/QSGD and bf16 are decoded on the fly inside the accumulation (no dense
+        copy); fp16 is widened first.
+        """
+        from .compress import QuantizedUpdate
+
+        if not isinstance(quantized, QuantizedUpdate):
+            raise TypeError(f"quantized must be a fastmb.QuantizedUpdate, got "
+                            f"{type(quantized).__name__}")
+        if quantized.n_params != self.n_params:
+            raise ValueError(f"quantized has n_params={quantized.n_params}, expected "
+                             f"{self.n_params}")
+        w = V.check_number("weight", weight, low=0)
+        q = quantized.checked("quantized")
+        from .kernels import aggregation as K, quantize as KQ
+
+        if q.scheme in ("int8", "qsgd"):
+            KQ.axpy_int8(self._sum, w, q.codes, q.scales, q.block)
+        elif q.scheme == "bf16":
+            KQ.axpy_bf16(self._sum, w, q.codes)
+        else:
+            K.axpy(self._sum, w, q.codes.astype(np.float32))
+        self.total_weight += w
+        self.count += 1
+
     def merge(self, other):
         """Fold another WeightedMean of the same length into this one."""
         if not isinstance(other, WeightedMean):

@@ -1,4 +1,4 @@
-"""Compression of updates: top-k sparsification with error feedback.
+"""Compression of updates: top-k and random-k sparsification, int8, QSGD, fp16/bf16.
 
 A client sends only the k largest-magnitude coordinates of ``update + residual``
 and keeps the rest as its residual for the next round (error feedback; Stich et al.
@@ -102,20 +102,12 @@ def topk(update, k, residual=None):
     >>> s.indices, s.values, res
     (array([1, 2]), array([-3.,  2.]), array([0.1, 0. , 0. , 0.5]))
     """
-    u = V._as_numeric("update", update)
-    if u.ndim != 1 or u.shape[0] == 0:
-        raise ValueError(f"update must be a non-empty 1-D array, got shape {u.shape}")
-    u = np.ascontiguousarray(u, dtype=V.float_dtype(u))
+    u = _as_vector(update)
     P = u.shape[0]
     k = V.check_number("k", k, low=1, high=P, integer=True)
-    if residual is None:
+    r = _as_residual(residual, u)
+    if r is None:
         r = np.zeros(P, u.dtype)
-    else:
-        if not isinstance(residual, np.ndarray) or residual.shape != (P,) \
-                or residual.dtype != u.dtype or not residual.flags.c_contiguous:
-            raise TypeError(f"residual must be a C-contiguous {u.dtype} array of shape ({P},) "
-                            "(it is updated in place)")
-        r = residual
     from .kernels import compress as KC
 
     work = r.copy()  # the caller's residual changes only once the selection succeeded
@@ -125,3 +117,341 @@ def topk(update, k, residual=None):
         raise ValueError("update + residual contains NaN or Inf")
     r[:] = work
     return SparseUpdate(idx, val, P)
+
+
+# ----------------------------------------------------------------------------- random-k
+
+
+def randk(update, k, seed=0, residual=None, scale=None):
+    """Random-k sparsification: k coordinates chosen uniformly without replacement.
+
+    With error feedback (a ``residual``, written in place as in :func:`topk`) the sent
+    values are ``c[idx]`` for ``c = update + residual`` and the rest stays in the
+    residual. Without it the values are scaled by ``P / k`` by default, which makes
+    the sparse update an unbiased estimate of the update (Wangni et al. 2018,
+    "Gradient sparsification for communication-efficient distributed optimization").
+
+    Parameters
+    ----------
+    update : (P,) array
+    k : int in [1, P]
+    seed : int, default 0
+        Choose a new seed each round (e.g. ``hash((round, client))``): the indices are
+        ``np.random.default_rng(seed).choice(P, k, replace=False)``, sorted.
+    residual : (P,) array, optional
+    scale : float, optional
+        Multiplies the sent values; default ``P / k`` without a residual, 1 with one.
+
+    Returns
+    -------
+    SparseUpdate
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> s = fastmb.randk(np.arange(10.0), 2, seed=1)
+    >>> len(s.indices), bool(np.all(s.values == 5 * s.indices))
+    (2, True)
+    """
+    u = _as_vector(update)
+    P = u.shape[0]
+    k = V.check_number("k", k, low=1, high=P, integer=True)
+    seed = V.check_number("seed", seed, low=0, integer=True)
+    r = _as_residual(residual, u)
+    f = (1.0 if r is not None else P / k) if scale is None else V.check_number("scale", scale)
+    c = u if r is None else u + r
+    if not np.isfinite(c).all():
+        raise ValueError("update + residual contains NaN or Inf" if r is not None
+                         else "update contains NaN or Inf")
+    idx = np.sort(np.random.default_rng(seed).choice(P, k, replace=False)).astype(np.int64)
+    val = (c[idx] * f).astype(u.dtype)
+    if r is not None:
+        r[:] = c
+        r[idx] = 0
+    return SparseUpdate(idx, val, P)
+
+
+def _as_vector(update):
+    u = V._as_numeric("update", update)
+    if u.ndim != 1 or u.shape[0] == 0:
+        raise ValueError(f"update must be a non-empty 1-D array, got shape {u.shape}")
+    return np.ascontiguousarray(u, dtype=V.float_dtype(u))
+
+
+def _as_residual(residual, u):
+    if residual is None:
+        return None
+    P = u.shape[0]
+    if not isinstance(residual, np.ndarray) or residual.shape != (P,) \
+            or residual.dtype != u.dtype or not residual.flags.c_contiguous:
+        raise TypeError(f"residual must be a C-contiguous {u.dtype} array of shape ({P},) "
+                        "(it is updated in place)")
+    return residual
+
+
+# ----------------------------------------------------------------------------- quantization
+
+_QMAGIC = b"FMBQ"
+_QHEADER = struct.Struct("<4sBQI")  # magic, scheme code, n_params, block
+_SCHEMES = {"int8": 0, "qsgd": 1, "fp16": 2, "bf16": 3}
+_CODE_DTYPES = {"int8": np.int8, "qsgd": np.int8, "fp16": np.float16, "bf16": np.uint16}
+
+
+class QuantizedUpdate(NamedTuple):
+    """A quantized length-``n_params`` update.
+
+    ``int8`` and ``qsgd``: int8 ``codes`` and one float32 ``scales`` entry per ``block``
+    coordinates, ``value = codes[j] * scales[j // block]``. ``fp16``: float16 codes;
+    ``bf16``: the top 16 bits of each float32 (uint16); neither has scales.
+    """
+
+    codes: np.ndarray
+    scales: np.ndarray
+    n_params: int
+    block: int
+    scheme: str
+
+    @property
+    def nbytes(self):
+        """Size of the payload: codes plus scales (what :meth:`to_bytes` adds to its header)."""
+        return self.codes.nbytes + self.scales.nbytes
+
+    def dequantize(self, dtype=np.float32):
+        """The dense (n_params,) update."""
+        if self.scheme == "fp16":
+            return self.codes.astype(dtype)
+        if self.scheme == "bf16":
+            return (self.codes.astype(np.uint32) << 16).view(np.float32).astype(dtype)
+        from .kernels import quantize as KQ
+
+        out = np.empty(self.n_params, dtype)
+        KQ.dequantize_int8(self.codes, self.scales, self.block, out)
+        return out
+
+    def to_bytes(self):
+        """Little-endian bytes: a 17-byte header, the codes, then the float32 scales."""
+        return (_QHEADER.pack(_QMAGIC, _SCHEMES[self.scheme], self.n_params, self.block)
+                + self.codes.astype(np.dtype(_CODE_DTYPES[self.scheme]).newbyteorder("<"))
+                .tobytes() + self.scales.astype("<f4").tobytes())
+
+    @classmethod
+    def from_bytes(cls, data):
+        """Decode :meth:`to_bytes`; raises ``ValueError`` on anything malformed."""
+        data = bytes(data)
+        if len(data) < _QHEADER.size:
+            raise ValueError("data is too short to be a QuantizedUpdate")
+        magic, code, n, block = _QHEADER.unpack_from(data)
+        names = {v: k for k, v in _SCHEMES.items()}
+        if magic != _QMAGIC or code not in names or n == 0 or block == 0:
+            raise ValueError("data is not an encoded QuantizedUpdate")
+        scheme = names[code]
+        cdt = np.dtype(_CODE_DTYPES[scheme]).newbyteorder("<")
+        nb = -(-n // block) if scheme in ("int8", "qsgd") else 0
+        need = _QHEADER.size + n * cdt.itemsize + 4 * nb
+        if len(data) != need:
+            raise ValueError(f"data has {len(data)} bytes; a {scheme} update of {n} "
+                             f"parameters needs {need}")
+        codes = np.frombuffer(data, cdt, n, _QHEADER.size).astype(cdt.newbyteorder("="))
+        scales = np.frombuffer(data, "<f4", nb, _QHEADER.size + n * cdt.itemsize)
+        return cls(codes, scales.astype(np.float32), int(n), int(block), scheme).checked("data")
+
+    def checked(self, name="quantized"):
+        """This update with contiguous arrays, after checking shapes, dtypes and scales."""
+        if self.scheme not in _SCHEMES:
+            raise ValueError(f"{name}: scheme must be one of {sorted(_SCHEMES)}")
+        codes = np.ascontiguousarray(self.codes)
+        scales = np.ascontiguousarray(self.scales)
+        n, block = int(self.n_params), int(self.block)
+        if codes.dtype != _CODE_DTYPES[self.scheme] or codes.shape != (n,):
+            raise ValueError(f"{name}: codes must be {np.dtype(_CODE_DTYPES[self.scheme])} of "
+                             f"shape ({n},)")
+        nb = -(-n // block) if self.scheme in ("int8", "qsgd") else 0
+        if scales.dtype != np.float32 or scales.shape != (nb,):
+            raise ValueError(f"{name}: scales must be float32 of shape ({nb},)")
+        if not (np.isfinite(scales).all() and (scales >= 0).all()):
+            raise ValueError(f"{name}: scales must be finite and non-negative")
+        if self.scheme == "fp16" and not np.isfinite(codes).all():
+            raise ValueError(f"{name}: codes contain NaN or Inf")
+        if self.scheme == "bf16" and ((codes & 0x7F80) == 0x7F80).any():
+            raise ValueError(f"{name}: codes contain NaN or Inf")
+        return QuantizedUpdate(codes, scales, n, block, self.scheme)
+
+
+def _check_block(block):
+    return V.check_number("block", block, low=1, high=2**31 - 1, integer=True)
+
+
+def quantize_int8(update, block=256, stochastic=False, seed=0):
+    """int8 linear quantization with one scale per block: ``scale = max|u| / 127``.
+
+    Each coordinate becomes ``round(u / scale)`` (nearest, or stochastic rounding,
+    which is unbiased), so the error per coordinate is at most ``scale / 2`` (or
+    ``scale``). A payload of ``P + 4 P / block`` bytes: 3.9x smaller than float32 at
+    the default block.
+
+    Parameters
+    ----------
+    update : (P,) array
+    block : int, default 256
+    stochastic : bool, default False
+    seed : int, default 0
+        Stream of the stochastic rounding (counter-based: the same bits on any thread).
+
+    Returns
+    -------
+    QuantizedUpdate
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> q = fastmb.quantize_int8(np.array([0.5, -1.27, 0.01]), block=2)
+    >>> q.codes, q.scales * 127
+    (array([  50, -127,  127], dtype=int8), array([1.27, 0.01], dtype=float32))
+    >>> np.round(q.dequantize(), 3)
+    array([ 0.5 , -1.27,  0.01], dtype=float32)
+    """
+    u = _as_vector(update)
+    block = _check_block(block)
+    if not isinstance(stochastic, (bool, np.bool_)):
+        raise TypeError(f"stochastic must be a bool, got {type(stochastic).__name__}")
+    key = _stream(seed)
+    from .kernels import quantize as KQ
+
+    codes = np.empty(u.shape[0], np.int8)
+    scales = np.empty(-(-u.shape[0] // block), np.float32)
+    if KQ.quantize_int8(u, block, bool(stochastic), key, codes, scales):
+        raise ValueError("update contains NaN or Inf")
+    return QuantizedUpdate(codes, scales, u.shape[0], block, "int8")
+
+
+def qsgd(update, levels=16, block=512, seed=0):
+    """QSGD stochastic quantization (Alistarh et al. 2017) with ``levels`` levels per block.
+
+    In each block of ``block`` coordinates, ``|u_j| / |u_block|`` is rounded at random to
+    one of ``0, 1/s, ..., 1`` (up with probability equal to the remainder), keeping the
+    sign: an unbiased estimate of the update. Stored as int8 codes ``sign * level`` and
+    one float32 scale ``|u_block| / s`` per block, so ``levels`` is at most 127.
+
+    Parameters
+    ----------
+    update : (P,) array
+    levels : int in [1, 127], default 16
+    block : int, default 512
+        The paper's bucket size d.
+    seed : int, default 0
+
+    Returns
+    -------
+    QuantizedUpdate
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> u = np.random.default_rng(0).normal(size=1000)
+    >>> est = np.mean([fastmb.qsgd(u, levels=16, seed=s).dequantize() for s in range(400)], 0)
+    >>> bool(np.abs(est - u).max() < 0.2)     # unbiased: the average converges to u
+    True
+    """
+    u = _as_vector(update)
+    s = V.check_number("levels", levels, low=1, high=127, integer=True)
+    block = _check_block(block)
+    key = _stream(seed)
+    from .kernels import quantize as KQ
+
+    codes = np.empty(u.shape[0], np.int8)
+    scales = np.empty(-(-u.shape[0] // block), np.float32)
+    if KQ.quantize_qsgd(u, block, s, key, codes, scales):
+        raise ValueError("update contains NaN or Inf")
+    return QuantizedUpdate(codes, scales, u.shape[0], block, "qsgd")
+
+
+def to_half(update, fmt="fp16"):
+    """Cast an update to 16 bits: IEEE ``"fp16"`` or ``"bf16"`` (bfloat16), nearest-even.
+
+    fp16 keeps 11 significant bits over a narrow range (values above 65504 raise);
+    bf16 keeps float32's range with 8 significant bits.
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> fastmb.to_half(np.array([1.0, 3.14159]), "bf16").dequantize()
+    array([1.    , 3.140625], dtype=float32)
+    """
+    u = _as_vector(update)
+    if fmt not in ("fp16", "bf16"):
+        raise ValueError(f"fmt must be 'fp16' or 'bf16', got {fmt!r}")
+    if not np.isfinite(u).all():
+        raise ValueError("update contains NaN or Inf")
+    if fmt == "fp16":
+        if np.abs(u).max() > np.finfo(np.float16).max:
+            raise ValueError("update exceeds the float16 range (65504); use bf16")
+        codes = u.astype(np.float16)
+    else:
+        bits = u.astype(np.float32).view(np.uint32)
+        codes = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+        if ((codes & 0x7F80) == 0x7F80).any():
+            raise ValueError("update rounds to Inf in bfloat16")
+    return QuantizedUpdate(codes, np.empty(0, np.float32), u.shape[0], 1, fmt)
+
+
+def _stream(seed):
+    from .kernels import _rng
+
+    s = V.check_number("seed", seed, low=0, high=2**64 - 1, integer=True)
+    return np.uint64(_rng.hash2(np.uint64(s), np.uint64(0x51ED)))
+
+
+def mean_compressed(updates, weights=None, dtype=np.float32):
+    """Weighted mean of K compressed updates, read straight from their codes.
+
+    int8 and QSGD updates (same length and block) are aggregated in one pass over
+    their codes, coordinate blocks in parallel with a float64 accumulator in cache,
+    without densifying any of them: the memory traffic is the compressed bytes.
+
+    Parameters
+    ----------
+    updates : sequence of QuantizedUpdate (scheme int8 or qsgd, equal n_params and block)
+    weights : (K,) array, optional
+    dtype : float32 or float64, default float32
+
+    Returns
+    -------
+    (P,) array
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> qs = [fastmb.quantize_int8(np.full(3, v)) for v in (1.0, 2.0, 6.0)]
+    >>> fastmb.mean_compressed(qs, weights=[1, 1, 2])
+    array([3.75, 3.75, 3.75], dtype=float32)
+    """
+    if isinstance(updates, QuantizedUpdate) or not hasattr(updates, "__len__") \
+            or len(updates) == 0:
+        raise TypeError("updates must be a non-empty sequence of QuantizedUpdate")
+    qs = []
+    for i, q in enumerate(updates):
+        if not isinstance(q, QuantizedUpdate):
+            raise TypeError(f"updates[{i}] must be a QuantizedUpdate, got {type(q).__name__}")
+        if q.scheme not in ("int8", "qsgd"):
+            raise ValueError(f"updates[{i}] has scheme {q.scheme!r}; mean_compressed reads "
+                             "int8 and qsgd codes (dequantize 16-bit updates, or use "
+                             "WeightedMean.add_quantized)")
+        qs.append(q.checked(f"updates[{i}]"))
+    n, block = qs[0].n_params, qs[0].block
+    for i, q in enumerate(qs):
+        if (q.n_params, q.block) != (n, block):
+            raise ValueError(f"updates[{i}] has n_params={q.n_params}, block={q.block}; "
+                             f"updates[0] has {n}, {block}")
+    K = len(qs)
+    w = np.ones(K) if weights is None else V.as_weights(weights, K, "weights", "update")
+    dtype = np.dtype(dtype)
+    if dtype not in V.FLOATS:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    from numba.typed import List
+
+    from .kernels import quantize as KQ
+
+    out = np.empty(n, dtype)
+    KQ.mean_int8(List([q.codes for q in qs]), List([q.scales for q in qs]),
+                 w / w.max(), block, w.max() / float(w.sum()), out)
+    return out

@@ -56,3 +56,16 @@ def float_bits(typingctx, x):
         return builder.bitcast(args[0], context.get_value_type(ity))
 
     return ity(x), codegen
+
+
+@intrinsic
+def int_float(typingctx, x):
+    """The float32 (int32 in) or float64 (int64 in) whose IEEE bits are ``x`` (a bitcast)."""
+    if not isinstance(x, types.Integer) or x.bitwidth not in (32, 64):
+        return None
+    fty = types.float32 if x.bitwidth == 32 else types.float64
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(fty))
+
+    return fty(x), codegen

@@ -451,3 +451,59 @@ def central_dp_round(U, clip, z_sum, m, key, adaptive=None):
         b = below + (sigma_b * normal(hash2(key, 1), 0) if z_sum > 0 and sigma_b > 0 else 0.0)
         new_clip = clip * math.exp(-lr * (b / m - gamma))
     return agg, new_clip
+
+
+# ---------------------------------------------------------------- quantization
+
+
+def _stream(seed):
+    return hash2(seed, 0x51ED)
+
+
+def quantize_int8(u, block, stochastic=False, seed=0):
+    """(codes, scales): per-block max/127 scales, round half away from zero or stochastic."""
+    u = np.asarray(u, np.float64)
+    key = _stream(seed)
+    codes, scales = [], []
+    for lo in range(0, len(u), block):
+        seg = u[lo:lo + block]
+        scale = float(np.float32(np.abs(seg).max() / 127.0))
+        scales.append(scale)
+        for j, x in enumerate(seg, lo):
+            x = x / scale if scale > 0 else 0.0
+            if stochastic:
+                q = math.floor(x + _uniform53(hash2(key, j)))
+            else:
+                q = math.copysign(math.floor(abs(x) + 0.5), x)
+            codes.append(int(max(-127, min(127, q))))
+    return np.array(codes, np.int8), np.array(scales, np.float32)
+
+
+def qsgd(u, levels, block, seed=0):
+    u = np.asarray(u, np.float64)
+    key = _stream(seed)
+    codes, scales = [], []
+    for lo in range(0, len(u), block):
+        seg = u[lo:lo + block]
+        scale = float(np.float32(math.sqrt(float((seg * seg).sum())) / levels))
+        scales.append(scale)
+        for j, x in enumerate(seg, lo):
+            r = abs(x) / scale if scale > 0 else 0.0
+            q = min(levels, math.floor(r + _uniform53(hash2(key, j))))
+            codes.append(q if x >= 0 else -q)
+    return np.array(codes, np.int8), np.array(scales, np.float32)
+
+
+def bfloat16(x):
+    """Nearest bfloat16 (ties to even) of each float32, by comparing the two neighbours."""
+    out = []
+    for v in np.asarray(x, np.float32):
+        bits = int(np.array(v).view(np.uint32))
+        lo = bits & 0xFFFF0000
+        hi = lo + 0x10000
+        f_lo = float(np.array(lo, np.uint32).view(np.float32))
+        f_hi = float(np.array(hi, np.uint32).view(np.float32))
+        d_lo, d_hi = abs(float(v) - f_lo), abs(f_hi - float(v))
+        pick = lo if d_lo < d_hi or (d_lo == d_hi and not (lo >> 16) & 1) else hi
+        out.append(pick >> 16)
+    return np.array(out, np.uint16)
