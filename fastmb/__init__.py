@@ -7,6 +7,7 @@ importing fastmb compiles nothing and does not even import Numba.
 """
 
 from .aggregation import WeightedMean, fedavg
+from .fedbuff import FedBuff
 from .gradients import (decision_function, grad, loss, loss_and_grad, per_sample_grad,
                         per_sample_grad_norm, predict, predict_proba)
 from .compress import (QuantizedUpdate, SparseUpdate, mean_compressed, qsgd, quantize_int8, randk,
@@ -28,5 +29,5 @@ __all__ = [
     "bulyan", "geometric_median", "centered_clipping", "norm_bounded_mean",
     "pairwise_sq_distances", "ServerOptimizer", "FedAvgM", "FedAdagrad", "FedAdam", "FedYogi",
     "SparseUpdate", "topk", "randk", "QuantizedUpdate", "quantize_int8", "qsgd", "to_half",
-    "mean_compressed", "CentralDP", "DPAggregate", "__version__",
+    "mean_compressed", "FedBuff", "CentralDP", "DPAggregate", "__version__",
 ]

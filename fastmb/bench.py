@@ -357,6 +357,17 @@ def mlp_step_flops(sizes, batch):
     return 2 * batch * (3 * sum(prods) - prods[0])
 
 
+def numpy_int8_mean(codes, scales, w, block):
+    """Dequantize each client with NumPy (codes * repeated scales), then ``(w @ D) / w.sum()``."""
+    P = codes[0].shape[0]
+
+    def mean():
+        D = np.array([c.astype(np.float32) * np.repeat(s, block)[:P] for c, s in zip(codes, scales)])
+        return (w.astype(np.float32) @ D) / w.sum()
+
+    return mean
+
+
 #: Each benchmark's peers: (label, factory taking the same data as fastmb's call).
 PEERS = {
     "per_sample_logistic": [("NumPy (sigmoid(Xw)-y)[:,None]*X", numpy_logistic_per_sample),
@@ -371,6 +382,7 @@ PEERS = {
     "trimmed_mean": [("np.partition trimmed mean", numpy_trimmed_mean)],
     "krum": [("NumPy Gram-matrix Krum", numpy_krum)],
     "topk": [("np.argpartition top-k + residual", numpy_topk_ef)],
+    "int8_mean": [("NumPy dequantize + (w @ D) / w.sum()", numpy_int8_mean)],
     "dp_step": [("fastmb non-private step", fastmb_plain_step),
                 ("PyTorch plain step", torch_mlp_step),
                 ("Opacus ghost (fastest)", opacus_ghost_step),
@@ -493,6 +505,16 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
     rows += _rows("top-k 1% + error feedback", f"P={u.size:,} f32",
                   lambda: fastmb.topk(u, k, residual=res), "topk", (u, res0, k),
                   max(1, repeat // 2), 12 * u.size, bw, echo)
+
+    # Streaming mean from int8: the limit counts the compressed bytes read (codes + scales)
+    U, w = fedavg_data(P=sz(1_000_000))
+    qs = [fastmb.quantize_int8(u, 256) for u in U]
+    del U
+    rows += _rows("mean of int8 updates", f"K={len(qs)} x P={qs[0].n_params:,} block 256",
+                  lambda: fastmb.mean_compressed(qs, w), "int8_mean",
+                  ([q.codes for q in qs], [q.scales for q in qs], w, 256),
+                  repeat, sum(q.nbytes for q in qs) + 4 * qs[0].n_params, bw, echo)
+    del qs
 
     # DP-SGD: one step (clip 1, noise 1) on a whole batch; limit = the step's flops at GEMM peak
     model, p, X, y = mlp_data(sizes=(128, 256, 256, 10), batch=sz(1024))

@@ -507,3 +507,24 @@ def bfloat16(x):
         pick = lo if d_lo < d_hi or (d_lo == d_hi and not (lo >> 16) & 1) else hi
         out.append(pick >> 16)
     return np.array(out, np.uint16)
+
+
+# ---------------------------------------------------------------- buffered asynchronous
+
+
+def fedbuff(x0, arrivals, K, lr=1.0, weight_fn=lambda s: (1.0 + s) ** -0.5, max_staleness=None):
+    """FedBuff, step by step: arrivals are (delta, version, weight); returns the params
+    after each server update."""
+    x = np.asarray(x0, np.float64).copy()
+    version, buf, n, history = 0, np.zeros_like(x), 0, []
+    for delta, v, w in arrivals:
+        s = version - v
+        if max_staleness is not None and s > max_staleness:
+            continue
+        buf += w * weight_fn(s) * np.asarray(delta, np.float64)
+        n += 1
+        if n == K:
+            x = x + lr * buf / K
+            version, buf, n = version + 1, np.zeros_like(x), 0
+            history.append(x.copy())
+    return history

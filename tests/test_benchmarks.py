@@ -63,3 +63,25 @@ def test_bench_robust_rules_and_numpy_peers(benchmark):
     np.testing.assert_allclose(fastmb.trimmed_mean(U, 0.1).aggregate, numpy_trimmed_mean(U)(),
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(fastmb.krum(U, 5).aggregate, numpy_krum(U, 5)())
+
+
+def test_bench_dp_step_and_plain_step_peer(benchmark):
+    from fastmb.bench import PEERS, mlp_data
+
+    model, p, X, y = mlp_data(sizes=(8, 16, 4), batch=64)
+    new = benchmark(fastmb.sgd, model, p, X, y, batch_size=64, shuffle=False, lr=0.01,
+                    clip_norm=1e30)
+    # with an infinite clip and no noise the DP step is the plain step the peer times
+    plain = dict(PEERS["dp_step"])["fastmb non-private step"](model, p, X, y)()
+    np.testing.assert_allclose(new, plain, rtol=1e-6, atol=1e-7)
+
+
+def test_bench_int8_mean_and_numpy_peer(benchmark):
+    from fastmb.bench import numpy_int8_mean
+
+    rng = np.random.default_rng(3)
+    U, w = rng.normal(size=(6, 5000)).astype(np.float32), rng.uniform(1, 3, 6)
+    qs = [fastmb.quantize_int8(u, 256) for u in U]
+    got = benchmark(fastmb.mean_compressed, qs, w)
+    peer = numpy_int8_mean([q.codes for q in qs], [q.scales for q in qs], w, 256)()
+    np.testing.assert_allclose(got, peer, rtol=1e-5, atol=1e-6)

@@ -7,6 +7,7 @@ import pytest
 import fastmb.aggregation
 import fastmb.gradients
 import fastmb.compress
+import fastmb.fedbuff
 import fastmb.models
 import fastmb.privacy
 import fastmb.robust
@@ -16,7 +17,8 @@ import fastmb.training
 
 @pytest.mark.parametrize("module", [fastmb.models, fastmb.gradients, fastmb.training,
                                     fastmb.aggregation, fastmb.robust,
-                                    fastmb.server, fastmb.compress, fastmb.privacy], ids=lambda m: m.__name__)
+                                    fastmb.server, fastmb.compress, fastmb.privacy,
+                                    fastmb.fedbuff], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0

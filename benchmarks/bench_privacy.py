@@ -1,0 +1,54 @@
+"""asv benchmarks of DP-SGD and of aggregating compressed updates, beside their peers.
+
+Data and peers come from ``fastmb.bench``; ``setup`` runs each call once, so
+compilation never lands inside a timing. Peers that are not installed (torch,
+opacus) are skipped by raising ``NotImplementedError`` in ``setup``.
+"""
+
+import fastmb
+from fastmb import bench as B
+
+from .bench_core import _peer, _prepared
+
+_DP_PEERS = {label: factory for label, factory in B.PEERS["dp_step"]}
+
+
+class DPSGDStep:
+    """One DP-SGD step (clip 1, noise 1), MLP 128-256-256-10, batch 1024, float32."""
+
+    params = [["fastmb", "fastmb non-private step", "PyTorch plain step",
+               "Opacus ghost (fastest)", "Opacus hooks (default)"]]
+    param_names = ["impl"]
+    timeout = 300
+
+    def setup(self, impl):
+        model, p, X, y = B.mlp_data(sizes=(128, 256, 256, 10), batch=1024)
+        if impl == "fastmb":
+            self.call = _prepared(lambda: fastmb.sgd(model, p, X, y, batch_size=len(X),
+                                                     shuffle=False, lr=0.01, clip_norm=1.0,
+                                                     noise_multiplier=1.0))
+        else:
+            self.call = _peer(_DP_PEERS[impl], model, p, X, y)
+
+    def time_step(self, impl):
+        self.call()
+
+
+class Int8Mean:
+    """Weighted mean of K=64 int8 updates (block 256) of P=1,000,000 parameters."""
+
+    params = [["fastmb", "numpy"]]
+    param_names = ["impl"]
+    timeout = 180
+
+    def setup(self, impl):
+        U, w = B.fedavg_data()
+        qs = [fastmb.quantize_int8(u, 256) for u in U]
+        if impl == "fastmb":
+            self.call = _prepared(lambda: fastmb.mean_compressed(qs, w))
+        else:
+            self.call = _peer(B.numpy_int8_mean, [q.codes for q in qs],
+                              [q.scales for q in qs], w, 256)
+
+    def time_mean(self, impl):
+        self.call()
