@@ -201,7 +201,7 @@ def train_clients(model, params, X, y, client_offsets, *, epochs=1, batch_size=3
     if K == 1:
         # One client: the serial kernel. Inside a parallel region the idle OpenMP
         # workers spin and take cores from BLAS (a 1024-row MLP step took 23 ms, not 14).
-        key = _rng.hash2(np.uint64(opts["seed"]), np.uint64(0))
+        key = np.uint64(_rng.hash2(np.uint64(opts["seed"]), np.uint64(0)))
         bad[0] = K_.sgd_client(b.params, b.X, b.yc, b.yr, b.sw, model._spec, off[0], off[1],
                                key, ep[0], *common, out[0])
     else:
