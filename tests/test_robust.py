@@ -164,7 +164,14 @@ def test_multi_krum_matches_naive(U, data):
     m = data.draw(st.integers(1, n))
     agg, used, _ = fastmb.multi_krum(U, f, m)
     sel, mean = naive.multi_krum(U, f, m)
-    assert used.tolist() == sel
+    if used.tolist() != sel:
+        # Only a tie may be broken differently: the kernel's distances carry rounding
+        # (e.g. [-1, -1, 0, -0, 1] with f=0 gives four equal scores), so the clients it
+        # picked must score the same as the reference's, to rounding.
+        ref = np.asarray(naive.krum_scores(U, f))
+        assert_allclose(np.sort(ref[used]), np.sort(ref[sel]), rtol=1e-9,
+                        atol=1e-9 * max(1.0, np.abs(ref).max()))
+        mean = np.asarray(U, np.float64)[used].mean(axis=0)
     assert_allclose(agg, mean, rtol=1e-12, atol=1e-12 * np.abs(U).max())
 
 
