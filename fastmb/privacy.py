@@ -260,37 +260,38 @@ class CentralDP:
         -------
         DPAggregate
         """
-        from .kernels import _rng, privacy as KP
+        from .kernels import _rng, aggregation as KA, privacy as KP
         from .robust import _clip_factors, _row_dist
 
         U = _as_updates(updates)
         K, P = U.shape
         m = self.expected_clients or K
-        from .kernels import aggregation as KA
-
         bad = np.empty(K, np.bool_)
         KA.rows_nonfinite(U, bad)
-        norms = np.zeros(K)
         ok = np.flatnonzero(~bad)
+        # Rows with NaN/Inf contribute nothing (0 * NaN would still be NaN): the finite
+        # rows are taken once and serve both the norms and the sum.
+        Uf = U if ok.size == K else np.ascontiguousarray(U[ok])
+        norms = np.zeros(K)
         if ok.size:
-            norms[ok] = _row_dist(np.ascontiguousarray(U[ok]), np.zeros(P))
+            norms[ok] = _row_dist(Uf, np.zeros(P))
         C = self._clip
         w = np.where(bad, 0.0, _clip_factors(norms, C))
         out = np.empty(P, U.dtype)
-        # Rows with NaN/Inf get weight 0, but 0 * NaN is NaN: sum the finite rows only.
-        Uf = U if ok.size == K else np.ascontiguousarray(U[ok])
         KA.weighted_mean(Uf, np.ascontiguousarray(w[ok]), 1.0 / m, out)
-        key = int(_rng.hash2(np.uint64(self.seed), np.uint64(self.round)))
+        def stream(a, b):  # the counter-based key hash2(a, b), as the kernels take it
+            return np.uint64(_rng.hash2(np.uint64(a), np.uint64(b)))
+
+        key = stream(self.seed, self.round)
         sigma = self.sum_noise_multiplier * C / m
         if sigma > 0:
-            KP.add_gaussian(out, np.uint64(int(_rng.hash2(np.uint64(key), np.uint64(0)))), sigma)
+            KP.add_gaussian(out, stream(key, 0), sigma)
         new_clip = C
         if self.adaptive:
             below = float(np.count_nonzero((norms <= C) & ~bad))
             if self.noise_multiplier > 0 and self.count_noise_multiplier > 0:
                 noise = np.zeros(1)
-                KP.add_gaussian(noise, np.uint64(int(_rng.hash2(np.uint64(key), np.uint64(1)))),
-                                self.count_noise_multiplier)
+                KP.add_gaussian(noise, stream(key, 1), self.count_noise_multiplier)
                 below += float(noise[0])
             new_clip = C * math.exp(-self.clip_lr * (below / m - self.target_quantile))
         clipped = np.flatnonzero((w < 1.0) & ~bad)

@@ -25,16 +25,15 @@ from numba import prange
 
 from ._intrinsics import int_float
 from ._jit import jit
-from ._rng import hash2
+from ._rng import _uniform53, hash2
 
-_TWO53 = 1.0 / 9007199254740992.0
-_S11 = np.uint64(11)
 MEAN_BLOCK = 16384
 
 
 @jit(inline="always")
 def _uniform(key, j):
-    return np.float64(hash2(key, j) >> _S11) * _TWO53
+    """The uniform in [0, 1) of draw ``(key, j)``."""
+    return _uniform53(hash2(key, j))
 
 
 @jit(parallel=True)
