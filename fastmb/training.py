@@ -136,20 +136,141 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
                          clip_norm=clip_norm, noise_multiplier=noise_multiplier)[0]
 
 
-def train_clients(model, params, X, y, client_offsets, *, epochs=1, batch_size=32, lr=0.01,
-                  momentum=0.0, weight_decay=0.0, prox_mu=0.0, shuffle=True, seed=0,
-                  sample_weight=None, schedule="constant", power_t=0.5, clip_norm=None,
-                  noise_multiplier=0.0):
+def _as_int_array(name, a, length=None, low=0, high=None):
+    """A 1-D int64 array (integers only) with values in [low, high)."""
+    arr = V._as_numeric(name, a)
+    if arr.ndim != 1 or (length is not None and arr.shape[0] != length):
+        want = f"{length} " if length is not None else ""
+        raise ValueError(f"{name} must be a 1-D array of {want}integers, got shape {arr.shape}")
+    if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+        raise TypeError(f"{name} must hold integers")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    if arr.size and (arr.min() < low or (high is not None and arr.max() >= high)):
+        raise ValueError(f"{name} must lie in [{low}, {high}), got values in "
+                         f"[{arr.min()}, {arr.max()}]")
+    return arr
+
+
+class _Plan:
+    """Validated options of a ``train_clients`` call, reusable round after round.
+
+    The federation engine builds one per simulation (data and options are checked once)
+    and then only passes the round's parameters, clients, epochs and step limits.
+    """
+
+    __slots__ = ("model", "X", "yc", "yr", "sw", "idx", "offsets", "seed", "common")
+
+    def __init__(self, model, b, idx, offsets, opts, clip, noise_std):
+        self.model, self.X, self.yc, self.yr, self.sw = model, b.X, b.yc, b.yr, b.sw
+        self.idx, self.offsets, self.seed = idx, offsets, np.uint64(opts["seed"])
+        one_output_linear = len(model.sizes) == 2 and model.sizes[1] == 1
+        batched = bool(clip < np.inf
+                       or (not one_output_linear and opts["batch"] >= BATCHED_MIN_BATCH))
+        self.common = (opts["batch"], opts["lr_schedule"], opts["shuffle"], opts["lr"],
+                       opts["power_t"], opts["momentum"], opts["weight_decay"],
+                       opts["prox_mu"], batched, float(clip), float(noise_std))
+
+    def run(self, params, clients, epochs, max_steps):
+        """Train ``clients`` (int64 ids) from ``params``: ``(out, bad)``; no checks here."""
+        from .kernels import _rng, training as K_
+
+        K = clients.shape[0]
+        out = np.empty((K, params.shape[0]), params.dtype)
+        bad = np.empty(K, np.int64)
+        starts = self.offsets[clients]
+        ends = self.offsets[clients + 1]
+        if K == 1:
+            # One client: the serial kernel. Inside a parallel region the idle OpenMP
+            # workers spin and take cores from BLAS (a 1024-row MLP step took 23 ms, not 14).
+            key = np.uint64(_rng.hash2(self.seed, np.uint64(clients[0])))
+            bad[0] = K_.sgd_client(params, self.X, self.yc, self.yr, self.sw, self.model._spec,
+                                   self.idx, starts[0], ends[0], key, epochs[0], max_steps[0],
+                                   *self.common, out[0])
+        elif K:
+            K_.train_clients(params, self.X, self.yc, self.yr, self.sw, self.model._spec,
+                             self.idx, starts, ends, clients, self.seed, epochs, max_steps,
+                             *self.common, out, bad)
+        return out, bad
+
+    def raise_bad(self, bad):
+        """Raise for the first row a client's kernel flagged (-1: none)."""
+        flagged = bad[bad >= 0]
+        if not flagged.size:
+            return
+        row = int((self.idx[flagged] if self.idx.shape[0] else flagged).min())
+        V.raise_bad_row(self.X, row, overflow=f"training diverged: the loss became NaN or Inf "
+                        f"at row {row}; lower lr or scale the inputs")
+
+
+def _plan(model, params, X, y, client_offsets, rows, batch_size, lr, momentum,
+          weight_decay, prox_mu, shuffle, seed, sample_weight, schedule, power_t, clip_norm,
+          noise_multiplier):
+    b = _Batch(model, params, X, y, sample_weight)
+    if rows is None:
+        idx = np.empty(0, np.int64)
+        n_rows = b.n
+    else:
+        idx = _as_int_array("rows", rows, high=b.n)
+        n_rows = idx.shape[0]
+    off = V._as_numeric("client_offsets", client_offsets)
+    if off.ndim != 1 or off.shape[0] < 2:
+        raise ValueError(f"client_offsets must be a 1-D array of K+1 row offsets (K >= 1), "
+                         f"got shape {off.shape}")
+    if off.dtype.kind == "f":
+        if not np.array_equal(off, np.round(off)):
+            raise TypeError("client_offsets must hold integers")
+    off = np.ascontiguousarray(off, dtype=np.int64)
+    what = "the rows of X" if rows is None else "the entries of rows"
+    if off[0] < 0 or off[-1] > n_rows:
+        raise ValueError(f"client_offsets must lie in [0, {n_rows}] ({what}), got "
+                         f"[{off[0]}, {off[-1]}]")
+    steps = np.diff(off)
+    if (steps <= 0).any():
+        k = int(np.argmax(steps <= 0))
+        raise ValueError(f"client_offsets must be strictly increasing (each client owns at "
+                         f"least one row); client {k} has offsets {off[k]}..{off[k + 1]}")
+    opts = _options(batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule,
+                    power_t)
+    clip, noise_std = _privacy(model, clip_norm, noise_multiplier, sample_weight)
+    return b, _Plan(model, b, idx, off, opts, clip, noise_std)
+
+
+def train_clients(model, params, X, y, client_offsets, *, rows=None, clients=None, epochs=1,
+                  max_steps=None, batch_size=32, lr=0.01, momentum=0.0, weight_decay=0.0,
+                  prox_mu=0.0, shuffle=True, seed=0, sample_weight=None, schedule="constant",
+                  power_t=0.5, clip_norm=None, noise_multiplier=0.0):
     """Local SGD of K clients from the same starting ``params``, in parallel, in one call.
 
     Client k owns rows ``client_offsets[k]:client_offsets[k+1]`` of ``X`` and ``y``
     (sort or permute the rows once so that each client's rows are contiguous; no copy
-    is made per client). Every option is as in :func:`sgd`; ``epochs`` may also be a
-    length-K array, for stragglers that run fewer local epochs. Client k shuffles with
-    its own stream derived from ``(seed, k)``, so client 0 reproduces
-    ``sgd(..., seed=seed)`` on its rows, and the result is bit-identical on any number
-    of threads. With ``clip_norm`` and ``noise_multiplier`` every client runs DP-SGD
-    (local differential privacy of each client's samples), each with its own noise.
+    is made per client), or, with ``rows``, the rows ``rows[client_offsets[k]:
+    client_offsets[k+1]]`` (a partition stored as a permutation plus offsets, see
+    :func:`fastmb.partition.dirichlet`; read in place). Every option is as in
+    :func:`sgd`. Client k shuffles with its own stream derived from ``(seed, k)``, so
+    client 0 reproduces ``sgd(..., seed=seed)`` on its rows, a client trains the same bits
+    whether it is trained alone, with others or on another machine, and the result is
+    bit-identical on any number of threads. With ``clip_norm`` and ``noise_multiplier``
+    every client runs DP-SGD (local differential privacy of each client's samples), each
+    with its own noise.
+
+    Parameters
+    ----------
+    model, params, X, y, sample_weight
+        As in :func:`fastmb.loss`.
+    client_offsets : (n_clients + 1,) increasing integers
+    rows : (n_rows,) integers, optional
+        Row indices into ``X``; client offsets then index this array.
+    clients : (K,) integers, optional
+        Train only these clients (e.g. the ones sampled this round); row k of the result
+        is client ``clients[k]``. Default: all of them, in order.
+    epochs : int or (K,) integers, default 1
+        Local epochs, for all clients or per client.
+    max_steps : int or (K,) integers, optional
+        Stop a client after this many mini-batch steps (stragglers); a negative value or
+        None means no limit. The learning-rate schedule still spans ``epochs``.
+    batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule, power_t, \
+clip_norm, noise_multiplier
+        As in :func:`sgd`.
 
     Returns
     -------
@@ -165,50 +286,39 @@ def train_clients(model, params, X, y, client_offsets, *, epochs=1, batch_size=3
     >>> P = fastmb.train_clients(model, model.init(), X, y, [0, 100, 200, 300], epochs=2)
     >>> P.shape
     (3, 5)
-    """
-    b = _Batch(model, params, X, y, sample_weight)
-    off = V._as_numeric("client_offsets", client_offsets)
-    if off.ndim != 1 or off.shape[0] < 2:
-        raise ValueError(f"client_offsets must be a 1-D array of K+1 row offsets (K >= 1), "
-                         f"got shape {off.shape}")
-    if off.dtype.kind == "f":
-        if not np.array_equal(off, np.round(off)):
-            raise TypeError("client_offsets must hold integers")
-    off = np.ascontiguousarray(off, dtype=np.int64)
-    if off[0] < 0 or off[-1] > b.n:
-        raise ValueError(f"client_offsets must lie in [0, {b.n}] (the rows of X), got "
-                         f"[{off[0]}, {off[-1]}]")
-    steps = np.diff(off)
-    if (steps <= 0).any():
-        k = int(np.argmax(steps <= 0))
-        raise ValueError(f"client_offsets must be strictly increasing (each client owns at "
-                         f"least one row); client {k} has offsets {off[k]}..{off[k + 1]}")
-    K = off.shape[0] - 1
-    ep = _as_epochs(epochs, K)
-    opts = _options(batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule,
-                    power_t)
-    clip, noise_std = _privacy(model, clip_norm, noise_multiplier, sample_weight)
-    one_output_linear = len(model.sizes) == 2 and model.sizes[1] == 1
-    batched = bool(clip < np.inf
-                   or (not one_output_linear and opts["batch"] >= BATCHED_MIN_BATCH))
-    from .kernels import _rng, training as K_
 
-    out = np.empty((K, model.n_params), b.params.dtype)
-    bad = np.empty(K, np.int64)
-    common = (opts["batch"], opts["lr_schedule"], opts["shuffle"], opts["lr"], opts["power_t"],
-              opts["momentum"], opts["weight_decay"], opts["prox_mu"], batched, float(clip),
-              float(noise_std))
-    if K == 1:
-        # One client: the serial kernel. Inside a parallel region the idle OpenMP
-        # workers spin and take cores from BLAS (a 1024-row MLP step took 23 ms, not 14).
-        key = np.uint64(_rng.hash2(np.uint64(opts["seed"]), np.uint64(0)))
-        bad[0] = K_.sgd_client(b.params, b.X, b.yc, b.yr, b.sw, model._spec, off[0], off[1],
-                               key, ep[0], *common, out[0])
+    Clients 2 and 0 only, their rows given by a permutation, client 2 a straggler:
+
+    >>> perm = rng.permutation(300)
+    >>> Q = fastmb.train_clients(model, model.init(), X, y, [0, 100, 200, 300], rows=perm,
+    ...                          clients=[2, 0], max_steps=[1, -1])
+    >>> Q.shape
+    (2, 5)
+    """
+    b, plan = _plan(model, params, X, y, client_offsets, rows, batch_size, lr, momentum,
+                    weight_decay, prox_mu, shuffle, seed, sample_weight, schedule, power_t,
+                    clip_norm, noise_multiplier)
+    n_clients = plan.offsets.shape[0] - 1
+    if clients is None:
+        ids = np.arange(n_clients, dtype=np.int64)
     else:
-        K_.train_clients(b.params, b.X, b.yc, b.yr, b.sw, model._spec, off,
-                         np.uint64(opts["seed"]), ep, *common, out, bad)
-    row = V.first_bad(bad)
-    if row >= 0:
-        V.raise_bad_row(b.X, row, overflow=f"training diverged: the loss became NaN or Inf at "
-                        f"row {row}; lower lr or scale the inputs")
+        ids = _as_int_array("clients", clients, high=n_clients)
+        if ids.shape[0] == 0:
+            raise ValueError("clients must name at least one client")
+    K = ids.shape[0]
+    ep = _as_epochs(epochs, K)
+    steps = _as_steps(max_steps, K)
+    out, bad = plan.run(b.params, ids, ep, steps)
+    plan.raise_bad(bad)
     return out
+
+
+def _as_steps(max_steps, K):
+    """Per-client step limits for the kernel (-1: no limit)."""
+    if max_steps is None:
+        return np.full(K, -1, np.int64)
+    if not np.ndim(max_steps):
+        v = V.check_number("max_steps", max_steps, integer=True)
+        return np.full(K, max(v, -1), np.int64)
+    arr = _as_int_array("max_steps", max_steps, length=K, low=-(2**62))
+    return np.maximum(arr, -1)

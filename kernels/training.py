@@ -39,9 +39,15 @@ NOISE_TAG = np.uint64(0xD1B54A32D192ED03)
 
 
 @jit
-def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_schedule, shuffle,
-               lr, power_t, momentum, weight_decay, prox_mu, batched, clip, noise_std, p):
+def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, batch,
+               lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu, batched, clip,
+               noise_std, p):
     """Train on rows ``lo:hi`` starting from ``params0``; the result is written to ``p``.
+
+    With a non-empty ``idx`` the rows are ``idx[lo:hi]`` (a partition's permutation, read
+    in place: no copy of the client's rows). ``max_steps >= 0`` stops after that many
+    mini-batch steps (a straggler); the learning-rate schedule still spans the planned
+    ``epochs`` so that a straggler's first steps equal a full client's.
 
     ``batched`` computes each mini-batch's gradient layer by layer with matrix products
     (required for ``clip < inf``, DP-SGD); otherwise sample by sample. Returns -1, or
@@ -77,6 +83,9 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
     noise_key = hash2(np.uint64(key) ^ NOISE_TAG, 0)
     n_batches = (n + batch - 1) // batch
     total = max(1, epochs * n_batches)
+    if max_steps >= 0:
+        epochs = min(epochs, (max_steps + n_batches - 1) // n_batches)
+    has_idx = idx.shape[0] > 0
     t = 0
     for e in range(epochs):
         if shuffle:
@@ -84,6 +93,8 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
                 perm[i] = i
             shuffle_inplace(perm, hash2(key, e))
         for b in range(n_batches):
+            if t == max_steps:
+                break
             g[:] = 0
             wsum = 0.0
             b_lo = b * batch
@@ -93,6 +104,8 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
                 A = A0[:nb]
                 for s in range(nb):
                     r = lo + perm[s + b_lo]
+                    if has_idx:
+                        r = idx[r]
                     rows[s] = r
                     A[s] = X[r]
                     w = sw[r] if has_w else 1.0
@@ -110,6 +123,8 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
                 z0 = p[nf] if has_b else 0.0
                 for s in range(b_lo, b_hi):
                     r = lo + perm[s]
+                    if has_idx:
+                        r = idx[r]
                     w = sw[r] if has_w else 1.0
                     x = X[r]
                     dl, ok = linear1_delta(x, pw, z0, zs, loss, hdelta, yc, yr, r, w)
@@ -123,6 +138,8 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
             else:
                 for s in range(b_lo, b_hi):
                     r = lo + perm[s]
+                    if has_idx:
+                        r = idx[r]
                     w = sw[r] if has_w else 1.0
                     _, _, ok = sample_grad(p, X[r], yc, yr, r, sizes, w_off, b_off, u_off,
                                            act, loss, hdelta, zs, hs, ds, g, w, MODE_ADD, False)
@@ -154,13 +171,16 @@ def sgd_client(params0, X, yc, yr, sw, spec, lo, hi, key, epochs, batch, lr_sche
 
 
 @jit(parallel=True)
-def train_clients(params0, X, yc, yr, sw, spec, offsets, seed, epochs, batch, lr_schedule, shuffle,
-                  lr, power_t, momentum, weight_decay, prox_mu, batched, clip, noise_std, out,
-                  bad):
-    """Client k trains on rows ``offsets[k]:offsets[k+1]`` for ``epochs[k]`` epochs into ``out[k]``."""
+def train_clients(params0, X, yc, yr, sw, spec, idx, starts, ends, ids, seed, epochs, max_steps,
+                  batch, lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu,
+                  batched, clip, noise_std, out, bad):
+    """Output row k trains client ``ids[k]`` on rows ``starts[k]:ends[k]`` (through ``idx``
+    when it is non-empty) for ``epochs[k]`` epochs, at most ``max_steps[k]`` steps (< 0:
+    no limit), into ``out[k]``. The client's stream is ``hash2(seed, ids[k])``: a client
+    trains the same bits whichever call, thread or machine runs it."""
     K = out.shape[0]
     for k in prange(K):
-        bad[k] = sgd_client(params0, X, yc, yr, sw, spec, offsets[k], offsets[k + 1],
-                            hash2(seed, k), epochs[k], batch, lr_schedule, shuffle, lr, power_t,
-                            momentum, weight_decay, prox_mu, batched, clip, noise_std,
-                            out[k])
+        bad[k] = sgd_client(params0, X, yc, yr, sw, spec, idx, starts[k], ends[k],
+                            hash2(seed, ids[k]), epochs[k], max_steps[k], batch, lr_schedule,
+                            shuffle, lr, power_t, momentum, weight_decay, prox_mu, batched, clip,
+                            noise_std, out[k])

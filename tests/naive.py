@@ -235,8 +235,11 @@ def lr_at(t, total, lr, schedule, power_t):
 
 def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
         weight_decay=0.0, prox_mu=0.0, shuffle=True, seed=0, sample_weight=None,
-        schedule="constant", power_t=0.5, key=None, clip_norm=None, noise_multiplier=0.0):
+        schedule="constant", power_t=0.5, key=None, clip_norm=None, noise_multiplier=0.0,
+        max_steps=-1):
     """Mini-batch SGD, one Python step at a time; ``key`` defaults to client 0's stream.
+
+    ``max_steps >= 0`` stops after that many steps (the schedule still spans ``epochs``).
 
     With ``clip_norm``: DP-SGD, each per-sample gradient clipped to that norm, noise
     ``noise_multiplier * clip_norm * normal(hash2(key ^ NOISE_TAG, 0) then t, j)``.
@@ -254,6 +257,8 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
     for e in range(epochs):
         order = shuffled(n, hash2(key, e)) if shuffle else list(range(n))
         for b in range(n_batches):
+            if t == max_steps:
+                return p
             idx = order[b * batch_size:(b + 1) * batch_size]
             g = np.zeros_like(p)
             for i in idx:
@@ -276,15 +281,20 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
     return p
 
 
-def train_clients(model, params, X, y, offsets, *, seed=0, epochs=1, sample_weight=None, **kw):
-    rows = []
-    for k in range(len(offsets) - 1):
+def train_clients(model, params, X, y, offsets, *, seed=0, epochs=1, sample_weight=None,
+                  rows=None, clients=None, max_steps=None, **kw):
+    """Each client copies out its rows (``rows[lo:hi]`` of X, or ``lo:hi``) and runs sgd."""
+    out = []
+    ids = range(len(offsets) - 1) if clients is None else clients
+    for i, k in enumerate(ids):
         lo, hi = offsets[k], offsets[k + 1]
-        ep = epochs[k] if np.ndim(epochs) else epochs
-        sw = None if sample_weight is None else np.asarray(sample_weight)[lo:hi]
-        rows.append(sgd(model, params, X[lo:hi], y[lo:hi], epochs=ep, sample_weight=sw,
-                        key=hash2(seed, k), **kw))
-    return np.array(rows)
+        take = np.arange(lo, hi) if rows is None else np.asarray(rows)[lo:hi]
+        ep = epochs[i] if np.ndim(epochs) else epochs
+        ms = -1 if max_steps is None else (max_steps[i] if np.ndim(max_steps) else max_steps)
+        sw = None if sample_weight is None else np.asarray(sample_weight)[take]
+        out.append(sgd(model, params, X[take], np.asarray(y)[take], epochs=ep, sample_weight=sw,
+                       key=hash2(seed, k), max_steps=ms, **kw))
+    return np.array(out)
 
 
 # ---------------------------------------------------------------- aggregation

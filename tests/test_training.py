@@ -71,6 +71,52 @@ def test_train_clients_matches_naive(model):
     assert_allclose(got, naive.train_clients(model, params, X, y, offsets, epochs=2, **kw), **F64)
 
 
+@pytest.mark.parametrize("case", ["linear-softmax", "mlp-relu-softmax", "linear-logistic"])
+def test_train_clients_rows_clients_max_steps(case):
+    # A partition stored as a permutation plus offsets; a subset of clients in any order;
+    # stragglers stopped mid-epoch; sample weights read through the permutation too.
+    model = MODEL_CASES[case]()
+    params, X, y = make_data(model, 40, seed=26)
+    perm = np.random.default_rng(3).permutation(40)
+    offsets = [0, 9, 10, 25, 40]
+    sw = np.random.default_rng(4).uniform(0.5, 1.5, 40)
+    kw = dict(batch_size=4, lr=0.05, seed=7, epochs=[2, 1, 3], max_steps=[3, -1, 0],
+              sample_weight=sw)
+    got = fastmb.train_clients(model, params, X, y, offsets, rows=perm, clients=[3, 0, 2], **kw)
+    want = naive.train_clients(model, params, X, y, offsets, rows=perm, clients=[3, 0, 2], **kw)
+    assert_allclose(got, want, **F64)
+    assert_allclose(got[2], params)  # zero steps
+    # A client trains the same bits alone, in a group, or with its rows copied out.
+    alone = fastmb.train_clients(model, params, X, y, offsets, rows=perm, clients=[0],
+                                 **{**kw, "epochs": 1, "max_steps": None})
+    np.testing.assert_array_equal(alone[0], got[1])
+
+
+def test_train_clients_rows_bad_input():
+    model = MODEL_CASES["linear-softmax"]()
+    params, X, y = make_data(model, 20, seed=27)
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, 20\)"):
+        fastmb.train_clients(model, params, X, y, [0, 5], rows=[0, 1, 2, 3, 20])
+    with pytest.raises(ValueError, match="client_offsets must lie in .* entries of rows"):
+        fastmb.train_clients(model, params, X, y, [0, 6], rows=[0, 1, 2, 3, 4])
+    with pytest.raises(ValueError, match=r"clients must lie in \[0, 2\)"):
+        fastmb.train_clients(model, params, X, y, [0, 5, 10], clients=[2])
+    with pytest.raises(ValueError, match="clients must name at least one"):
+        fastmb.train_clients(model, params, X, y, [0, 5, 10], clients=[])
+    with pytest.raises(TypeError, match="clients must hold integers"):
+        fastmb.train_clients(model, params, X, y, [0, 5, 10], clients=[0.5])
+    with pytest.raises(ValueError, match="max_steps must be a 1-D array of 2 integers"):
+        fastmb.train_clients(model, params, X, y, [0, 5, 10], max_steps=[1, 2, 3])
+    bad = X.copy()
+    bad[7, 1] = np.nan
+    with pytest.raises(ValueError, match="row 7"):
+        fastmb.train_clients(model, params, bad, y, [0, 5, 10], rows=np.arange(19, -1, -1)[5:15])
+    # the caller's arrays are untouched
+    rows = np.arange(10)
+    fastmb.train_clients(model, params, X, y, [0, 5, 10], rows=rows, clients=[1])
+    np.testing.assert_array_equal(rows, np.arange(10))
+
+
 def test_train_clients_per_client_epochs():
     model = MODEL_CASES["linear-softmax"]()
     params, X, y = make_data(model, 30, seed=23)
