@@ -89,8 +89,9 @@ def as_y(model, y, n, dtype, name="y"):
     return np.empty(0, np.int64), yr
 
 
-def as_weights(weights, n, name, unit):
-    """Non-negative float64 weights, one per ``unit`` (sample, client), not all zero."""
+def as_weights(weights, n, name, unit, allow_zero_sum=False):
+    """Non-negative float64 weights, one per ``unit`` (sample, client), not all zero
+    (unless ``allow_zero_sum``: a partial sum may carry no weight yet)."""
     w = _as_numeric(name, weights)
     if w.ndim != 1 or w.shape[0] != n:
         raise ValueError(f"{name} must be a 1-D array of length {n} (one per {unit}), "
@@ -101,7 +102,7 @@ def as_weights(weights, n, name, unit):
     if (w < 0).any():
         raise ValueError(f"{name} must be non-negative; {unit} {int(np.argmin(w))} has "
                          f"weight {w.min()}")
-    if not w.any():
+    if not allow_zero_sum and not w.any():
         verb = "are" if name.endswith("s") else "is"
         raise ValueError(f"{name} {verb} all zero: at least one {unit} needs a positive weight")
     return w

@@ -18,51 +18,76 @@ BLOCK = 4096
 MEAN_BLOCK = 16384
 
 
+@jit
+def _fold_rows(U, w, lo, hi, acc):
+    """``acc[j - lo] += sum_k w[k] * U[k, j]`` for j in [lo, hi), clients in order.
+
+    Four clients are folded into the accumulator per pass, which quarters the
+    accumulator traffic; the grouping ``(w0 u0 + w1 u1) + (w2 u2 + w3 u3)`` is fixed, so
+    the sum depends neither on the thread count nor on how the blocks were scheduled.
+    """
+    K = U.shape[0]
+    m = hi - lo
+    k = 0
+    while k + 4 <= K:
+        r0 = U[k, lo:hi]
+        r1 = U[k + 1, lo:hi]
+        r2 = U[k + 2, lo:hi]
+        r3 = U[k + 3, lo:hi]
+        w0, w1, w2, w3 = w[k], w[k + 1], w[k + 2], w[k + 3]
+        for j in range(m):
+            acc[j] += (w0 * r0[j] + w1 * r1[j]) + (w2 * r2[j] + w3 * r3[j])
+        k += 4
+    while k < K:
+        r0 = U[k, lo:hi]
+        w0 = w[k]
+        for j in range(m):
+            acc[j] += w0 * r0[j]
+        k += 1
+
+
 @jit(parallel=True)
 def weighted_mean(U, w, inv_total, out):
     """``out[j] = inv_total * sum_k w[k] * U[k, j]``; returns the count of non-finite outputs.
 
     Blocks of ``MEAN_BLOCK`` coordinates keep the float64 accumulator in L2 while each
-    client's segment (64 KiB of float32) streams from memory in one long run. Four
-    clients are folded into the accumulator per pass, which quarters the accumulator
-    traffic; the grouping ``(w0 u0 + w1 u1) + (w2 u2 + w3 u3)`` is fixed, so the sum
-    does not depend on the thread count.
+    client's segment (64 KiB of float32) streams from memory in one long run
+    (``_fold_rows``).
 
     A NaN or Inf in any update reaches its coordinate's sum (0 * Inf is NaN too), so
     counting non-finite outputs detects bad inputs without a second pass over U.
     """
-    K, P = U.shape
+    P = U.shape[1]
     nb = (P + MEAN_BLOCK - 1) // MEAN_BLOCK
     nbad = 0
     for b in prange(nb):
         lo = b * MEAN_BLOCK
         hi = min(P, lo + MEAN_BLOCK)
-        m = hi - lo
-        acc = np.zeros(m, np.float64)
-        k = 0
-        while k + 4 <= K:
-            r0 = U[k, lo:hi]
-            r1 = U[k + 1, lo:hi]
-            r2 = U[k + 2, lo:hi]
-            r3 = U[k + 3, lo:hi]
-            w0, w1, w2, w3 = w[k], w[k + 1], w[k + 2], w[k + 3]
-            for j in range(m):
-                acc[j] += (w0 * r0[j] + w1 * r1[j]) + (w2 * r2[j] + w3 * r3[j])
-            k += 4
-        while k < K:
-            r0 = U[k, lo:hi]
-            w0 = w[k]
-            for j in range(m):
-                acc[j] += w0 * r0[j]
-            k += 1
+        acc = np.zeros(hi - lo, np.float64)
+        _fold_rows(U, w, lo, hi, acc)
         cnt = 0
-        for j in range(m):
+        for j in range(hi - lo):
             v = acc[j] * inv_total
             out[lo + j] = v
             if not math.isfinite(v):
                 cnt += 1
         nbad += cnt
     return nbad
+
+
+@jit(parallel=True)
+def accumulate_rows(acc, U, w):
+    """``acc[j] += sum_k w[k] * U[k, j]`` into a float64 ``acc`` (a streaming mean's sum).
+
+    The same fixed order as ``weighted_mean``: a block of clients adds the same bits
+    whichever process or thread count runs it.
+    """
+    P = U.shape[1]
+    nb = (P + MEAN_BLOCK - 1) // MEAN_BLOCK
+    for b in prange(nb):
+        lo = b * MEAN_BLOCK
+        hi = min(P, lo + MEAN_BLOCK)
+        _fold_rows(U, w, lo, hi, acc[lo:hi])
 
 
 @jit(parallel=True)

@@ -113,6 +113,37 @@ def test_weighted_mean_merge_tree_and_state():
     assert_allclose(parts[0].result(), naive.fedavg(U, w), rtol=1e-12)
 
 
+@pytest.mark.parametrize("K", [1, 4, 7])
+def test_weighted_mean_add_many(K):
+    rng = np.random.default_rng(3)
+    U = rng.normal(size=(K, 20000)).astype(np.float32)  # two coordinate blocks
+    w = rng.uniform(0, 3, K)
+    wm = fastmb.WeightedMean(20000)
+    wm.add_many(U[:1], w[:1])
+    if K > 1:
+        wm.add_many(U[1:], w[1:])
+    assert wm.count == K and wm.total_weight == pytest.approx(w.sum())
+    assert_allclose(wm.result(), naive.fedavg(U, w), rtol=1e-6, atol=1e-7)
+    # one shard added at once is the same bits as fedavg's kernel (same fixed order)
+    one = fastmb.WeightedMean(20000)
+    one.add_many(U, w)
+    np.testing.assert_array_equal(one.result(), fastmb.fedavg(U, w))
+    # all-zero weights are a valid partial sum; NaN rows raise, naming them, and add nothing
+    z = fastmb.WeightedMean(20000)
+    z.add_many(U, np.zeros(K))
+    assert z.total_weight == 0 and z.count == K
+    bad = U.copy()
+    bad[K - 1, 5] = np.nan
+    before = one.state_dict()
+    with pytest.raises(ValueError, match=rf"NaN or Inf \(clients \[{K - 1}\]\)"):
+        one.add_many(bad, w)
+    with pytest.raises(ValueError, match="columns"):
+        one.add_many(U[:, :10], w)
+    with pytest.raises(ValueError, match="weights must be non-negative"):
+        one.add_many(U, -w)
+    np.testing.assert_array_equal(one.state_dict()["sum"], before["sum"])
+
+
 def test_weighted_mean_bad_update_leaves_state_unchanged():
     wm = fastmb.WeightedMean(4, np.float64)
     wm.add([1.0, 2.0, 3.0, 4.0], 2.0)
