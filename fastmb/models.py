@@ -129,6 +129,11 @@ class _Model:
     def _key(self):
         return (self._sizes, self._loss, self._activation, self._fit_intercept, self._huber_delta)
 
+    def __reduce__(self):
+        # Pickled by its description (for Dask workers and checkpoints): rebuilt through the
+        # checked constructor, never by setting the slots of an immutable object.
+        return (_rebuild, (type(self).__name__,) + self._key())
+
     # -- parameters --------------------------------------------------------
     def layers(self, params):
         """Views ``[(W_0, b_0), (W_1, b_1), ...]`` into ``params``; ``b_l`` is None without biases.
@@ -255,3 +260,10 @@ class MLP(_Model):
     def __repr__(self):
         return (f"MLP({list(self.sizes)}, activation={self.activation!r}, loss={self.loss!r}, "
                 f"fit_intercept={self.fit_intercept})")
+
+
+def _rebuild(kind, sizes, loss, activation, fit_intercept, huber_delta):
+    if kind == "Linear":
+        return Linear(sizes[0], sizes[1], loss, fit_intercept=fit_intercept,
+                      huber_delta=huber_delta)
+    return MLP(list(sizes), activation, loss, fit_intercept=fit_intercept, huber_delta=huber_delta)

@@ -170,25 +170,28 @@ class _Plan:
                        opts["power_t"], opts["momentum"], opts["weight_decay"],
                        opts["prox_mu"], batched, float(clip), float(noise_std))
 
-    def run(self, params, clients, epochs, max_steps):
-        """Train ``clients`` (int64 ids) from ``params``: ``(out, bad)``; no checks here."""
+    def run(self, params, clients, epochs, max_steps, seed=None):
+        """Train ``clients`` (int64 ids) from ``params``: ``(out, bad)``; no checks here.
+
+        ``seed`` (uint64) replaces the plan's seed for this call (a simulation's round)."""
         from .kernels import _rng, training as K_
 
         K = clients.shape[0]
         out = np.empty((K, params.shape[0]), params.dtype)
         bad = np.empty(K, np.int64)
+        seed = self.seed if seed is None else np.uint64(seed)
         starts = self.offsets[clients]
         ends = self.offsets[clients + 1]
         if K == 1:
             # One client: the serial kernel. Inside a parallel region the idle OpenMP
             # workers spin and take cores from BLAS (a 1024-row MLP step took 23 ms, not 14).
-            key = np.uint64(_rng.hash2(self.seed, np.uint64(clients[0])))
+            key = np.uint64(_rng.hash2(seed, np.uint64(clients[0])))
             bad[0] = K_.sgd_client(params, self.X, self.yc, self.yr, self.sw, self.model._spec,
                                    self.idx, starts[0], ends[0], key, epochs[0], max_steps[0],
                                    *self.common, out[0])
         elif K:
             K_.train_clients(params, self.X, self.yc, self.yr, self.sw, self.model._spec,
-                             self.idx, starts, ends, clients, self.seed, epochs, max_steps,
+                             self.idx, starts, ends, clients, seed, epochs, max_steps,
                              *self.common, out, bad)
         return out, bad
 

@@ -1,0 +1,628 @@
+"""The federation engine: simulated edge clients train locally, a server aggregates.
+
+One round: sample clients, decide who drops out or straggles, train the rest in one
+kernel call (:func:`fastmb.train_clients` reading each client's rows through the
+partition's permutation), corrupt the malicious clients' updates, aggregate the updates
+``u_k = p_k - params`` with FedAvg or a robust rule, step a server optimizer, evaluate on
+the held-out set and record the round.
+
+Reproducibility. Every random choice of round r (sampling, dropout, stragglers) comes
+from ``np.random.default_rng([seed, r, tag])`` and every client's local shuffling from
+``hash2(seed ^ r, client id)``: nothing depends on the rounds before except the
+parameters and the server optimizer's state. A checkpoint therefore holds exactly those
+(plus the history), and a run resumed from it ends bit-identical to one that never
+stopped. FedAvg sums the clients in fixed shards of ``shard_size`` (in float64, in order)
+merged in a fixed binary tree, so the result does not depend on how many processes or
+threads trained the shards: :class:`fastmb.distributed.DaskExecutor` gives the same bits
+as the single-process run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from . import _validation as V
+from . import robust as R
+from .aggregation import WeightedMean
+from .data import Dataset
+from .partition import Partition
+from .privacy import CentralDP
+from .server import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from .training import _as_steps, _plan
+
+#: name -> (default options). Options not listed here are a config error.
+AGGREGATORS = {
+    "fedavg": {},
+    "median": {},
+    "trimmed_mean": {"beta": 0.1},
+    "krum": {"n_byzantine": 1},
+    "multi_krum": {"n_byzantine": 1, "m": None},
+    "bulyan": {"n_byzantine": 1},
+    "geometric_median": {"nu": 1e-6, "max_iter": 100, "tol": 1e-6},
+    "centered_clipping": {"tau": 1.0, "n_iter": 1},
+    "norm_bounded": {"max_norm": 1.0},
+    "central_dp": {"clip_norm": 1.0, "noise_multiplier": 1.0, "target_quantile": None,
+                   "clip_lr": 0.2, "count_noise_multiplier": None},
+}
+#: Rules whose every coordinate depends on that coordinate only: sharded by coordinate blocks.
+COORDINATE_WISE = ("median", "trimmed_mean")
+#: Rules that take per-client weights (the clients' example counts, as FedAvg).
+_WEIGHTED = ("geometric_median", "centered_clipping", "norm_bounded")
+
+SERVER_OPTIMIZERS = {
+    "none": (None, {}),
+    "fedavgm": (FedAvgM, {"lr": 1.0, "momentum": 0.9}),
+    "fedadagrad": (FedAdagrad, {"lr": 0.1, "beta1": 0.9, "tau": 1e-3}),
+    "fedadam": (FedAdam, {"lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}),
+    "fedyogi": (FedYogi, {"lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}),
+}
+ATTACKS = ("nan", "scale", "sign_flip")
+_ROUND_TAG, _MALICIOUS_TAG = 0x5EED_0001, 0x5EED_0002
+_CHECKPOINT_VERSION = 1
+
+
+def _options(kind, name, table, given):
+    """Merge ``given`` over the defaults of ``table[name]``; unknown keys are errors."""
+    if not isinstance(name, str) or name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(table)}")
+    defaults = table[name] if kind == "aggregator" else table[name][1]
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        valid = ", ".join(defaults) or "none"
+        raise ValueError(f"unknown option(s) {unknown} for {kind} {name!r}; valid: {valid}")
+    return {**defaults, **given}
+
+
+@dataclasses.dataclass(frozen=True)
+class Faults:
+    """What goes wrong at the edge, per round.
+
+    Parameters
+    ----------
+    dropout : float in [0, 1), default 0
+        Probability that a sampled client never reports back (it received the model; its
+        update is lost).
+    straggler : float in [0, 1], default 0
+        Probability that a client that reports back ran out of time: it completed only
+        ``straggler_work`` of its local steps (at least one).
+    straggler_work : float in (0, 1], default 0.5
+    malicious : float in [0, 1), default 0
+        Fraction of all clients that are malicious (a fixed set, drawn from the seed);
+        whenever sampled they send a corrupted update.
+    attack : {"nan", "scale", "sign_flip"}, default "sign_flip"
+        ``nan``: every coordinate NaN (a broken device); ``scale``: the honest update times
+        ``attack_scale``; ``sign_flip``: times ``-attack_scale``.
+    attack_scale : float > 0, default 4.0
+    """
+
+    dropout: float = 0.0
+    straggler: float = 0.0
+    straggler_work: float = 0.5
+    malicious: float = 0.0
+    attack: str = "sign_flip"
+    attack_scale: float = 4.0
+
+    def __post_init__(self):
+        V.check_number("dropout", self.dropout, low=0, high=1)
+        if self.dropout >= 1:
+            raise ValueError("dropout must be < 1 (some client has to report back)")
+        V.check_number("straggler", self.straggler, low=0, high=1)
+        V.check_number("straggler_work", self.straggler_work, low=0, high=1, low_open=True)
+        V.check_number("malicious", self.malicious, low=0, high=1)
+        if self.malicious >= 1:
+            raise ValueError("malicious must be < 1")
+        if self.attack not in ATTACKS:
+            raise ValueError(f"attack must be one of {list(ATTACKS)}, got {self.attack!r}")
+        V.check_number("attack_scale", self.attack_scale, low=0, low_open=True)
+
+
+# ---------------------------------------------------------------- shard work
+# Module-level functions: a Dask worker runs exactly these on its shard.
+
+
+def _deltas(out, bad, params, attack, kind, scale):
+    """Turn trained parameters into updates ``p_k - params`` in place, and corrupt them.
+
+    A client whose training diverged (``bad >= 0``) sends NaN: the server rejects it.
+    """
+    out -= params
+    out[bad >= 0] = np.nan
+    if attack.any():
+        if kind == "nan":
+            out[attack] = np.nan
+        else:
+            out[attack] *= np.float32(scale if kind == "scale" else -scale).astype(out.dtype)
+    return out
+
+
+def _partial_mean(D, weights):
+    """One shard's float64 weighted sum of its finite updates, and its rejected rows."""
+    from .kernels import aggregation as KA
+
+    bad = np.empty(D.shape[0], np.bool_)
+    KA.rows_nonfinite(D, bad)
+    wm = WeightedMean(D.shape[1], D.dtype)
+    keep = ~bad
+    if keep.any():
+        wm.add_many(D[keep] if bad.any() else D, weights[keep])
+    return wm, np.flatnonzero(bad)
+
+
+def train_shard(plan, params, seed, ids, epochs, steps, attack, kind, scale, weights, mean):
+    """Train one shard of clients; return its partial mean (``mean``) or its updates."""
+    out, bad = plan.run(params, ids, epochs, steps, seed)
+    D = _deltas(out, bad, params, attack, kind, scale)
+    if not mean:
+        return D
+    wm, rejected = _partial_mean(D, weights)
+    return wm, ids[rejected]
+
+
+def merge_means(a, b):
+    """Fold partial ``b`` into ``a`` (a tree node): ``(WeightedMean, rejected ids)``."""
+    a[0].merge(b[0])
+    return a[0], np.concatenate([a[1], b[1]])
+
+
+def tree_reduce(parts, merge):
+    """Merge ``parts`` pairwise, level by level: a fixed tree for a given number of parts."""
+    parts = list(parts)
+    while len(parts) > 1:
+        nxt = [merge(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        if len(parts) % 2:
+            nxt.append(parts[-1])
+        parts = nxt
+    return parts[0]
+
+
+def shard_bounds(K, shard_size):
+    """Boundaries of the fixed client shards of a round: ``[(lo, hi), ...]``."""
+    return [(lo, min(K, lo + shard_size)) for lo in range(0, K, shard_size)]
+
+
+def apply_rule(name, opts, D, weights, dp=None):
+    """A robust rule (or central DP) on the stacked updates: ``(delta, used, rejected)``.
+
+    ``used`` and ``rejected`` index the rows of ``D``. If no update is usable the delta
+    is None (the round keeps the parameters).
+    """
+    from .kernels import aggregation as KA
+
+    bad = np.empty(D.shape[0], np.bool_)
+    KA.rows_nonfinite(D, bad)
+    if bad.all():
+        return None, np.empty(0, np.int64), np.arange(D.shape[0])
+    if name == "central_dp":
+        res = dp.aggregate(D)
+        used = np.setdiff1d(np.arange(D.shape[0]), res.rejected)
+        return res.aggregate, used, res.rejected
+    fn = {"median": R.coordinate_median, "trimmed_mean": R.trimmed_mean, "krum": R.krum,
+          "multi_krum": R.multi_krum, "bulyan": R.bulyan, "geometric_median": R.geometric_median,
+          "centered_clipping": R.centered_clipping, "norm_bounded": R.norm_bounded_mean}[name]
+    kw = dict(opts)
+    if name in _WEIGHTED:
+        kw["weights"] = weights
+    try:
+        res = fn(D, **kw)
+    except ValueError as exc:
+        if "needs at least" in str(exc):  # too few clients this round for the rule
+            return None, np.empty(0, np.int64), np.flatnonzero(bad)
+        raise
+    return res.aggregate, np.asarray(res.used), np.asarray(res.rejected)
+
+
+class LocalExecutor:
+    """Run every round in this process: one kernel call trains all of a round's clients."""
+
+    def prepare(self, sim):
+        self._plan = sim._plan
+
+    def close(self):
+        pass
+
+    def mean(self, task):
+        """FedAvg: ``(WeightedMean, rejected ids)`` from the fixed shards' partial sums."""
+        D = self.updates(task)
+        parts = []
+        for lo, hi in shard_bounds(D.shape[0], task.shard_size):
+            wm, rej = _partial_mean(D[lo:hi], task.weights[lo:hi])
+            parts.append((wm, task.ids[lo:hi][rej]))
+        return tree_reduce(parts, merge_means)
+
+    def updates(self, task):
+        """The round's (K, P) stack of updates, corrupted ones included."""
+        out, bad = self._plan.run(task.params, task.ids, task.epochs, task.steps, task.seed)
+        return _deltas(out, bad, task.params, task.attack, task.kind, task.scale)
+
+    def coordinate_rule(self, task, name, opts):
+        D = self.updates(task)
+        return apply_rule(name, opts, D, task.weights)
+
+
+@dataclasses.dataclass
+class RoundTask:
+    """What the server sends out in one round (and a Dask worker receives in part)."""
+
+    params: np.ndarray
+    seed: np.uint64
+    ids: np.ndarray
+    epochs: np.ndarray
+    steps: np.ndarray
+    attack: np.ndarray
+    kind: str
+    scale: float
+    weights: np.ndarray
+    shard_size: int
+
+
+class Simulation:
+    """Federated training of simulated edge clients, round by round.
+
+    Parameters
+    ----------
+    model : fastmb.Linear or fastmb.MLP
+    data : fastmb.data.Dataset or (X, y, X_test, y_test)
+        Clients own rows of ``X``; the server evaluates on ``(X_test, y_test)``.
+    partition : fastmb.partition.Partition
+        Which rows each client owns (:func:`fastmb.partition.dirichlet`, ``iid``, ...).
+    clients_per_round : int, optional
+        Clients sampled each round (uniformly, without replacement). Default: ``fraction``
+        of the clients.
+    fraction : float in (0, 1], default 0.1
+    epochs, batch_size, lr, momentum, prox_mu, shuffle
+        Local training, as in :func:`fastmb.train_clients`.
+    aggregator : str, default "fedavg"
+        One of :data:`AGGREGATORS`: FedAvg weighted by the clients' example counts, a
+        robust rule, or ``"central_dp"`` (:class:`fastmb.CentralDP`).
+    aggregator_options : dict, optional
+        Options of the rule (``beta`` of ``trimmed_mean``, ``n_byzantine`` of ``krum``...).
+    server : str, default "none"
+        Server optimizer on the aggregate: ``"none"`` (params + aggregate), ``"fedavgm"``,
+        ``"fedadagrad"``, ``"fedadam"``, ``"fedyogi"``.
+    server_options : dict, optional
+        Options of the server optimizer (``lr``, ``momentum``, ``beta1``...).
+    faults : Faults, optional
+    seed : int, default 0
+        Seeds the initial parameters, sampling, faults and local shuffling.
+    params : (P,) array, optional
+        Initial parameters (default ``model.init(seed)``).
+    eval_every : int, default 1
+        Evaluate every this many rounds (and always after the last).
+    shard_size : int, default 64
+        Clients per shard of the FedAvg sum (see the module notes on reproducibility).
+    executor : optional
+        Where rounds run: this process (default) or :class:`fastmb.distributed.DaskExecutor`.
+
+    Examples
+    --------
+    >>> import fastmb
+    >>> data = fastmb.data.digits()
+    >>> part = fastmb.partition.dirichlet(data.y, 20, alpha=1.0, seed=0)
+    >>> sim = fastmb.Simulation(fastmb.Linear(64, 10, loss="softmax"), data, part,
+    ...                         fraction=0.5, lr=0.1, seed=0)
+    >>> history = sim.run(rounds=5)
+    >>> len(history), history[-1]["accuracy"] > 0.8
+    (5, True)
+    """
+
+    def __init__(self, model, data, partition, *, clients_per_round=None, fraction=0.1,
+                 epochs=1, batch_size=16, lr=0.05, momentum=0.0, prox_mu=0.0, shuffle=True,
+                 aggregator="fedavg", aggregator_options=None, server="none",
+                 server_options=None, faults=None, seed=0, params=None, eval_every=1,
+                 shard_size=64, executor=None):
+        if isinstance(data, Dataset):
+            X, y, X_test, y_test = data.X, data.y, data.X_test, data.y_test
+        else:
+            try:
+                X, y, X_test, y_test = data
+            except (TypeError, ValueError):
+                raise TypeError("data must be a fastmb.data.Dataset or a tuple "
+                                "(X, y, X_test, y_test)") from None
+        if not isinstance(partition, Partition):
+            raise TypeError(f"partition must be a fastmb.partition.Partition, got "
+                            f"{type(partition).__name__}")
+        self.model = model
+        self.seed = V.check_number("seed", seed, low=0, high=2**63 - 1, integer=True)
+        self.partition = partition
+        n_clients = partition.n_clients
+        if clients_per_round is None:
+            frac = V.check_number("fraction", fraction, low=0, high=1, low_open=True)
+            clients_per_round = max(1, int(round(frac * n_clients)))
+        self.clients_per_round = V.check_number("clients_per_round", clients_per_round, low=1,
+                                                high=n_clients, integer=True)
+        self.epochs = V.check_number("epochs", epochs, low=1, integer=True)
+        self.eval_every = V.check_number("eval_every", eval_every, low=1, integer=True)
+        self.shard_size = V.check_number("shard_size", shard_size, low=1, integer=True)
+        self.faults = Faults() if faults is None else faults
+        if not isinstance(self.faults, Faults):
+            raise TypeError(f"faults must be a fastmb.Faults, got {type(self.faults).__name__}")
+        self.aggregator = aggregator
+        self.aggregator_options = _options("aggregator", aggregator, AGGREGATORS,
+                                           aggregator_options)
+        self.server = server
+        self.server_options = _options("server optimizer", server, SERVER_OPTIMIZERS,
+                                       server_options)
+        p0 = model.init(seed=self.seed) if params is None else params
+        # Data, options and partition are checked once here; rounds call the kernel directly.
+        n_rows = np.asarray(X).shape[0] if np.ndim(X) else 0
+        if partition.rows.size and partition.rows.max() >= n_rows:
+            raise ValueError(f"partition refers to row {partition.rows.max()} but X has "
+                             f"{n_rows} rows")
+        self._batch, self._plan = _plan(model, p0, X, y, partition.offsets, partition.rows,
+                                        batch_size, lr, momentum, 0.0, prox_mu, shuffle, 0,
+                                        None, "constant", 0.5, None, 0.0)
+        if not np.isfinite(self._batch.X).all():
+            bad = int(np.flatnonzero(~np.isfinite(self._batch.X).all(1))[0])
+            raise ValueError(f"X contains NaN or Inf (first at row {bad})")
+        from .gradients import _Batch
+
+        self._test = _Batch(model, p0, X_test, y_test)
+        if self._test.n == 0:
+            raise ValueError("the test split (X_test) is empty; the server needs held-out data")
+        self.batch_size = self._plan.common[0]
+        self.lr, self.momentum, self.prox_mu = lr, momentum, prox_mu
+        self.shuffle = bool(shuffle)
+        self._planned_steps = self.epochs * -(-partition.sizes // self.batch_size)
+        self._weights = partition.sizes.astype(np.float64)
+        n_mal = int(round(self.faults.malicious * n_clients))
+        mrng = np.random.default_rng([self.seed, _MALICIOUS_TAG])
+        self.malicious = np.sort(mrng.choice(n_clients, n_mal, replace=False)).astype(np.int64)
+        self._dp = None
+        if aggregator == "central_dp":
+            o = self.aggregator_options
+            self._dp = CentralDP(o["clip_norm"], o["noise_multiplier"],
+                                 target_quantile=o["target_quantile"], clip_lr=o["clip_lr"],
+                                 count_noise_multiplier=o["count_noise_multiplier"],
+                                 expected_clients=self.clients_per_round, seed=self.seed)
+        self._params = self._batch.params.copy()
+        self._opt = self._new_optimizer(self._params)
+        self.round = 0
+        self.history = []
+        self.executor = LocalExecutor() if executor is None else executor
+        self.executor.prepare(self)
+
+    # -- state ------------------------------------------------------------
+    def _new_optimizer(self, params):
+        cls, _ = SERVER_OPTIMIZERS[self.server]
+        return None if cls is None else cls(params, **self.server_options)
+
+    @property
+    def params(self):
+        """A copy of the current global parameters."""
+        return self._params.copy()
+
+    def config(self):
+        """Everything that determines the run's results (checked when resuming)."""
+        return {
+            "model": repr(self.model), "n_params": int(self.model.n_params),
+            "dtype": self._params.dtype.name, "n_clients": int(self.partition.n_clients),
+            "partition_digest": _digest(self.partition.rows, self.partition.offsets),
+            "data_digest": _digest(self._batch.X[:1000], self._test.X[:1000]),
+            "clients_per_round": self.clients_per_round, "epochs": self.epochs,
+            "batch_size": int(self.batch_size), "lr": float(self.lr),
+            "momentum": float(self.momentum), "prox_mu": float(self.prox_mu),
+            "shuffle": self.shuffle, "aggregator": self.aggregator,
+            "aggregator_options": self.aggregator_options, "server": self.server,
+            "server_options": self.server_options, "faults": dataclasses.asdict(self.faults),
+            "seed": self.seed, "eval_every": self.eval_every, "shard_size": self.shard_size,
+        }
+
+    def save(self, path):
+        """Write the server state atomically: a temporary file in the same folder, fsync,
+        then ``os.replace`` (a crash leaves the old checkpoint or the new, never half)."""
+        state = {"version": np.int64(_CHECKPOINT_VERSION), "round": np.int64(self.round),
+                 "params": self._params,
+                 "config": np.array(json.dumps(self.config(), sort_keys=True)),
+                 "history": np.array(json.dumps(self.history))}
+        if self._opt is not None:
+            for k, v in self._opt.state_dict().items():
+                state["opt." + k] = np.asarray(v)
+        if self._dp is not None:
+            state["dp"] = np.array(json.dumps(_jsonable(self._dp.state_dict())))
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **state)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load(self, path):
+        """Restore a checkpoint written by :meth:`save` of an identically configured run."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+        with np.load(path, allow_pickle=False) as z:
+            if int(z["version"]) != _CHECKPOINT_VERSION:
+                raise ValueError(f"checkpoint {path!r} has version {int(z['version'])}, "
+                                 f"expected {_CHECKPOINT_VERSION}")
+            saved = json.loads(str(z["config"]))
+            now = json.loads(json.dumps(self.config(), sort_keys=True))
+            diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            if diff:
+                raise ValueError(f"checkpoint {path!r} was written by a run with different "
+                                 f"settings: {', '.join(diff)} (saved {[saved.get(k) for k in diff]}, "
+                                 f"now {[now.get(k) for k in diff]})")
+            params = np.array(z["params"])
+            opt = {k[4:]: z[k] for k in z.files if k.startswith("opt.")}
+            history = json.loads(str(z["history"]))
+            dp = json.loads(str(z["dp"])) if "dp" in z.files else None
+            rnd = int(z["round"])
+        if self._opt is not None:
+            state = {k: (v if v.ndim else v.item()) for k, v in opt.items()}
+            self._opt = type(self._opt).from_state_dict(state)
+        if self._dp is not None:
+            self._dp.load_state_dict(dp)
+        self._params, self.history, self.round = params, history, rnd
+        return self
+
+    # -- rounds -----------------------------------------------------------
+    def _task(self, r):
+        rng = np.random.default_rng([self.seed, r, _ROUND_TAG])
+        n_clients = self.partition.n_clients
+        sampled = np.sort(rng.choice(n_clients, self.clients_per_round, replace=False))
+        u = rng.random((2, sampled.shape[0]))
+        f = self.faults
+        dropped = u[0] < f.dropout
+        straggle = (u[1] < f.straggler) & ~dropped
+        ids = sampled[~dropped].astype(np.int64)
+        steps = np.full(ids.shape[0], -1, np.int64)
+        slow = straggle[~dropped]
+        planned = self._planned_steps[ids[slow]]
+        steps[slow] = np.maximum(1, np.floor(f.straggler_work * planned)).astype(np.int64)
+        steps[slow & (steps >= self._planned_steps[ids])] = -1
+        attack = np.isin(ids, self.malicious)
+        # The clients' shuffling streams change every round.
+        key = np.random.SeedSequence([self.seed, r, _ROUND_TAG]).generate_state(1, np.uint64)[0]
+        task = RoundTask(self._params, key, ids, np.full(ids.shape[0], self.epochs, np.int64),
+                         steps, attack, f.attack, f.attack_scale, self._weights[ids],
+                         self.shard_size)
+        return task, sampled, sampled[dropped], ids[slow]
+
+    def step(self):
+        """Run one round; returns its history record (also appended to :attr:`history`)."""
+        t0 = time.perf_counter()
+        r = self.round
+        task, sampled, dropped, stragglers = self._task(r)
+        delta, used, rejected = None, np.empty(0, np.int64), np.empty(0, np.int64)
+        ids = task.ids
+        if ids.shape[0]:
+            if self.aggregator == "fedavg":
+                wm, rejected_ids = self.executor.mean(task)
+                if wm.total_weight > 0:
+                    delta = wm._sum / wm.total_weight
+                rejected = np.sort(rejected_ids)
+                used = np.setdiff1d(ids, rejected)
+            else:
+                if self.aggregator in COORDINATE_WISE:
+                    delta, u_idx, r_idx = self.executor.coordinate_rule(
+                        task, self.aggregator, self.aggregator_options)
+                else:
+                    D = self.executor.updates(task)
+                    delta, u_idx, r_idx = apply_rule(self.aggregator, self.aggregator_options,
+                                                     D, task.weights, self._dp)
+                used, rejected = ids[u_idx], ids[r_idx]
+        if delta is not None:
+            new = (self._params.astype(np.float64) + delta).astype(self._params.dtype)
+            if not np.isfinite(new).all():
+                new = None  # an aggregate that overflows is rejected as a whole
+            if new is not None:
+                self._params = new if self._opt is None else self._opt.step(new)
+        self.round = r + 1
+        train_s = time.perf_counter() - t0
+        record = {"round": self.round}
+        last = self.round % self.eval_every == 0
+        record.update(self.evaluate() if last else {"loss": None, "accuracy": None})
+        itemsize = self._params.dtype.itemsize
+        P = self.model.n_params
+        record.update({
+            "time_s": time.perf_counter() - t0, "train_s": train_s,
+            "sampled": int(sampled.shape[0]), "reported": int(ids.shape[0]),
+            "used": int(used.shape[0]),
+            "bytes_down": int(sampled.shape[0] * P * itemsize),
+            "bytes_up": int(ids.shape[0] * P * itemsize),
+            "dropped": dropped.tolist(), "stragglers": stragglers.tolist(),
+            "malicious": ids[task.attack].tolist(), "rejected": rejected.tolist(),
+            "rejected_by_rule": np.setdiff1d(np.setdiff1d(ids, used), rejected).tolist(),
+        })
+        self.history.append(record)
+        return record
+
+    def evaluate(self):
+        """``{"loss", "accuracy"}`` of the current parameters on the test split
+        (accuracy is None for regression)."""
+        from .gradients import _loss_grad, predict
+
+        self._test.params = self._params
+        loss = _loss_grad(self._test, False)[0]
+        acc = None
+        if self.model.is_classifier:
+            pred = predict(self.model, self._params, self._test.X)
+            y = self._test.yc if self._test.yc.size else None
+            acc = float(np.mean(pred == y)) if y is not None else None
+        return {"loss": float(loss), "accuracy": acc}
+
+    def run(self, rounds, *, checkpoint=None, callback=None):
+        """Run until ``rounds`` rounds are done in all (a resumed run continues).
+
+        Parameters
+        ----------
+        rounds : int
+            Total number of rounds.
+        checkpoint : path, optional
+            Written atomically after every round.
+        callback : callable, optional
+            Called with each round's record after it is checkpointed; may raise to stop.
+
+        Returns
+        -------
+        list of dict
+            The history, one record per round.
+        """
+        rounds = V.check_number("rounds", rounds, low=0, integer=True)
+        if self.round >= rounds and self.history and self.history[-1]["accuracy"] is None:
+            self.history[-1].update(self.evaluate())
+        while self.round < rounds:
+            record = self.step()
+            if self.round == rounds and record["loss"] is None:
+                record.update(self.evaluate())
+            if checkpoint is not None:
+                self.save(checkpoint)
+            if callback is not None:
+                callback(record)
+        return self.history
+
+    def close(self):
+        self.executor.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _digest(*arrays):
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _jsonable(state):
+    return {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) or np.ndim(v) else
+                (v.item() if hasattr(v, "item") else v)) for k, v in state.items()}
+
+
+def summary(history):
+    """Final accuracy and loss, the best accuracy, time per round and bytes moved."""
+    if not history:
+        return {}
+    evals = [h for h in history if h["loss"] is not None]
+    accs = [h["accuracy"] for h in evals if h["accuracy"] is not None]
+    times = np.array([h["time_s"] for h in history])
+    return {
+        "rounds": len(history), "final_loss": evals[-1]["loss"] if evals else None,
+        "final_accuracy": accs[-1] if accs else None, "best_accuracy": max(accs) if accs else None,
+        "median_round_s": float(np.median(times)), "total_s": float(times.sum()),
+        "bytes_up": int(sum(h["bytes_up"] for h in history)),
+        "bytes_down": int(sum(h["bytes_down"] for h in history)),
+        "dropped": int(sum(len(h["dropped"]) for h in history)),
+        "rejected": int(sum(len(h["rejected"]) + len(h["rejected_by_rule"]) for h in history)),
+    }
