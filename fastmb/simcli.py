@@ -1,0 +1,362 @@
+"""``fastmb simulate``: settings from defaults, a TOML file and flags; run; write results.
+
+Precedence: the built-in defaults, then the ``--config`` TOML file, then the flags given
+on the command line. Every setting has one name, spelled with underscores in TOML and
+with dashes as a flag (``batch_size`` / ``--batch-size``); the aggregator's and the server
+optimizer's own options sit in TOML tables ``[aggregator_options]`` and
+``[server_options]`` or in repeated ``--aggregator-option KEY=VALUE`` flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import difflib
+import json
+import os
+import sys
+import time
+
+#: Every setting, its default and its help. The default run: digits, 100 clients with
+#: Dirichlet(0.5) label skew, an MLP 64-64-10, FedAvg, 30 rounds.
+SETTINGS = {
+    "data": ("digits", "digits (scikit-learn's, bundled), synthetic, or a .npz/.npy/.csv file"),
+    "n_samples": (100_000, "rows of the synthetic set"),
+    "n_features": (64, "features of the synthetic set"),
+    "n_classes": (10, "classes of the synthetic set"),
+    "test_fraction": (0.2, "held-out share of a user's file without a stored test split"),
+    "model": ("mlp", "mlp or linear (softmax regression for classes, least squares otherwise)"),
+    "hidden": ([64], "hidden layer widths of the MLP, e.g. 64 or 128,64"),
+    "activation": ("relu", "relu, tanh, sigmoid or identity"),
+    "partition": ("dirichlet", "iid, dirichlet (label skew) or quantity (size skew)"),
+    "alpha": (0.5, "Dirichlet concentration of the label or quantity skew"),
+    "clients": (100, "number of clients"),
+    "fraction": (0.2, "share of the clients sampled each round"),
+    "clients_per_round": (None, "clients sampled each round (overrides fraction)"),
+    "rounds": (30, "rounds in all (a resumed run continues to this many)"),
+    "epochs": (5, "local epochs per round"),
+    "batch_size": (16, "local mini-batch size"),
+    "lr": (0.1, "local learning rate"),
+    "momentum": (0.9, "local momentum"),
+    "prox_mu": (0.0, "FedProx proximal term"),
+    "aggregator": ("fedavg", "fedavg, median, trimmed_mean, krum, multi_krum, bulyan, "
+                   "geometric_median, centered_clipping, norm_bounded or central_dp"),
+    "aggregator_options": ({}, "options of the aggregator, KEY=VALUE (e.g. beta=0.2)"),
+    "server": ("none", "server optimizer: none, fedavgm, fedadagrad, fedadam or fedyogi"),
+    "server_options": ({}, "options of the server optimizer, KEY=VALUE (e.g. lr=0.5)"),
+    "dropout": (0.0, "probability that a sampled client never reports back"),
+    "straggler": (0.0, "probability that a client completes only part of its local steps"),
+    "straggler_work": (0.5, "share of the local steps a straggler completes"),
+    "malicious": (0.0, "share of the clients that send corrupted updates"),
+    "attack": ("sign_flip", "what malicious clients send: nan, scale or sign_flip"),
+    "attack_scale": (4.0, "factor of the scale and sign_flip attacks"),
+    "seed": (0, "seeds data split, partition, initial model, sampling, faults, shuffling"),
+    "eval_every": (1, "evaluate on the test split every this many rounds"),
+    "out": ("fastmb-run", "output folder: history.csv/.json, summary.json, history.png, "
+            "checkpoint.npz"),
+    "resume": (False, "continue from OUT/checkpoint.npz if it exists"),
+    "scheduler": (None, "address of a Dask scheduler (tcp://host:8786) to shard clients on"),
+    "workers": (0, "start a Dask LocalCluster with this many worker processes"),
+    "plot": (True, "write history.png (matplotlib)"),
+    "progress": (True, "show a progress bar and a line per round"),
+}
+
+
+class ConfigError(ValueError):
+    """A bad setting: the message names it and what was expected."""
+
+
+def add_arguments(parser):
+    parser.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file "
+                        "(flags given here override it)")
+    for name, (default, help_) in SETTINGS.items():
+        flag = "--" + name.replace("_", "-")
+        shown = f" (default: {_show(default)})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_ + shown)
+        elif name in ("aggregator_options", "server_options"):
+            parser.add_argument(flag.rstrip("s"), dest=name, action="append",
+                                metavar="KEY=VALUE", default=argparse.SUPPRESS, help=help_)
+        else:
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar="V",
+                                help=help_ + shown)
+
+
+def _show(v):
+    return ",".join(map(str, v)) if isinstance(v, list) else v
+
+
+def _suggest(key, valid):
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def read_toml(path):
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    with open(path, "rb") as fh:
+        try:
+            cfg = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
+    for key in cfg:
+        if key not in SETTINGS:
+            raise ConfigError(f"unknown key {key!r} in {path}{_suggest(key, SETTINGS)}; valid "
+                              f"keys: {', '.join(SETTINGS)}")
+    return cfg
+
+
+def _convert(name, value):
+    """A flag's text (or a TOML value) as the setting's type."""
+    default = SETTINGS[name][0]
+    try:
+        if name in ("aggregator_options", "server_options"):
+            if isinstance(value, dict):
+                return dict(value)
+            out = {}
+            for item in value:
+                if "=" not in item:
+                    raise ValueError(f"expected KEY=VALUE, got {item!r}")
+                k, v = item.split("=", 1)
+                out[k.strip()] = _scalar(v.strip())
+            return out
+        if name == "hidden":
+            if isinstance(value, list):
+                return [int(v) for v in value]
+            if isinstance(value, int):
+                return [value]
+            return [int(v) for v in str(value).split(",") if v.strip()]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError("expected true or false")
+            return value
+        if name == "clients_per_round":
+            return None if value is None else int(value)
+        if name == "scheduler":
+            return None if value in (None, "") else str(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("expected an integer")
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}" if "expected" in str(exc) else
+                          f"{name}: cannot read {value!r} as {type(default).__name__}") from None
+
+
+def _scalar(text):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def settings(args):
+    """Defaults, then the TOML file, then the flags: one dict of checked settings."""
+    cfg = {k: v for k, (v, _) in SETTINGS.items()}
+    given = vars(args).copy()
+    path = given.pop("config", None)
+    given.pop("command", None)
+    if path:
+        for k, v in read_toml(path).items():
+            cfg[k] = _convert(k, v)
+    for k, v in given.items():
+        cfg[k] = _convert(k, v)
+    return cfg
+
+
+def load_data(cfg):
+    from . import data as D
+
+    name = cfg["data"]
+    if name == "digits":
+        return D.digits(seed=cfg["seed"])
+    if name == "synthetic":
+        return D.synthetic(cfg["n_samples"], cfg["n_features"], cfg["n_classes"],
+                           seed=cfg["seed"])
+    if not os.path.splitext(name)[1]:
+        raise ConfigError(f"data must be digits, synthetic or a .npz/.npy/.csv file, got "
+                          f"{name!r}")
+    return D.load(name, test_fraction=cfg["test_fraction"], seed=cfg["seed"])
+
+
+def build(cfg, executor=None):
+    """The model, data, partition and Simulation that ``cfg`` describes."""
+    import fastmb
+    from . import partition as Pt
+    from .simulation import Faults, Simulation
+
+    data = load_data(cfg)
+    d = data.X.shape[1]
+    C = data.n_classes
+    loss = "softmax" if C else "squared"
+    if C == 1:
+        raise ConfigError("the labels hold one class only; classification needs two or more")
+    out = C if C else 1
+    if cfg["model"] == "linear":
+        model = fastmb.Linear(d, out, loss=loss)
+    elif cfg["model"] == "mlp":
+        model = fastmb.MLP([d, *cfg["hidden"], out], activation=cfg["activation"], loss=loss)
+    else:
+        raise ConfigError(f"model must be mlp or linear, got {cfg['model']!r}")
+    if cfg["partition"] == "dirichlet" and not C:
+        raise ConfigError("partition 'dirichlet' skews labels and needs class labels; the "
+                          "data has regression targets (use iid or quantity)")
+    part = Pt.make(cfg["partition"], data.y, cfg["clients"], alpha=cfg["alpha"],
+                   seed=cfg["seed"])
+    faults = Faults(dropout=cfg["dropout"], straggler=cfg["straggler"],
+                    straggler_work=cfg["straggler_work"], malicious=cfg["malicious"],
+                    attack=cfg["attack"], attack_scale=cfg["attack_scale"])
+    sim = Simulation(model, data, part, clients_per_round=cfg["clients_per_round"],
+                     fraction=cfg["fraction"], epochs=cfg["epochs"],
+                     batch_size=cfg["batch_size"], lr=cfg["lr"], momentum=cfg["momentum"],
+                     prox_mu=cfg["prox_mu"], aggregator=cfg["aggregator"],
+                     aggregator_options=cfg["aggregator_options"], server=cfg["server"],
+                     server_options=cfg["server_options"], faults=faults, seed=cfg["seed"],
+                     eval_every=cfg["eval_every"], executor=executor)
+    return data, part, sim
+
+
+def _executor(cfg):
+    if cfg["scheduler"] or cfg["workers"]:
+        from .distributed import DaskExecutor
+
+        if cfg["scheduler"]:
+            return DaskExecutor(address=cfg["scheduler"])
+        return DaskExecutor(n_workers=cfg["workers"])
+    return None
+
+
+def _fmt_bytes(n):
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1000
+
+
+def round_line(h, rounds):
+    acc = "   -  " if h["accuracy"] is None else f"{h['accuracy']:.4f}"
+    loss = "   -  " if h["loss"] is None else f"{h['loss']:.4f}"
+    faults = ""
+    for key in ("dropped", "stragglers", "malicious", "rejected", "rejected_by_rule"):
+        if h[key]:
+            faults += f"  {key.replace('_', ' ')} {len(h[key])}"
+    return (f"round {h['round']:>{len(str(rounds))}}/{rounds}  acc {acc}  loss {loss}  "
+            f"{h['time_s'] * 1e3:7.1f} ms  clients {h['reported']}/{h['sampled']}  "
+            f"up {_fmt_bytes(h['bytes_up'])}{faults}")
+
+
+def write_history(history, folder):
+    keys = list(history[0]) if history else []
+    with open(os.path.join(folder, "history.json"), "w") as fh:
+        json.dump(history, fh, indent=1)
+    with open(os.path.join(folder, "history.csv"), "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(keys)
+        for h in history:
+            w.writerow([" ".join(map(str, v)) if isinstance(v, list) else
+                        ("" if v is None else v) for v in (h[k] for k in keys)])
+
+
+def plot_history(history, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    ev = [h for h in history if h["loss"] is not None]
+    rounds = [h["round"] for h in ev]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    if ev and ev[0]["accuracy"] is not None:
+        a1.plot(rounds, [h["accuracy"] for h in ev], marker=".")
+        a1.set_ylabel("test accuracy")
+    a1.set_xlabel("round")
+    a2.plot(rounds, [h["loss"] for h in ev], marker=".", color="C1")
+    a2.set_ylabel("test loss")
+    a2.set_xlabel("round")
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args, echo=print):
+    from .simulation import summary
+
+    cfg = settings(args)
+    t0 = time.perf_counter()
+    executor = _executor(cfg)
+    try:
+        data, part, sim = build(cfg, executor)
+        folder = cfg["out"]
+        os.makedirs(folder, exist_ok=True)
+        ckpt = os.path.join(folder, "checkpoint.npz")
+        if cfg["resume"] and os.path.exists(ckpt):
+            sim.load(ckpt)
+            echo(f"resumed from {ckpt} after round {sim.round}")
+        where = executor.describe() if executor is not None else "this process"
+        echo(f"fastmb simulate: {data!r}; {sim.model!r} ({sim.model.n_params} parameters)\n"
+             f"  {part.n_clients} clients, {cfg['partition']} partition"
+             f"{' alpha ' + str(cfg['alpha']) if cfg['partition'] != 'iid' else ''}, "
+             f"{sim.clients_per_round} per round, {cfg['epochs']} local epoch(s) of batch "
+             f"{cfg['batch_size']}, lr {cfg['lr']}; aggregator {cfg['aggregator']}, server "
+             f"{cfg['server']}; runs in {where}")
+        rounds = cfg["rounds"]
+        bar = None
+        if cfg["progress"] and sim.round < rounds:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=rounds, initial=sim.round, unit="round", leave=False,
+                       file=sys.stderr, dynamic_ncols=True)
+
+        def on_round(h):
+            line = round_line(h, rounds)
+            if bar is not None:
+                bar.write(line, file=sys.stdout)
+                bar.update(1)
+            elif cfg["progress"]:
+                echo(line)
+
+        try:
+            history = sim.run(rounds, checkpoint=ckpt, callback=on_round)
+        finally:
+            if bar is not None:
+                bar.close()
+        write_history(history, folder)
+        s = summary(history)
+        s["wall_s"] = time.perf_counter() - t0
+        s["settings"] = cfg
+        with open(os.path.join(folder, "summary.json"), "w") as fh:
+            json.dump(s, fh, indent=1, default=str)
+        if cfg["plot"]:
+            plot_history(history, os.path.join(folder, "history.png"),
+                         f"{data.name}: {sim.model!r}, {part.n_clients} clients, "
+                         f"{cfg['aggregator']}")
+        acc = s["final_accuracy"]
+        echo(f"done: {s['rounds']} rounds in {s['wall_s']:.1f} s wall "
+             f"(median {s['median_round_s'] * 1e3:.1f} ms a round); final test "
+             + (f"accuracy {acc:.4f} (best {s['best_accuracy']:.4f}), " if acc is not None else "")
+             + f"loss {s['final_loss']:.4f}; sent up {_fmt_bytes(s['bytes_up'])}, down "
+             f"{_fmt_bytes(s['bytes_down'])}; {s['dropped']} dropped, {s['rejected']} rejected\n"
+             f"  wrote {folder}/history.csv, history.json, summary.json"
+             + (", history.png" if cfg["plot"] else "") + ", checkpoint.npz")
+        return 0
+    finally:
+        if executor is not None:
+            executor.close()
