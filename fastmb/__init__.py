@@ -6,6 +6,7 @@ are Numba kernels in ``fastmb.kernels``, compiled on first use and cached on dis
 importing fastmb compiles nothing and does not even import Numba.
 """
 
+from . import data, partition
 from .aggregation import WeightedMean, fedavg
 from .fedbuff import FedBuff
 from .gradients import (decision_function, grad, loss, loss_and_grad, per_sample_grad,
@@ -18,6 +19,7 @@ from .robust import (RobustAggregate, bulyan, centered_clipping, coordinate_medi
                      geometric_median, krum, multi_krum, norm_bounded_mean, pairwise_sq_distances,
                      trimmed_mean)
 from .server import FedAdagrad, FedAdam, FedAvgM, FedYogi, ServerOptimizer
+from .simulation import Faults, Simulation
 from .training import sgd, train_clients
 
 __version__ = "0.1.0"
@@ -29,5 +31,6 @@ __all__ = [
     "bulyan", "geometric_median", "centered_clipping", "norm_bounded_mean",
     "pairwise_sq_distances", "ServerOptimizer", "FedAvgM", "FedAdagrad", "FedAdam", "FedYogi",
     "SparseUpdate", "topk", "randk", "QuantizedUpdate", "quantize_int8", "qsgd", "to_half",
-    "mean_compressed", "FedBuff", "CentralDP", "DPAggregate", "__version__",
+    "mean_compressed", "FedBuff", "CentralDP", "DPAggregate", "Simulation", "Faults", "data",
+    "partition", "__version__",
 ]

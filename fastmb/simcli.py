@@ -58,7 +58,7 @@ SETTINGS = {
     "scheduler": (None, "address of a Dask scheduler (tcp://host:8786) to shard clients on"),
     "workers": (0, "start a Dask LocalCluster with this many worker processes"),
     "plot": (True, "write history.png (matplotlib)"),
-    "progress": (True, "show a progress bar and a line per round"),
+    "progress": (True, "show a progress bar (on stderr; the per-round lines go to stdout)"),
 }
 
 
@@ -330,7 +330,7 @@ def run(args, echo=print):
             if bar is not None:
                 bar.write(line, file=sys.stdout)
                 bar.update(1)
-            elif cfg["progress"]:
+            else:
                 echo(line)
 
         try:

@@ -166,9 +166,11 @@ def train_shard(plan, params, seed, ids, epochs, steps, attack, kind, scale, wei
 
 
 def merge_means(a, b):
-    """Fold partial ``b`` into ``a`` (a tree node): ``(WeightedMean, rejected ids)``."""
-    a[0].merge(b[0])
-    return a[0], np.concatenate([a[1], b[1]])
+    """A tree node: partials ``a`` and ``b`` (``(WeightedMean, rejected ids)``) merged into
+    a new one; the inputs are left as they are (Dask may hand the same object to a retry)."""
+    wm = WeightedMean.from_state_dict(a[0].state_dict())
+    wm.merge(b[0])
+    return wm, np.concatenate([a[1], b[1]])
 
 
 def tree_reduce(parts, merge):

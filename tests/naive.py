@@ -538,3 +538,35 @@ def fedbuff(x0, arrivals, K, lr=1.0, weight_fn=lambda s: (1.0 + s) ** -0.5, max_
             version, buf, n = version + 1, np.zeros_like(x), 0
             history.append(x.copy())
     return history
+
+
+# ---------------------------------------------------------------- federation
+
+
+def dirichlet_counts_ok(counts, n_per_class):
+    """Every row of every class was dealt to exactly one client."""
+    return np.array_equal(counts.sum(0), n_per_class)
+
+
+def fedavg_round(model, params, X, y, partition, ids, key, *, epochs, batch_size, lr, momentum,
+                 max_steps, attack, attack_kind, attack_scale):
+    """One FedAvg round from scratch: each client copies out its rows and runs the naive
+    sgd with stream ``hash2(key, id)``; updates ``p_k - params`` (corrupted as asked) are
+    averaged with the clients' example counts, skipping non-finite ones; returns the new
+    parameters (float64) and the rejected client ids."""
+    p0 = np.asarray(params, np.float64)
+    total, wsum, rejected = np.zeros_like(p0), 0.0, []
+    for i, k in enumerate(ids):
+        rows = partition.rows[partition.offsets[k]:partition.offsets[k + 1]]
+        p = sgd(model, p0, X[rows], y[rows], epochs=epochs, batch_size=batch_size, lr=lr,
+                momentum=momentum, key=hash2(int(key), int(k)), max_steps=int(max_steps[i]))
+        u = p - p0
+        if attack[i]:
+            u = (np.full_like(u, np.nan) if attack_kind == "nan" else
+                 u * (attack_scale if attack_kind == "scale" else -attack_scale))
+        if not np.isfinite(u).all():
+            rejected.append(int(k))
+            continue
+        total += len(rows) * u
+        wsum += len(rows)
+    return p0 + total / wsum, rejected
