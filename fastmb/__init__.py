@@ -9,7 +9,7 @@ importing fastmb compiles nothing and does not even import Numba.
 from . import data, partition
 from .aggregation import WeightedMean, fedavg
 from .fedbuff import FedBuff
-from .gradients import (decision_function, grad, loss, loss_and_grad, per_sample_grad,
+from .gradients import (decision_function, evaluate, grad, loss, loss_and_grad, per_sample_grad,
                         per_sample_grad_norm, predict, predict_proba)
 from .compress import (QuantizedUpdate, SparseUpdate, mean_compressed, qsgd, quantize_int8, randk,
                        to_half, topk)
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Linear", "MLP", "loss", "grad", "loss_and_grad", "per_sample_grad", "per_sample_grad_norm",
-    "predict", "predict_proba", "decision_function", "sgd", "train_clients", "fedavg",
+    "predict", "predict_proba", "decision_function", "evaluate", "sgd", "train_clients", "fedavg",
     "WeightedMean", "RobustAggregate", "coordinate_median", "trimmed_mean", "krum", "multi_krum",
     "bulyan", "geometric_median", "centered_clipping", "norm_bounded_mean",
     "pairwise_sq_distances", "ServerOptimizer", "FedAvgM", "FedAdagrad", "FedAdam", "FedYogi",

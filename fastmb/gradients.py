@@ -51,6 +51,42 @@ def _loss_grad(b, want_grad):
     return float(value), g
 
 
+def _evaluate(b):
+    from .kernels import gradients as K
+
+    totals = np.empty((_n_chunks(b.n, 0), 2), np.float64)
+    lsum, right = K.loss_correct(b.params, b.X, b.yc, b.yr, b.model._spec, totals)
+    return {"loss": lsum / b.n, "accuracy": right / b.n if b.model.is_classifier else None}
+
+
+def evaluate(model, params, X, y):
+    """Mean loss and accuracy of ``model`` on ``(X, y)`` in one pass over the rows.
+
+    Returns
+    -------
+    dict
+        ``{"loss": mean loss (float64 sum), "accuracy": share of correct predictions}``;
+        accuracy is None for regression. Predictions are as in :func:`predict`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> model = fastmb.Linear(1, loss="logistic")
+    >>> fastmb.evaluate(model, np.array([2.0, -1.0]), [[0.0], [1.0]], [0, 0])["accuracy"]
+    0.5
+    """
+    b = _Batch(model, params, X, y)
+    if b.n == 0:
+        raise ValueError("X is empty: nothing to evaluate")
+    rows = np.flatnonzero(~np.isfinite(b.X).all(1))
+    if rows.size:  # checked first: a NaN need not reach every loss (hinge's max(0, .))
+        V.raise_bad_row(b.X, int(rows[0]))
+    res = _evaluate(b)
+    if not np.isfinite(res["loss"]):
+        raise ValueError("the loss overflowed: the parameters or inputs are too large")
+    return res
+
+
 def loss(model, params, X, y, sample_weight=None):
     """Mean loss of ``model`` with ``params`` on ``(X, y)``.
 

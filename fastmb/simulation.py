@@ -29,7 +29,6 @@ import numpy as np
 
 from . import _validation as V
 from . import robust as R
-from .aggregation import WeightedMean
 from .data import Dataset
 from .partition import Partition
 from .privacy import CentralDP
@@ -142,35 +141,42 @@ def _deltas(out, bad, params, attack, kind, scale):
     return out
 
 
-def _partial_mean(D, weights):
-    """One shard's float64 weighted sum of its finite updates, and its rejected rows."""
+def shard_partials(D, weights, shard_size):
+    """Each fixed shard's partial FedAvg sum: ``[(float64 sum, weight, rejected rows)]``.
+
+    Updates with NaN or Inf are rejected: their rows (the round's own buffer, never the
+    caller's) are zeroed and weighted 0, so the shard sum adds exact zeros in their place.
+    """
     from .kernels import aggregation as KA
 
-    bad = np.empty(D.shape[0], np.bool_)
+    K = D.shape[0]
+    bad = np.empty(K, np.bool_)
     KA.rows_nonfinite(D, bad)
-    wm = WeightedMean(D.shape[1], D.dtype)
-    keep = ~bad
-    if keep.any():
-        wm.add_many(D[keep] if bad.any() else D, weights[keep])
-    return wm, np.flatnonzero(bad)
+    w = np.ascontiguousarray(weights, np.float64)
+    if bad.any():
+        D[bad] = 0
+        w = np.where(bad, 0.0, w)
+    bounds = shard_bounds(K, shard_size)
+    sums = np.empty((len(bounds), D.shape[1]), np.float64)
+    KA.shard_sums(D, w, shard_size, sums)
+    return [(sums[s], float(w[lo:hi].sum()), np.flatnonzero(bad[lo:hi]) + lo)
+            for s, (lo, hi) in enumerate(bounds)]
 
 
 def train_shard(plan, params, seed, ids, epochs, steps, attack, kind, scale, weights, mean):
-    """Train one shard of clients; return its partial mean (``mean``) or its updates."""
+    """Train one shard of clients; return its partial sum (``mean``) or its updates."""
     out, bad = plan.run(params, ids, epochs, steps, seed)
     D = _deltas(out, bad, params, attack, kind, scale)
     if not mean:
         return D
-    wm, rejected = _partial_mean(D, weights)
-    return wm, ids[rejected]
+    total, weight, rejected = shard_partials(D, weights, D.shape[0])[0]
+    return total, weight, ids[rejected]
 
 
 def merge_means(a, b):
-    """A tree node: partials ``a`` and ``b`` (``(WeightedMean, rejected ids)``) merged into
-    a new one; the inputs are left as they are (Dask may hand the same object to a retry)."""
-    wm = WeightedMean.from_state_dict(a[0].state_dict())
-    wm.merge(b[0])
-    return wm, np.concatenate([a[1], b[1]])
+    """A tree node: partial sums ``a`` and ``b`` (``(sum, weight, rejected ids)``) added into
+    a new partial; the inputs are left as they are (Dask may hand them to a retry)."""
+    return a[0] + b[0], a[1] + b[1], np.concatenate([a[2], b[2]])
 
 
 def tree_reduce(parts, merge):
@@ -230,12 +236,11 @@ class LocalExecutor:
         pass
 
     def mean(self, task):
-        """FedAvg: ``(WeightedMean, rejected ids)`` from the fixed shards' partial sums."""
+        """FedAvg: ``(float64 sum, weight, rejected ids)``, the fixed shards' partial sums
+        merged in the fixed tree."""
         D = self.updates(task)
-        parts = []
-        for lo, hi in shard_bounds(D.shape[0], task.shard_size):
-            wm, rej = _partial_mean(D[lo:hi], task.weights[lo:hi])
-            parts.append((wm, task.ids[lo:hi][rej]))
+        parts = [(t, w, task.ids[rej]) for t, w, rej in
+                 shard_partials(D, task.weights, task.shard_size)]
         return tree_reduce(parts, merge_means)
 
     def updates(self, task):
@@ -474,9 +479,13 @@ class Simulation:
 
     # -- rounds -----------------------------------------------------------
     def _task(self, r):
-        rng = np.random.default_rng([self.seed, r, _ROUND_TAG])
+        ss = np.random.SeedSequence([self.seed, r, _ROUND_TAG])
+        rng = np.random.default_rng(ss)
         n_clients = self.partition.n_clients
-        sampled = np.sort(rng.choice(n_clients, self.clients_per_round, replace=False))
+        if self.clients_per_round == n_clients:
+            sampled = np.arange(n_clients)  # everyone takes part: nothing to draw
+        else:
+            sampled = np.sort(rng.choice(n_clients, self.clients_per_round, replace=False))
         u = rng.random((2, sampled.shape[0]))
         f = self.faults
         dropped = u[0] < f.dropout
@@ -487,9 +496,10 @@ class Simulation:
         planned = self._planned_steps[ids[slow]]
         steps[slow] = np.maximum(1, np.floor(f.straggler_work * planned)).astype(np.int64)
         steps[slow & (steps >= self._planned_steps[ids])] = -1
-        attack = np.isin(ids, self.malicious)
+        attack = (np.isin(ids, self.malicious) if self.malicious.size
+                  else np.zeros(ids.shape[0], np.bool_))
         # The clients' shuffling streams change every round.
-        key = np.random.SeedSequence([self.seed, r, _ROUND_TAG]).generate_state(1, np.uint64)[0]
+        key = ss.generate_state(1, np.uint64)[0]
         task = RoundTask(self._params, key, ids, np.full(ids.shape[0], self.epochs, np.int64),
                          steps, attack, f.attack, f.attack_scale, self._weights[ids],
                          self.shard_size)
@@ -504,11 +514,11 @@ class Simulation:
         ids = task.ids
         if ids.shape[0]:
             if self.aggregator == "fedavg":
-                wm, rejected_ids = self.executor.mean(task)
-                if wm.total_weight > 0:
-                    delta = wm._sum / wm.total_weight
+                total, weight, rejected_ids = self.executor.mean(task)
+                if weight > 0:
+                    delta = total / weight
                 rejected = np.sort(rejected_ids)
-                used = np.setdiff1d(ids, rejected)
+                used = ids[~np.isin(ids, rejected)] if rejected.size else ids
             else:
                 if self.aggregator in COORDINATE_WISE:
                     delta, u_idx, r_idx = self.executor.coordinate_rule(
@@ -539,7 +549,8 @@ class Simulation:
             "bytes_up": int(ids.shape[0] * P * itemsize),
             "dropped": dropped.tolist(), "stragglers": stragglers.tolist(),
             "malicious": ids[task.attack].tolist(), "rejected": rejected.tolist(),
-            "rejected_by_rule": np.setdiff1d(np.setdiff1d(ids, used), rejected).tolist(),
+            "rejected_by_rule": ([] if used.shape[0] + rejected.shape[0] == ids.shape[0] else
+                                 np.setdiff1d(np.setdiff1d(ids, used), rejected).tolist()),
         })
         self.history.append(record)
         return record
@@ -547,16 +558,10 @@ class Simulation:
     def evaluate(self):
         """``{"loss", "accuracy"}`` of the current parameters on the test split
         (accuracy is None for regression)."""
-        from .gradients import _loss_grad, predict
+        from .gradients import _evaluate
 
         self._test.params = self._params
-        loss = _loss_grad(self._test, False)[0]
-        acc = None
-        if self.model.is_classifier:
-            pred = predict(self.model, self._params, self._test.X)
-            y = self._test.yc if self._test.yc.size else None
-            acc = float(np.mean(pred == y)) if y is not None else None
-        return {"loss": float(loss), "accuracy": acc}
+        return _evaluate(self._test)
 
     def run(self, rounds, *, checkpoint=None, callback=None):
         """Run until ``rounds`` rounds are done in all (a resumed run continues).

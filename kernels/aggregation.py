@@ -155,3 +155,27 @@ def triad(a, b, c, s):
     for k in prange(nb):
         for j in range(k * BLOCK, min(n, (k + 1) * BLOCK)):
             a[j] = b[j] + s * c[j]
+
+
+@jit(parallel=True)
+def shard_sums(U, w, shard, sums):
+    """``sums[s, j] = sum_k w[k] * U[k, j]`` over the rows ``k`` of shard ``s``
+    (``shard`` consecutive rows each), in the fixed order of ``_fold_rows``.
+
+    One launch for all shards of a round; each (shard, coordinate block) pair is a task.
+    A shard's sum is the same bits as ``accumulate_rows`` gives for that shard alone,
+    which is what a Dask worker computes: the two paths agree exactly.
+    """
+    K, P = U.shape
+    S = sums.shape[0]
+    nb = (P + MEAN_BLOCK - 1) // MEAN_BLOCK
+    for t in prange(S * nb):
+        s = t // nb
+        b = t - s * nb
+        lo = b * MEAN_BLOCK
+        hi = min(P, lo + MEAN_BLOCK)
+        r0 = s * shard
+        r1 = min(K, r0 + shard)
+        acc = sums[s, lo:hi]
+        acc[:] = 0.0
+        _fold_rows(U[r0:r1], w[r0:r1], lo, hi, acc)

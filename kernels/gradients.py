@@ -14,8 +14,9 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
-from ._model import (MODE_ADD, MODE_NONE, MODE_NORM, MODE_WRITE, forward, is_linear1,
-                     linear1_delta, sample_grad, workspace)
+from ._model import (LOSS_HINGE, LOSS_LOGISTIC, LOSS_SOFTMAX, MODE_ADD, MODE_NONE, MODE_NORM,
+                     MODE_WRITE, forward, is_linear1, linear1_delta, loss_and_delta, sample_grad,
+                     workspace)
 
 ROWS_PER_TASK = 64
 
@@ -183,3 +184,46 @@ def decision(params, X, spec, out):
                 first_bad = r
         bad[t] = first_bad
     return first_flagged(bad)
+
+
+@jit(parallel=True)
+def loss_correct(params, X, yc, yr, spec, totals):
+    """Evaluation in one pass: ``(sum of losses, number of correct predictions)``.
+
+    ``totals`` is (n_chunks, 2) float64: per-chunk sums merged in chunk order, so the
+    result does not depend on the thread count. A prediction is the argmax of the
+    outputs (softmax; the first maximum, as ``np.argmax``) or ``f > 0`` (logistic,
+    hinge); regression counts nothing. A non-finite output makes the loss NaN.
+    """
+    sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+    n = X.shape[0]
+    n_chunks = totals.shape[0]
+    per = (n + n_chunks - 1) // n_chunks
+    L = sizes.shape[0] - 1
+    lo = u_off[L - 1]
+    k = sizes[L]
+    for c in prange(n_chunks):
+        zs, hs, ds = workspace(u_off, params)
+        d = ds[lo:lo + k]
+        lsum = 0.0
+        right = 0.0
+        for r in range(c * per, min(n, (c + 1) * per)):
+            forward(params, X[r], sizes, w_off, b_off, u_off, act, zs, hs)
+            f = zs[lo:lo + k]
+            lsum += loss_and_delta(f, d, loss, hdelta, yc, yr, r, True)
+            if loss == LOSS_SOFTMAX:
+                best = 0
+                for j in range(1, k):
+                    if f[j] > f[best]:
+                        best = j
+                right += best == yc[r]
+            elif loss == LOSS_LOGISTIC or loss == LOSS_HINGE:
+                right += (f[0] > 0) == (yc[r] == 1)
+        totals[c, 0] = lsum
+        totals[c, 1] = right
+    lsum = 0.0
+    right = 0.0
+    for c in range(n_chunks):
+        lsum += totals[c, 0]
+        right += totals[c, 1]
+    return lsum, right

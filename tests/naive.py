@@ -138,6 +138,12 @@ def decision_function(model, params, X):
     return np.array([forward(model, params, x)[0] for x in X])
 
 
+def predict(model, params, x):
+    """Class of one sample: the first largest output (softmax) or output > 0 (binary)."""
+    f = np.asarray(forward(model, params, x)[0], np.float64).ravel()
+    return int(np.argmax(f)) if model.loss == "softmax" else int(f[0] > 0)
+
+
 def finite_difference_grad(model, params, X, y, eps=1e-6):
     """Central differences of the mean loss, float64."""
     params = np.asarray(params, np.float64)

@@ -143,3 +143,20 @@ def test_extreme_scores_stay_finite():
     p = np.array([1000.0, -1000.0, 0.0, 0.0, 0.0, 0.0])
     assert fastmb.loss(soft, p, [[1.0]], [0]) == pytest.approx(0.0, abs=1e-12)
     assert fastmb.loss(soft, p, [[1.0]], [1]) == pytest.approx(2000.0)
+
+
+def test_evaluate_is_loss_and_accuracy(model):
+    params, X, y = make_data(model, 150, seed=31)  # three row chunks
+    got = fastmb.evaluate(model, params, X, y)
+    assert got["loss"] == pytest.approx(naive.loss(model, params, X, y), rel=1e-10)
+    if model.is_classifier:
+        pred = np.array([naive.predict(model, params, x) for x in X])
+        assert got["accuracy"] == np.mean(pred == y)
+    else:
+        assert got["accuracy"] is None
+    bad = X.copy()
+    bad[77, 0] = np.nan
+    with pytest.raises(ValueError, match="row 77"):
+        fastmb.evaluate(model, params, bad, y)
+    with pytest.raises(ValueError, match="empty"):
+        fastmb.evaluate(model, params, X[:0], y[:0])
