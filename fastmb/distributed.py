@@ -119,7 +119,7 @@ class DaskExecutor:
             if n < 1:
                 raise ValueError(f"n_workers must be >= 1, got {n_workers}")
             self._cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
-                                         processes=True, dashboard_address=None)
+                                         processes=True, dashboard_address=":0")
             self.client = Client(self._cluster)
         self.block_size = int(block_size)
         if self.block_size < 1:

@@ -313,10 +313,10 @@ class Simulation:
     >>> data = fastmb.data.digits()
     >>> part = fastmb.partition.dirichlet(data.y, 20, alpha=1.0, seed=0)
     >>> sim = fastmb.Simulation(fastmb.Linear(64, 10, loss="softmax"), data, part,
-    ...                         fraction=0.5, lr=0.1, seed=0)
-    >>> history = sim.run(rounds=5)
-    >>> len(history), history[-1]["accuracy"] > 0.8
-    (5, True)
+    ...                         fraction=0.5, epochs=2, lr=0.1, momentum=0.9, seed=0)
+    >>> history = sim.run(rounds=10)
+    >>> len(history), history[-1]["accuracy"] > 0.85
+    (10, True)
     """
 
     def __init__(self, model, data, partition, *, clients_per_round=None, fraction=0.1,

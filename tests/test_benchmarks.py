@@ -85,3 +85,19 @@ def test_bench_int8_mean_and_numpy_peer(benchmark):
     got = benchmark(fastmb.mean_compressed, qs, w)
     peer = numpy_int8_mean([q.codes for q in qs], [q.scales for q in qs], w, 256)()
     np.testing.assert_allclose(got, peer, rtol=1e-5, atol=1e-6)
+
+
+def test_bench_federated_round_and_numpy_peer(benchmark):
+    # The Flower-comparison workload: fastmb's round and the NumPy loop's reach the same
+    # accuracy round after round (float32 vs float64 arithmetic).
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.flower_comparison import fastmb_simulation, numpy_round, numpy_setup
+
+    sim, st = fastmb_simulation(10), numpy_setup(10)
+    for _ in range(3):
+        acc = sim.step()["accuracy"]
+        assert abs(acc - numpy_round(st)) <= 2 / 297
+    benchmark(sim.step)

@@ -62,3 +62,20 @@ def test_dask_executor_bad_input():
         DaskExecutor(client="tcp://nowhere")
     with pytest.raises(ValueError, match="n_workers must be >= 1"):
         DaskExecutor(n_workers=0)
+
+
+def test_simulate_command_on_a_local_cluster(tmp_path, capsys):
+    import json
+
+    from fastmb.cli import main
+
+    args = ["--rounds", "2", "--clients", "20", "--hidden", "8", "--epochs", "1",
+            "--no-plot", "--no-progress"]
+    assert main(["simulate", "--out", str(tmp_path / "one"), *args]) == 0
+    assert main(["simulate", "--out", str(tmp_path / "dask"), "--workers", "2", *args]) == 0
+    assert "Dask at tcp://" in capsys.readouterr().out
+    one, dask = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("one", "dask"))
+    assert [h["loss"] for h in one] == [h["loss"] for h in dask]
+    with np.load(tmp_path / "one" / "checkpoint.npz") as a, \
+            np.load(tmp_path / "dask" / "checkpoint.npz") as b:
+        np.testing.assert_array_equal(a["params"], b["params"])
