@@ -581,7 +581,7 @@ class Simulation:
             The history, one record per round.
         """
         rounds = V.check_number("rounds", rounds, low=0, integer=True)
-        if self.round >= rounds and self.history and self.history[-1]["accuracy"] is None:
+        if self.round >= rounds and self.history and self.history[-1]["loss"] is None:
             self.history[-1].update(self.evaluate())
         while self.round < rounds:
             record = self.step()
