@@ -381,8 +381,8 @@ def test_regression_simulation():
     y = X @ np.array([1.0, -2.0, 0.5, 3.0]) + 0.1 * rng.normal(size=600)
     data = (X[:500], y[:500], X[500:], y[500:])
     sim = Simulation(fastmb.Linear(4), data, Pt.quantity_skew(500, 10, seed=0), fraction=0.5,
-                     lr=0.05, eval_every=2, seed=0)
+                     lr=0.1, epochs=2, eval_every=2, seed=0)
     hist = sim.run(5)
     assert all(h["accuracy"] is None for h in hist)
     assert [h["loss"] is None for h in hist] == [True, False, True, False, False]
-    assert hist[-1]["loss"] < 0.1 * hist[1]["loss"]
+    assert hist[-1]["loss"] < 0.1 * hist[1]["loss"]  # towards the noise floor 0.005
