@@ -29,7 +29,7 @@ import operator
 
 import numpy as np
 
-from .simulation import apply_rule, merge_means, shard_bounds, train_shard, tree_reduce
+from .simulation import apply_rule, bad_rows, merge_means, shard_bounds, train_shard, tree_reduce
 
 
 def _limit_threads():
@@ -49,14 +49,6 @@ def _train(plan, params, seed, ids, epochs, steps, attack, kind, scale, weights,
     _limit_threads()
     return train_shard(plan, params, seed, ids, epochs, steps, attack, kind, scale, weights,
                        mean)
-
-
-def _bad_rows(D):
-    from .kernels import aggregation as KA
-
-    bad = np.empty(D.shape[0], np.bool_)
-    KA.rows_nonfinite(D, bad)
-    return bad
 
 
 def _columns(D, bounds):
@@ -158,7 +150,7 @@ class DaskExecutor:
     def coordinate_rule(self, task, name, opts):
         futs = self._shards(task, False)
         bad = np.concatenate(self.client.gather(
-            [self.client.submit(_bad_rows, f, pure=False) for f in futs]))
+            [self.client.submit(bad_rows, f, pure=False) for f in futs]))
         if bad.all():
             return None, np.empty(0, np.int64), np.arange(bad.shape[0])
         P = task.params.shape[0]

@@ -33,7 +33,7 @@ from .data import Dataset
 from .partition import Partition
 from .privacy import CentralDP
 from .server import FedAdagrad, FedAdam, FedAvgM, FedYogi
-from .training import _as_steps, _plan
+from .training import _plan
 
 #: name -> (default options). Options not listed here are a config error.
 AGGREGATORS = {
@@ -141,6 +141,15 @@ def _deltas(out, bad, params, attack, kind, scale):
     return out
 
 
+def bad_rows(D):
+    """Mask of the updates (rows of D) holding a NaN or Inf."""
+    from .kernels import aggregation as KA
+
+    bad = np.empty(D.shape[0], np.bool_)
+    KA.rows_nonfinite(D, bad)
+    return bad
+
+
 def shard_partials(D, weights, shard_size):
     """Each fixed shard's partial FedAvg sum: ``[(float64 sum, weight, rejected rows)]``.
 
@@ -150,8 +159,7 @@ def shard_partials(D, weights, shard_size):
     from .kernels import aggregation as KA
 
     K = D.shape[0]
-    bad = np.empty(K, np.bool_)
-    KA.rows_nonfinite(D, bad)
+    bad = bad_rows(D)
     w = np.ascontiguousarray(weights, np.float64)
     if bad.any():
         D[bad] = 0
@@ -201,10 +209,7 @@ def apply_rule(name, opts, D, weights, dp=None):
     ``used`` and ``rejected`` index the rows of ``D``. If no update is usable the delta
     is None (the round keeps the parameters).
     """
-    from .kernels import aggregation as KA
-
-    bad = np.empty(D.shape[0], np.bool_)
-    KA.rows_nonfinite(D, bad)
+    bad = bad_rows(D)
     if bad.all():
         return None, np.empty(0, np.int64), np.arange(D.shape[0])
     if name == "central_dp":
@@ -432,7 +437,7 @@ class Simulation:
             for k, v in self._opt.state_dict().items():
                 state["opt." + k] = np.asarray(v)
         if self._dp is not None:
-            state["dp"] = np.array(json.dumps(_jsonable(self._dp.state_dict())))
+            state["dp"] = np.array(json.dumps(self._dp.state_dict(), default=lambda v: v.item()))
         path = os.fspath(path)
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
@@ -610,11 +615,6 @@ def _digest(*arrays):
     for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()[:16]
-
-
-def _jsonable(state):
-    return {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) or np.ndim(v) else
-                (v.item() if hasattr(v, "item") else v)) for k, v in state.items()}
 
 
 def summary(history):
