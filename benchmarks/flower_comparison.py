@@ -48,6 +48,20 @@ def shards(K):
 # ---------------------------------------------------------------- NumPy, written the fast way
 
 
+def local_epoch(X, Y, w, c):
+    """One client's epoch of consecutive mini-batches, in place on ``w`` and ``c``: the same
+    NumPy code in the hand-written loop and in the Flower client."""
+    for s in range(0, len(X), BATCH):
+        xb, yb = X[s:s + BATCH], Y[s:s + BATCH]
+        z = xb @ w + c
+        z -= z.max(1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(1, keepdims=True)
+        g = (p - yb) / len(xb)
+        w -= LR * (xb.T @ g)
+        c -= LR * g.sum(0)
+
+
 def numpy_setup(K):
     """The NumPy loop's state: shards sliced once, one-hot labels, zero parameters."""
     Xtr, ytr, Xte, yte = load()
@@ -65,15 +79,7 @@ def numpy_round(st):
     Wsum, bsum = np.zeros_like(W), np.zeros_like(b)
     for (Xc, Yc), nk in zip(st["parts"], n):
         w, c = W.copy(), b.copy()
-        for s in range(0, len(Xc), BATCH):
-            xb, yb = Xc[s:s + BATCH], Yc[s:s + BATCH]
-            z = xb @ w + c
-            z -= z.max(1, keepdims=True)
-            p = np.exp(z)
-            p /= p.sum(1, keepdims=True)
-            g = (p - yb) / len(xb)
-            w -= LR * (xb.T @ g)
-            c -= LR * g.sum(0)
+        local_epoch(Xc, Yc, w, c)
         Wsum += nk * w
         bsum += nk * c
     st["W"], st["b"] = Wsum / n.sum(), bsum / n.sum()
@@ -141,15 +147,7 @@ def flower_run(K, rounds=ROUNDS):
 
         def fit(self, parameters, config):
             w, c = (p.copy() for p in parameters)
-            for s in range(0, len(self.X), BATCH):
-                xb, yb = self.X[s:s + BATCH], self.Y[s:s + BATCH]
-                z = xb @ w + c
-                z -= z.max(1, keepdims=True)
-                p = np.exp(z)
-                p /= p.sum(1, keepdims=True)
-                g = (p - yb) / len(xb)
-                w -= LR * (xb.T @ g)
-                c -= LR * g.sum(0)
+            local_epoch(self.X, self.Y, w, c)
             return [w, c], len(self.X), {}
 
     def client_fn(context: Context):
