@@ -89,10 +89,15 @@ def _finite_rows(updates, name="updates"):
     return np.ascontiguousarray(U[kept]), kept, np.flatnonzero(bad)
 
 
+class TooFewClients(ValueError):
+    """A rule got fewer usable updates than it needs (a ValueError; a simulation's round
+    catches exactly this one and keeps its parameters)."""
+
+
 def _need_clients(rule, n, need, rejected, why):
     if n < need:
         extra = f" after rejecting {rejected.size} client(s) with NaN/Inf" if rejected.size else ""
-        raise ValueError(f"{rule} needs at least {need} clients ({why}); got {n}{extra}")
+        raise TooFewClients(f"{rule} needs at least {need} clients ({why}); got {n}{extra}")
 
 
 def _check_f(n_byzantine):

@@ -224,10 +224,8 @@ def apply_rule(name, opts, D, weights, dp=None):
         kw["weights"] = weights
     try:
         res = fn(D, **kw)
-    except ValueError as exc:
-        if "needs at least" in str(exc):  # too few clients this round for the rule
-            return None, np.empty(0, np.int64), np.flatnonzero(bad)
-        raise
+    except R.TooFewClients:  # too few usable clients this round for the rule
+        return None, np.empty(0, np.int64), np.flatnonzero(bad)
     return res.aggregate, np.asarray(res.used), np.asarray(res.rejected)
 
 
@@ -499,8 +497,8 @@ class Simulation:
         steps = np.full(ids.shape[0], -1, np.int64)
         slow = straggle[~dropped]
         planned = self._planned_steps[ids[slow]]
-        steps[slow] = np.maximum(1, np.floor(f.straggler_work * planned)).astype(np.int64)
-        steps[slow & (steps >= self._planned_steps[ids])] = -1
+        limit = np.maximum(1, np.floor(f.straggler_work * planned)).astype(np.int64)
+        steps[slow] = np.where(limit < planned, limit, -1)  # a full share is no limit
         attack = (np.isin(ids, self.malicious) if self.malicious.size
                   else np.zeros(ids.shape[0], np.bool_))
         # The clients' shuffling streams change every round.
