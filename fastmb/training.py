@@ -16,7 +16,7 @@ SCHEDULES = {"constant": 0, "invscaling": 1, "cosine": 2}
 BATCHED_MIN_BATCH = 8
 
 
-def _privacy(model, clip_norm, noise_multiplier, sample_weight):
+def _privacy(clip_norm, noise_multiplier, sample_weight):
     """``(clip, noise_std)`` for the kernel: ``(inf, 0)`` when DP-SGD is off."""
     z = V.check_number("noise_multiplier", noise_multiplier, low=0)
     if clip_norm is None:
@@ -196,24 +196,25 @@ class _Plan:
         return out, bad
 
     def raise_bad(self, bad):
-        """Raise for the first row a client's kernel flagged (-1: none)."""
+        """Raise for the first row of X a client's kernel flagged (-1: none).
+
+        The kernels report rows of X (already mapped through ``rows``)."""
         flagged = bad[bad >= 0]
         if not flagged.size:
             return
-        row = int((self.idx[flagged] if self.idx.shape[0] else flagged).min())
+        row = int(flagged.min())
         V.raise_bad_row(self.X, row, overflow=f"training diverged: the loss became NaN or Inf "
                         f"at row {row}; lower lr or scale the inputs")
 
 
-def _plan(model, params, X, y, client_offsets, rows, batch_size, lr, momentum,
-          weight_decay, prox_mu, shuffle, seed, sample_weight, schedule, power_t, clip_norm,
-          noise_multiplier):
-    b = _Batch(model, params, X, y, sample_weight)
+def _plan_args(n, client_offsets, rows, batch_size, lr, momentum, weight_decay, prox_mu,
+               shuffle, seed, sample_weight, schedule, power_t, clip_norm, noise_multiplier):
+    """Checked ``(idx, offsets, opts, clip, noise_std)`` for a data set of ``n`` rows."""
     if rows is None:
         idx = np.empty(0, np.int64)
-        n_rows = b.n
+        n_rows = n
     else:
-        idx = _as_int_array("rows", rows, high=b.n)
+        idx = _as_int_array("rows", rows, high=n)
         n_rows = idx.shape[0]
     off = V._as_numeric("client_offsets", client_offsets)
     if off.ndim != 1 or off.shape[0] < 2:
@@ -234,14 +235,32 @@ def _plan(model, params, X, y, client_offsets, rows, batch_size, lr, momentum,
                          f"least one row); client {k} has offsets {off[k]}..{off[k + 1]}")
     opts = _options(batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule,
                     power_t)
-    clip, noise_std = _privacy(model, clip_norm, noise_multiplier, sample_weight)
+    clip, noise_std = _privacy(clip_norm, noise_multiplier, sample_weight)
+    return idx, off, opts, clip, noise_std
+
+
+def _plan(model, params, X, y, client_offsets, rows, *args):
+    b = _Batch(model, params, X, y, args[7])  # args: as _plan_args after rows
+    idx, off, opts, clip, noise_std = _plan_args(b.n, client_offsets, rows, *args)
     return b, _Plan(model, b, idx, off, opts, clip, noise_std)
+
+
+def _selection(n_clients, clients, epochs, max_steps):
+    """Checked ``(ids, epochs, max_steps)`` arrays of the clients a call trains."""
+    if clients is None:
+        ids = np.arange(n_clients, dtype=np.int64)
+    else:
+        ids = _as_int_array("clients", clients, high=n_clients)
+        if ids.shape[0] == 0:
+            raise ValueError("clients must name at least one client")
+    K = ids.shape[0]
+    return ids, _as_epochs(epochs, K), _as_steps(max_steps, K)
 
 
 def train_clients(model, params, X, y, client_offsets, *, rows=None, clients=None, epochs=1,
                   max_steps=None, batch_size=32, lr=0.01, momentum=0.0, weight_decay=0.0,
                   prox_mu=0.0, shuffle=True, seed=0, sample_weight=None, schedule="constant",
-                  power_t=0.5, clip_norm=None, noise_multiplier=0.0):
+                  power_t=0.5, clip_norm=None, noise_multiplier=0.0, device="cpu"):
     """Local SGD of K clients from the same starting ``params``, in parallel, in one call.
 
     Client k owns rows ``client_offsets[k]:client_offsets[k+1]`` of ``X`` and ``y``
@@ -274,6 +293,13 @@ def train_clients(model, params, X, y, client_offsets, *, rows=None, clients=Non
     batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule, power_t, \
 clip_norm, noise_multiplier
         As in :func:`sgd`.
+    device : {"cpu", "cuda"}, default "cpu"
+        ``"cuda"``: one thread block per client on the GPU, each client's samples pushed
+        through the model one after the other (the CPU's sample-by-sample summation order;
+        results agree with the CPU to float32 rounding, shuffles and DP noise are the same
+        draws). ``params``, ``X``, ``y`` may be GPU arrays (see :func:`fastmb.loss`): keep
+        the data and the global model there, and only the (K, P) result is new device
+        memory each round; it stays on the GPU when ``X`` or ``params`` was there.
 
     Returns
     -------
@@ -298,19 +324,16 @@ clip_norm, noise_multiplier
     >>> Q.shape
     (2, 5)
     """
-    b, plan = _plan(model, params, X, y, client_offsets, rows, batch_size, lr, momentum,
-                    weight_decay, prox_mu, shuffle, seed, sample_weight, schedule, power_t,
-                    clip_norm, noise_multiplier)
-    n_clients = plan.offsets.shape[0] - 1
-    if clients is None:
-        ids = np.arange(n_clients, dtype=np.int64)
-    else:
-        ids = _as_int_array("clients", clients, high=n_clients)
-        if ids.shape[0] == 0:
-            raise ValueError("clients must name at least one client")
-    K = ids.shape[0]
-    ep = _as_epochs(epochs, K)
-    steps = _as_steps(max_steps, K)
+    args = (batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, sample_weight,
+            schedule, power_t, clip_norm, noise_multiplier)
+    gpu = V.gpu(device)
+    if gpu:
+        b = gpu.Batch(model, params, X, y, sample_weight)
+        idx, off, opts, clip, noise_std = _plan_args(b.n, client_offsets, rows, *args)
+        ids, ep, steps = _selection(off.shape[0] - 1, clients, epochs, max_steps)
+        return gpu.train_clients(b, idx, off, opts, clip, noise_std, ids, ep, steps)
+    b, plan = _plan(model, params, X, y, client_offsets, rows, *args)
+    ids, ep, steps = _selection(plan.offsets.shape[0] - 1, clients, epochs, max_steps)
     out, bad = plan.run(b.params, ids, ep, steps)
     plan.raise_bad(bad)
     return out

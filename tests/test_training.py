@@ -207,3 +207,15 @@ def test_bit_identical_on_one_and_two_threads():
         assert res.returncode == 0, res.stderr
         digests.append(res.stdout.strip())
     assert digests[0] == digests[1]
+
+
+def test_bad_row_through_rows_is_named_once():
+    """A NaN row reached through ``rows`` is reported as that row of X (the kernels already
+    map through rows; mapping again named another row, or a wrong cause)."""
+    X = np.random.default_rng(0).normal(size=(10, 3))
+    y = X.sum(1)
+    X[7, 1] = np.nan
+    model = fastmb.Linear(3)
+    for rows in ([9, 8, 6, 5, 4, 3, 2, 1, 0, 7], [7, 0, 1, 2, 3, 4, 5, 6, 8, 9]):
+        with pytest.raises(ValueError, match=r"X contains NaN or Inf \(first at row 7\)"):
+            fastmb.train_clients(model, model.init(), X, y, [0, 5, 10], rows=rows)
