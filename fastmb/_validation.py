@@ -22,7 +22,34 @@ def check_model(model):
     return model
 
 
+DEVICES = ("cpu", "cuda")
+
+
+def check_device(device):
+    """``"cpu"`` or ``"cuda"``."""
+    if not isinstance(device, str) or device not in DEVICES:
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return device
+
+
+def gpu(device):
+    """``fastmb._cuda`` (the CUDA paths) when ``device`` is ``"cuda"``, None for ``"cpu"``."""
+    if check_device(device) == "cuda":
+        from . import _cuda
+
+        return _cuda
+    return None
+
+
+def on_gpu(a):
+    """True for numba device arrays and anything with ``__cuda_array_interface__``."""
+    return bool(getattr(a, "__cuda_ndarray__", False)) or hasattr(a, "__cuda_array_interface__")
+
+
 def _as_numeric(name, a):
+    if on_gpu(a):
+        raise TypeError(f"{name} is on the GPU: pass device='cuda' to use it there, or copy it "
+                        "to the host first")
     try:
         arr = np.asarray(a)
     except Exception as exc:  # ragged lists and the like
@@ -138,8 +165,13 @@ def first_bad(bad):
 
 
 def raise_bad_row(X, row, overflow=None):
-    """Explain a row a kernel flagged: a NaN/Inf in X, or else an overflow in the model."""
-    if not np.isfinite(X[row]).all():
+    """Explain a row a kernel flagged: a NaN/Inf in X, or else an overflow in the model.
+
+    ``X`` may be on the GPU: only the flagged row is copied to the host."""
+    x = X[row]
+    if on_gpu(x):
+        x = x.copy_to_host()
+    if not np.isfinite(x).all():
         raise ValueError(f"X contains NaN or Inf (first at row {row})")
     raise ValueError(overflow or f"the model's outputs or loss overflowed at row {row} of X; "
                      "scale the inputs")

@@ -16,7 +16,7 @@ def _as_updates(updates):
     return np.ascontiguousarray(U, dtype=V.float_dtype(U))
 
 
-def fedavg(updates, weights=None):
+def fedavg(updates, weights=None, device="cpu"):
     """Weighted mean of K client updates (FedAvg; McMahan et al. 2017).
 
     ``result[j] = sum_k w_k U[k, j] / sum_k w_k``, accumulated in float64 and cast
@@ -30,6 +30,10 @@ def fedavg(updates, weights=None):
     weights : (K,) array, optional
         Non-negative, not all zero (e.g. each client's number of samples). Equal
         weights by default.
+    device : {"cpu", "cuda"}, default "cpu"
+        ``"cuda"``: one GPU thread per coordinate, the same float64 sums in the same
+        grouping. ``updates`` may be a GPU array (numba, CuPy, PyTorch CUDA: used in place);
+        the result then stays on the GPU.
 
     Returns
     -------
@@ -46,9 +50,12 @@ def fedavg(updates, weights=None):
     >>> fastmb.fedavg(np.array([[1.0, 2.0], [3.0, 6.0]]), weights=[3, 1])
     array([1.5, 3. ])
     """
+    gpu = V.gpu(device)
+    if gpu:
+        U, on_device = gpu.as_updates(updates)
+        return gpu.finish(gpu.weighted_mean(U, _client_weights(weights, U.shape[0])), on_device)
     U = _as_updates(updates)
-    K = U.shape[0]
-    w = np.ones(K) if weights is None else V.as_weights(weights, K, "weights", "client")
+    w = _client_weights(weights, U.shape[0])
     from .kernels import aggregation as K
 
     out = np.empty(U.shape[1], U.dtype)
@@ -63,6 +70,10 @@ def fedavg(updates, weights=None):
             raise ValueError(f"updates contains NaN or Inf (clients {bad})")
         raise ValueError("the weighted mean overflows the dtype of updates")
     return out
+
+
+def _client_weights(weights, K):
+    return np.ones(K) if weights is None else V.as_weights(weights, K, "weights", "client")
 
 
 class WeightedMean:

@@ -75,7 +75,7 @@ class SparseUpdate(NamedTuple):
         return out
 
 
-def topk(update, k, residual=None):
+def topk(update, k, residual=None, device="cpu"):
     """Top-k sparsification with error feedback.
 
     Selects the ``k`` coordinates of ``c = update + residual`` with the largest
@@ -89,6 +89,11 @@ def topk(update, k, residual=None):
     residual : (P,) float array of the update's dtype, optional
         The client's error-feedback memory. **Written in place**: on return it holds
         ``c`` with the k sent coordinates set to zero. Without it, plain top-k.
+    device : {"cpu", "cuda"}, default "cpu"
+        ``"cuda"``: the same radix selection in five launches (integer counts between
+        them), the same indices, values and residual as the CPU. ``update`` may be a GPU
+        array (then ``indices`` and ``values`` stay on the GPU); ``residual`` must then be
+        a GPU array too (it is updated in place there).
 
     Returns
     -------
@@ -102,6 +107,10 @@ def topk(update, k, residual=None):
     >>> s.indices, s.values, res
     (array([1, 2]), array([-3.,  2.]), array([0.1, 0. , 0. , 0.5]))
     """
+    gpu = V.gpu(device)
+    if gpu:
+        idx, val, P, on_device = gpu.topk(update, k, residual)
+        return SparseUpdate(gpu.finish(idx, on_device), gpu.finish(val, on_device), P)
     u = _as_vector(update)
     P = u.shape[0]
     k = V.check_number("k", k, low=1, high=P, integer=True)

@@ -87,7 +87,7 @@ def evaluate(model, params, X, y):
     return res
 
 
-def loss(model, params, X, y, sample_weight=None):
+def loss(model, params, X, y, sample_weight=None, device="cpu"):
     """Mean loss of ``model`` with ``params`` on ``(X, y)``.
 
     Per sample: squared ``0.5 * sum((f - y)**2)``; Huber with threshold ``delta``;
@@ -103,6 +103,13 @@ def loss(model, params, X, y, sample_weight=None):
         Converted to the dtype of ``params`` (once, without touching the caller's array).
     y : (n,) class indices, or (n,) / (n, n_outputs) regression targets
     sample_weight : (n,) non-negative array, optional
+    device : {"cpu", "cuda"}, default "cpu"
+        ``"cuda"`` runs the kernel on the GPU (numba-cuda, ``pip install "fastmb[cuda]"``).
+        Arguments may then be NumPy arrays (copied to the GPU) or GPU arrays (numba device
+        arrays, CuPy, PyTorch CUDA tensors: anything with ``__cuda_array_interface__``, used
+        without a copy); array results stay on the GPU when ``X`` or ``params`` was there.
+        On the GPU the per-block sums are float64 as here, merged in block order; results
+        agree with the CPU to float32 rounding of the per-sample terms.
 
     Returns
     -------
@@ -115,15 +122,19 @@ def loss(model, params, X, y, sample_weight=None):
     >>> round(fastmb.loss(model, model.init(), np.ones((3, 2)), [0, 1, 1]), 4)  # log(2)
     0.6931
     """
+    gpu = V.gpu(device)
+    if gpu:
+        return gpu.loss_grad(model, params, X, y, sample_weight, want_grad=False)[0]
     value, _ = _loss_grad(_Batch(model, params, X, y, sample_weight), want_grad=False)
     return value
 
 
-def grad(model, params, X, y, sample_weight=None):
+def grad(model, params, X, y, sample_weight=None, device="cpu"):
     """Gradient of :func:`loss` with respect to ``params``: shape ``(P,)``, dtype of params.
 
     Per-sample gradients are summed in float64 over fixed row chunks and the chunks
     merged in order, so the result does not depend on the number of threads.
+    ``device`` as in :func:`loss`.
 
     Examples
     --------
@@ -132,16 +143,18 @@ def grad(model, params, X, y, sample_weight=None):
     >>> fastmb.grad(model, model.init(dtype=np.float64), [[1.0, 2.0]], [3.0])
     array([-3., -6., -3.])
     """
-    _, g = _loss_grad(_Batch(model, params, X, y, sample_weight), want_grad=True)
-    return g
+    return loss_and_grad(model, params, X, y, sample_weight, device)[1]
 
 
-def loss_and_grad(model, params, X, y, sample_weight=None):
+def loss_and_grad(model, params, X, y, sample_weight=None, device="cpu"):
     """:func:`loss` and :func:`grad` from one pass over the data: ``(float, (P,) array)``."""
+    gpu = V.gpu(device)
+    if gpu:
+        return gpu.loss_grad(model, params, X, y, sample_weight, want_grad=True)
     return _loss_grad(_Batch(model, params, X, y, sample_weight), want_grad=True)
 
 
-def per_sample_grad(model, params, X, y, microbatch=1, out=None):
+def per_sample_grad(model, params, X, y, microbatch=1, out=None, device="cpu"):
     """Gradients of each sample's loss (or each micro-batch's mean loss).
 
     Parameters
@@ -152,7 +165,11 @@ def per_sample_grad(model, params, X, y, microbatch=1, out=None):
         Row g of the result is the mean gradient of samples ``g*m : (g+1)*m``; the last
         group may be shorter.
     out : (ceil(n / m), P) array, optional
-        C-contiguous, of the dtype of ``params``; written in place and returned.
+        C-contiguous, of the dtype of ``params``; written in place and returned (a GPU
+        array with ``device="cuda"``).
+    device : {"cpu", "cuda"}, default "cpu"
+        As in :func:`loss`. On the GPU a block of threads computes each sample (a group of
+        up to 32 threads each row for one-output linear models).
 
     Returns
     -------
@@ -166,8 +183,11 @@ def per_sample_grad(model, params, X, y, microbatch=1, out=None):
     array([[-1., -0., -1.],
            [-0., -2., -2.]])
     """
-    b = _Batch(model, params, X, y)
+    gpu = V.gpu(device)
     m = V.check_number("microbatch", microbatch, low=1, integer=True)
+    if gpu:
+        return gpu.per_sample_grad(model, params, X, y, m, out)
+    b = _Batch(model, params, X, y)
     rows = -(-b.n // m)
     shape = (rows, model.n_params)
     if out is None:
@@ -187,12 +207,13 @@ def per_sample_grad(model, params, X, y, microbatch=1, out=None):
     return out
 
 
-def per_sample_grad_norm(model, params, X, y):
+def per_sample_grad_norm(model, params, X, y, device="cpu"):
     """L2 norm of each sample's gradient, without forming the ``(n, P)`` gradients.
 
     Each layer contributes ``(|a|^2 + 1) * |delta|^2`` (``|a|^2`` alone without a
     bias): the gradient of a dense layer is the outer product of its input ``a`` and
     its output delta, and the norm of an outer product is the product of the norms.
+    ``device`` as in :func:`loss`.
 
     Returns
     -------
@@ -205,6 +226,9 @@ def per_sample_grad_norm(model, params, X, y):
     >>> fastmb.per_sample_grad_norm(model, model.init(dtype=np.float64), [[3.0, 4.0]], [1.0])
     array([5.09901951])
     """
+    gpu = V.gpu(device)
+    if gpu:
+        return gpu.per_sample_grad_norm(model, params, X, y)
     b = _Batch(model, params, X, y)
     from .kernels import gradients as K
 

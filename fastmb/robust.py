@@ -126,7 +126,20 @@ def _rank_mean(U, r_lo, r_hi):
 # ----------------------------------------------------------------------------- coordinate-wise
 
 
-def coordinate_median(updates):
+def _rank_rule(updates, device, ranks):
+    """A coordinate-wise rule: the mean of the ranks ``ranks(K)`` of each coordinate."""
+    gpu = V.gpu(device)
+    if gpu:
+        U, on_device = gpu.as_updates(updates)
+        U, kept, rejected = gpu.finite_rows(U)
+        r_lo, r_hi = ranks(U.shape[0])
+        agg = gpu.rank_mean(U, _network_for_ranks(U.shape[0], r_lo, r_hi), r_lo, r_hi)
+        return RobustAggregate(gpu.finish(agg, on_device), kept, rejected)
+    U, kept, rejected = _finite_rows(updates)
+    return RobustAggregate(_rank_mean(U, *ranks(U.shape[0])), kept, rejected)
+
+
+def coordinate_median(updates, device="cpu"):
     """Coordinate-wise median (Yin et al. 2018, "Byzantine-robust distributed learning").
 
     Each coordinate of the result is the median of that coordinate over the clients
@@ -136,6 +149,10 @@ def coordinate_median(updates):
     Parameters
     ----------
     updates : (K, P) array
+    device : {"cpu", "cuda"}, default "cpu"
+        ``"cuda"``: one GPU thread per coordinate applies the same sorting network to its
+        column; the result equals the CPU's bit for bit. ``updates`` may be a GPU array
+        (used in place; the aggregate then stays on the GPU).
 
     Returns
     -------
@@ -149,12 +166,10 @@ def coordinate_median(updates):
     >>> fastmb.coordinate_median(U).aggregate
     array([ 2., 10.])
     """
-    U, kept, rejected = _finite_rows(updates)
-    K = U.shape[0]
-    return RobustAggregate(_rank_mean(U, (K - 1) // 2, K // 2 + 1), kept, rejected)
+    return _rank_rule(updates, device, lambda K: ((K - 1) // 2, K // 2 + 1))
 
 
-def trimmed_mean(updates, beta=0.1):
+def trimmed_mean(updates, beta=0.1, device="cpu"):
     """Coordinate-wise trimmed mean (Yin et al. 2018).
 
     For each coordinate, the ``t = floor(beta * K)`` largest and ``t`` smallest values
@@ -165,6 +180,8 @@ def trimmed_mean(updates, beta=0.1):
     updates : (K, P) array
     beta : float in [0, 0.5)
         Fraction trimmed at each end; it should exceed the fraction of attackers.
+    device : {"cpu", "cuda"}, default "cpu"
+        As in :func:`coordinate_median`.
 
     Returns
     -------
@@ -180,10 +197,8 @@ def trimmed_mean(updates, beta=0.1):
     beta = V.check_number("beta", beta, low=0)
     if beta >= 0.5:
         raise ValueError(f"beta must be < 0.5 (a fraction trimmed at each end), got {beta}")
-    U, kept, rejected = _finite_rows(updates)
-    K = U.shape[0]
-    t = int(math.floor(beta * K))
-    return RobustAggregate(_rank_mean(U, t, K - t), kept, rejected)
+    return _rank_rule(updates, device,
+                      lambda K: (int(math.floor(beta * K)), K - int(math.floor(beta * K))))
 
 
 # ----------------------------------------------------------------------------- Krum family
