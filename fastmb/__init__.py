@@ -7,6 +7,7 @@ importing fastmb compiles nothing and does not even import Numba.
 """
 
 from . import data, partition
+from ._cuda import CUDAUnavailableError
 from .aggregation import WeightedMean, fedavg
 from .fedbuff import FedBuff
 from .gradients import (decision_function, evaluate, grad, loss, loss_and_grad, per_sample_grad,
@@ -32,5 +33,5 @@ __all__ = [
     "pairwise_sq_distances", "ServerOptimizer", "FedAvgM", "FedAdagrad", "FedAdam", "FedYogi",
     "SparseUpdate", "topk", "randk", "QuantizedUpdate", "quantize_int8", "qsgd", "to_half",
     "mean_compressed", "FedBuff", "CentralDP", "DPAggregate", "Simulation", "Faults", "data",
-    "partition", "__version__",
+    "partition", "CUDAUnavailableError", "__version__",
 ]

@@ -37,6 +37,7 @@ def gpu(device):
     if check_device(device) == "cuda":
         from . import _cuda
 
+        _cuda.cuda()  # numba-cuda and a GPU (or the simulator), or a clear error
         return _cuda
     return None
 

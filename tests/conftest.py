@@ -1,9 +1,15 @@
 """Shared model cases and data for the tests; sizes stay small so compile time dominates."""
 
-import numpy as np
-import pytest
+import os
 
-import fastmb
+# The CUDA tests run on numba-cuda's simulator unless asked otherwise
+# (NUMBA_ENABLE_CUDASIM=0 runs them on a real GPU). Read when numba.cuda is imported.
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import fastmb  # noqa: E402
 
 MODEL_CASES = {
     "linear-squared": lambda: fastmb.Linear(5, loss="squared"),
