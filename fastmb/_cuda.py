@@ -17,7 +17,6 @@ is a ``TypeError`` naming the argument.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 

@@ -318,3 +318,26 @@ def test_kernels_compile_to_ptx():
         pytest.skip(res.stdout.strip() + ' (pip install "fastmb[cuda13]" to run this test)')
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert "compiled" in res.stdout
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+
+def test_cuda_figures_smoke():
+    """The GPU figures script end to end at its smallest scale (here on the simulator)."""
+    from benchmarks import cuda_figures
+
+    res = cuda_figures.run("tiny", repeat=1, threads=4, echo=lambda *a: None)
+    names = [r["name"] for r in res["rows"]]
+    assert names[:2] == ["per-sample grad, logistic", "fedavg"]
+    assert all(r["seconds"] > 0 for r in res["rows"])
+    assert res["copy_bandwidth"] > 0
+    assert res["rows"][-1]["peer_seconds"] > 0
+
+
+def test_asv_cuda_classes_skip_without_a_gpu():
+    from benchmarks import bench_cuda
+
+    if SIM:
+        with pytest.raises(NotImplementedError, match="simulator"):
+            bench_cuda.FedAvg().setup((4, 100))

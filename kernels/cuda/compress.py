@@ -22,7 +22,6 @@ import math
 
 from numba import cuda
 
-from ..compress import BITS, NBINS  # noqa: F401  (the bucket layout is the CPU's)
 from ._jit import kernel
 
 SEGMENT = 64   # coordinates per thread in count/select
