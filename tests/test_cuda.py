@@ -341,3 +341,13 @@ def test_asv_cuda_classes_skip_without_a_gpu():
     if SIM:
         with pytest.raises(NotImplementedError, match="simulator"):
             bench_cuda.FedAvg().setup((4, 100))
+
+
+def test_readme_gpu_example_runs():
+    """The README's GPU example, as written (here on the simulator)."""
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
+        text = f.read()
+    section = text.split("## On a GPU (numba-cuda)", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'device="cuda"' in code
+    exec(compile(code, "README.md", "exec"), {})
