@@ -118,6 +118,28 @@ def test_device_arrays_in_device_arrays_out():
     assert X.flags.writeable and np.isfinite(X).all()
 
 
+@pytest.mark.skipif(SIM, reason="foreign GPU arrays need a real GPU")
+@pytest.mark.parametrize("lib", ["cupy", "torch"])
+def test_cuda_array_interface_inputs(lib):
+    """CuPy arrays and PyTorch CUDA tensors are used in place (no copy) through
+    ``__cuda_array_interface__``, and the results come back as device arrays."""
+    mod = pytest.importorskip(lib)
+    if lib == "torch" and not mod.cuda.is_available():
+        pytest.skip("PyTorch without CUDA")
+    as_gpu = (lambda a: mod.asarray(a)) if lib == "cupy" else \
+        (lambda a: mod.as_tensor(a, device="cuda"))
+    rng = np.random.default_rng(8)
+    U = rng.normal(size=(5, 33)).astype(np.float32)
+    got = fastmb.fedavg(as_gpu(U), device="cuda")
+    assert_allclose(got.copy_to_host(), fastmb.fedavg(U), rtol=1e-7)
+    model = MODEL_CASES["mlp-relu-softmax"]()
+    params, X, y = make_data(model, 5, dtype=np.float32)
+    g = fastmb.per_sample_grad(model, as_gpu(params), as_gpu(X), as_gpu(y.astype(np.int64)),
+                               device="cuda")
+    assert_allclose(g.copy_to_host(), fastmb.per_sample_grad(model, params, X, y),
+                    rtol=RTOL32, atol=ATOL32)
+
+
 def test_gradient_errors():
     model = MODEL_CASES["linear-logistic"]()
     params, X, y = make_data(model, 5, dtype=np.float32)
