@@ -228,10 +228,14 @@ def _linear1(model):
     return model.n_layers == 1 and model.n_outputs == 1
 
 
-def _shared(model, itemsize, extra=0):
-    """Dynamic shared memory for one sample's workspace; a clear error when it cannot fit."""
-    U = int(model._spec[3][-1])
-    nbytes = (3 * U + extra) * itemsize
+def _units(model):
+    return int(model._spec[3][-1])
+
+
+def _shared(model, nbytes):
+    """``nbytes`` of dynamic shared memory for a kernel's per-sample workspace, or a clear
+    error when the model is too wide for it."""
+    U = _units(model)
     if nbytes > SHARED_LIMIT:
         raise ValueError(f"the model has {U} units: its CUDA workspace needs {nbytes} bytes of "
                          f"shared memory, more than the {SHARED_LIMIT} every GPU grants; use "
@@ -253,7 +257,8 @@ def _samples(b, mode, microbatch, out, totals, nb):
 
     T = threads()
     bad = empty(nb, np.int64)
-    KG.samples[nb, T, 0, _shared(b.model, b.dtype.itemsize)](
+    shared = _shared(b.model, KG.shared_bytes_samples(_units(b.model), b.dtype.itemsize))
+    KG.samples[nb, T, 0, shared](
         b.params, b.X, b.yc, b.yr, b.sw, b.meta, b.model.huber_delta, microbatch, mode, out,
         totals, bad)
     b.check(bad.copy_to_host())
@@ -265,23 +270,18 @@ def _linear1_launch(b, mode, out, totals, nb):
     T = threads()
     bad = empty(nb * T, np.int64)
     KG.linear1[nb, T, 0, KG.shared_bytes_linear1(T, b.dtype.itemsize)](
-        b.params, b.X, b.yc, b.yr, b.sw, int(model_loss(b.model)), b.model.huber_delta,
+        b.params, b.X, b.yc, b.yr, b.sw, int(b.model._spec[5]), b.model.huber_delta,
         b.model.fit_intercept, mode, out, totals, bad)
     b.check(bad.copy_to_host())
 
 
-def model_loss(model):
-    return model._spec[5]
-
-
-def _rows_blocks(b, n_items):
-    """Blocks for kernels whose result does not depend on the grid (per-sample outputs)."""
+def _rows_blocks(n_items, linear1):
+    """Blocks for the per-sample kernels, whose results do not depend on the grid: a block
+    per item (a row, a micro-batch), or per ``T / G`` rows in the linear kernel."""
     from .kernels.cuda import gradients as KG
 
     T = threads()
-    if _linear1(b.model):
-        return blocks_for(n_items, T // KG.group_size(T), cap=16384)
-    return max(1, min(n_items, 16384))
+    return blocks_for(n_items, T // KG.group_size(T) if linear1 else 1, cap=16384)
 
 
 def per_sample_grad(model, params, X, y, microbatch, out):
@@ -290,22 +290,21 @@ def per_sample_grad(model, params, X, y, microbatch, out):
     b = Batch(model, params, X, y)
     rows = -(-b.n // microbatch)
     shape = (rows, model.n_params)
-    given = out is not None
-    if not given:
+    user_out = out
+    if out is None:
         out = empty(shape, b.dtype)
     else:
         if not is_device_array(out):
-            raise TypeError("out must be a device array when device='cuda'")
+            raise TypeError("out must be a GPU array when device='cuda'")
         out = device_view("out", out, [b.dtype])
         if tuple(out.shape) != shape:
             raise ValueError(f"out must have shape {shape}, got {tuple(out.shape)}")
+    no_totals = empty((0, 2), np.float64)
     if _linear1(model) and microbatch == 1:
-        _linear1_launch(b, KG.MODE_WRITE, out, empty((0, 2), np.float64),
-                        _rows_blocks(b, rows))
+        _linear1_launch(b, KG.MODE_WRITE, out, no_totals, _rows_blocks(rows, True))
     else:
-        _samples(b, KG.MODE_WRITE, microbatch, out, empty((0, 2), np.float64),
-                 _rows_blocks(b, rows))
-    return out if given else finish(out, b.on_device)
+        _samples(b, KG.MODE_WRITE, microbatch, out, no_totals, _rows_blocks(rows, False))
+    return finish(out, b.on_device) if user_out is None else user_out
 
 
 def per_sample_grad_norm(model, params, X, y):
@@ -313,10 +312,11 @@ def per_sample_grad_norm(model, params, X, y):
 
     b = Batch(model, params, X, y)
     out = empty((b.n, 1), b.dtype)
+    no_totals = empty((0, 2), np.float64)
     if _linear1(model):
-        _linear1_launch(b, KG.MODE_NORM, out, empty((0, 2), np.float64), _rows_blocks(b, b.n))
+        _linear1_launch(b, KG.MODE_NORM, out, no_totals, _rows_blocks(b.n, True))
     else:
-        _samples(b, KG.MODE_NORM, 1, out, empty((0, 2), np.float64), _rows_blocks(b, b.n))
+        _samples(b, KG.MODE_NORM, 1, out, no_totals, _rows_blocks(b.n, False))
     return finish(out.reshape(b.n), b.on_device)
 
 
@@ -367,7 +367,8 @@ def train_clients(b, idx, offsets, opts, clip, noise_std, ids, epochs, steps):
     perm = empty(int(perm_off[-1]), np.int64)
     bad = empty(K, np.int64)
     T = threads()
-    KT.train_clients[min(K, 65535), T, 0, _shared(model, b.dtype.itemsize, extra=2)](
+    shared = _shared(model, KT.shared_bytes(_units(model), b.dtype.itemsize))
+    KT.train_clients[min(K, 65535), T, 0, shared](
         b.params, b.X, b.yc, b.yr, b.sw, b.meta, model.huber_delta, to_device(idx),
         to_device(starts), to_device(ends), to_device(ids), np.uint64(opts["seed"]),
         to_device(epochs), to_device(steps), opts["batch"], opts["lr_schedule"],

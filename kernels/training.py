@@ -38,6 +38,16 @@ SCHED_CONSTANT, SCHED_INVSCALING, SCHED_COSINE = 0, 1, 2
 NOISE_TAG = np.uint64(0xD1B54A32D192ED03)
 
 
+@jit(inline="always")
+def lr_at(lr_schedule, lr, power_t, t, total):
+    """The learning rate of step ``t`` of ``total`` under the schedule (module docstring)."""
+    if lr_schedule == SCHED_INVSCALING:
+        return lr / (t + 1.0) ** power_t
+    if lr_schedule == SCHED_COSINE:
+        return lr * 0.5 * (1.0 + math.cos(math.pi * t / total))
+    return lr
+
+
 @jit
 def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, batch,
                lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu, batched, clip,
@@ -147,12 +157,7 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
                         return r
                     wsum += w
             inv = 1.0 / wsum if wsum > 0 else 0.0
-            if lr_schedule == SCHED_INVSCALING:
-                lr_t = lr / (t + 1.0) ** power_t
-            elif lr_schedule == SCHED_COSINE:
-                lr_t = lr * 0.5 * (1.0 + math.cos(math.pi * t / total))
-            else:
-                lr_t = lr
+            lr_t = lr_at(lr_schedule, lr, power_t, t, total)
             if use_mom:
                 for j in range(P):
                     d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])

@@ -23,10 +23,13 @@ import math
 import numpy as np
 from numba import cuda
 
-from ..training import NOISE_TAG, SCHED_COSINE, SCHED_INVSCALING
-from ._jit import kernel
+from .. import training as CPU
+from ..training import NOISE_TAG
+from ._jit import device_twin, kernel
 from ._model import backprop, forward, layer_grads, output_delta, scale_deltas, sq_norm, u_off
 from ._rng import hash2, normal, shuffle as shuffle_inplace
+
+lr_at = device_twin(CPU.lr_at)
 
 
 def shared_bytes(U, itemsize):
@@ -127,12 +130,7 @@ def train_clients(params0, X, yc, yr, sw, meta, hdelta, idx, starts, ends, ids, 
                     for j in range(tid, P, T):
                         g[j] += noise_std * normal(step_key, j)
                 inv = 1.0 / wsum if wsum > 0 else 0.0
-                if lr_schedule == SCHED_INVSCALING:
-                    lr_t = lr / (t + 1.0) ** power_t
-                elif lr_schedule == SCHED_COSINE:
-                    lr_t = lr * 0.5 * (1.0 + math.cos(math.pi * t / total))
-                else:
-                    lr_t = lr
+                lr_t = lr_at(lr_schedule, lr, power_t, t, total)
                 for j in range(tid, P, T):
                     if use_mom:
                         dj = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])
