@@ -23,6 +23,7 @@ import numpy as np
 from . import _validation as V
 
 SHARED_LIMIT = 48 * 1024   # dynamic shared memory every CUDA device grants without opt-in
+MAX_GRID_Y = 65535         # the y (and z) limit of a CUDA grid; kernels stride beyond it
 
 
 class CUDAUnavailableError(RuntimeError):
@@ -407,7 +408,7 @@ def rows_nonfinite(U):
     K, P = U.shape
     T = threads()
     flags = zeros(K, np.int32)
-    KA.rows_nonfinite[(blocks_for(P, T, cap=64), K), T](U, flags)
+    KA.rows_nonfinite[(blocks_for(P, T, cap=64), min(K, MAX_GRID_Y)), T](U, flags)
     return flags.copy_to_host().astype(bool)
 
 
@@ -442,7 +443,8 @@ def finite_rows(U):
         raise ValueError("every client's update in updates contains NaN or Inf")
     T = threads()
     out = empty((kept.size, U.shape[1]), U.dtype)
-    KA.take_rows[(blocks_for(U.shape[1], T, cap=64), kept.size), T](U, to_device(kept), out)
+    KA.take_rows[(blocks_for(U.shape[1], T, cap=64), min(kept.size, MAX_GRID_Y)), T](
+        U, to_device(kept), out)
     return out, kept, np.flatnonzero(bad)
 
 

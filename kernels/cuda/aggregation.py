@@ -39,22 +39,23 @@ def weighted_mean(U, w, inv_total, out, nbad):
 
 @kernel
 def rows_nonfinite(U, flags):
-    """``flags[k] = 1`` when row k holds a NaN or Inf (``flags`` starts at 0); grid (x, K)."""
-    k = cuda.blockIdx.y
-    row = U[k]
-    for j in range(cuda.grid(1), U.shape[1], cuda.gridDim.x * cuda.blockDim.x):
-        if not math.isfinite(row[j]):
-            flags[k] = 1
+    """``flags[k] = 1`` when row k holds a NaN or Inf (``flags`` starts at 0); grid (x, y):
+    blocks stride over the columns in x and over the rows in y."""
+    for k in range(cuda.blockIdx.y, U.shape[0], cuda.gridDim.y):
+        row = U[k]
+        for j in range(cuda.grid(1), U.shape[1], cuda.gridDim.x * cuda.blockDim.x):
+            if not math.isfinite(row[j]):
+                flags[k] = 1
 
 
 @kernel
 def take_rows(U, rows, out):
-    """``out[i] = U[rows[i]]``; grid (x, len(rows))."""
-    i = cuda.blockIdx.y
-    src = U[rows[i]]
-    dst = out[i]
-    for j in range(cuda.grid(1), U.shape[1], cuda.gridDim.x * cuda.blockDim.x):
-        dst[j] = src[j]
+    """``out[i] = U[rows[i]]``; grid (x, y) as in :func:`rows_nonfinite`."""
+    for i in range(cuda.blockIdx.y, rows.shape[0], cuda.gridDim.y):
+        src = U[rows[i]]
+        dst = out[i]
+        for j in range(cuda.grid(1), U.shape[1], cuda.gridDim.x * cuda.blockDim.x):
+            dst[j] = src[j]
 
 
 @kernel
