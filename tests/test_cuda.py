@@ -140,6 +140,23 @@ def test_cuda_array_interface_inputs(lib):
                     rtol=RTOL32, atol=ATOL32)
 
 
+def test_device_regression_targets_and_weights():
+    model = MODEL_CASES["linear-squared-3out"]()
+    params, X, y = make_data(model, 6, seed=9, dtype=np.float32)
+    w = np.linspace(0.5, 1.5, 6)
+    value, g = fastmb.loss_and_grad(model, params, cuda.to_device(X),
+                                    cuda.to_device(y.astype(np.float32)),
+                                    sample_weight=cuda.to_device(w), device="cuda")
+    value_cpu, g_cpu = fastmb.loss_and_grad(model, params, X, y, sample_weight=w)
+    assert value == pytest.approx(value_cpu, rel=1e-6)
+    assert_allclose(g.copy_to_host(), g_cpu, rtol=RTOL32, atol=ATOL32)
+    with pytest.raises(ValueError, match="y contains NaN"):
+        fastmb.grad(model, params, X, cuda.to_device(np.full((6, 3), np.nan, np.float32)),
+                    device="cuda")
+    with pytest.raises(ValueError, match="sample_weight must be finite, non-negative"):
+        fastmb.grad(model, params, X, y, sample_weight=cuda.to_device(-w), device="cuda")
+
+
 def test_gradient_errors():
     model = MODEL_CASES["linear-logistic"]()
     params, X, y = make_data(model, 5, dtype=np.float32)
