@@ -197,8 +197,11 @@ def trimmed_mean(updates, beta=0.1, device="cpu"):
     beta = V.check_number("beta", beta, low=0)
     if beta >= 0.5:
         raise ValueError(f"beta must be < 0.5 (a fraction trimmed at each end), got {beta}")
-    return _rank_rule(updates, device,
-                      lambda K: (int(math.floor(beta * K)), K - int(math.floor(beta * K))))
+    def ranks(K):
+        t = int(math.floor(beta * K))
+        return t, K - t
+
+    return _rank_rule(updates, device, ranks)
 
 
 # ----------------------------------------------------------------------------- Krum family

@@ -20,6 +20,24 @@ BITS = 16          # radix of the first (and only) counting pass
 NBINS = 1 << BITS   # buckets of |c|: the sign bit is dropped, then the next BITS bits
 
 
+@jit(inline="always")
+def take_range(r, lo, hi, thr, ties, o, tcount, idx, val):
+    """Write the chosen coordinates of ``r[lo:hi]`` from output slot ``o`` on, in index order,
+    and zero them in ``r``: every ``|r_j| > thr``, and ties (``|r_j| == thr``) while fewer than
+    ``ties`` have been taken before them (``tcount`` counts those of earlier ranges)."""
+    for j in range(lo, hi):
+        a = abs(r[j])
+        take = a > thr
+        if a == thr:
+            take = tcount < ties
+            tcount += 1
+        if take:
+            idx[o] = j
+            val[o] = r[j]
+            r[j] = 0
+            o += 1
+
+
 @jit(parallel=True)
 def topk_error_feedback(u, r, k, idx, val):
     """``c = u + r``; write the k largest ``|c|`` to ``idx`` (ascending) and ``val``, and
@@ -90,19 +108,8 @@ def topk_error_feedback(u, r, k, idx, val):
         take_prev = min(eq[t - 1], max(0, ties - tie_start[t - 1]))
         start[t] = start[t - 1] + gt[t - 1] + take_prev
     for t in prange(CHUNKS):
-        o = start[t]
-        tcount = tie_start[t]
-        for j in range(t * csize, min(P, (t + 1) * csize)):
-            a = abs(r[j])
-            take = a > thr
-            if a == thr:
-                take = tcount < ties
-                tcount += 1
-            if take:
-                idx[o] = j
-                val[o] = r[j]
-                r[j] = 0.0
-                o += 1
+        take_range(r, t * csize, min(P, (t + 1) * csize), thr, ties, start[t], tie_start[t],
+                   idx, val)
     return 0
 
 

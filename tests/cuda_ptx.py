@@ -16,7 +16,6 @@ import numpy as np
 
 def _cases():
     import numba
-    from numba import types
 
     import fastmb
     from fastmb.kernels.cuda import aggregation as KA, compress as KC, gradients as KG
@@ -38,8 +37,8 @@ def _cases():
                                 (e((4, model.n_params)), e((4, 2)))):
                 yield "samples", KG.samples, sig(p, X, yc, yr, sw, meta, f64, i64, i64, out,
                                                  totals, e(4, np.int64))
-                yield "linear1", KG.linear1, sig(p, X, yc, yr, sw, i64, f64, True, i64, out,
-                                                 totals, e(4, np.int64))
+                yield "linear1", KG.linear1, sig(p, X, yc, yr, sw, i64, f64, True, i64, 32,
+                                                 out, totals, e(4, np.int64))
             ia = e(3, np.int64)
             yield "train_clients", KT.train_clients, sig(
                 p, X, yc, yr, sw, meta, f64, ia, ia, ia, ia, np.uint64(1), ia, ia, i64, i64,
@@ -61,7 +60,6 @@ def _cases():
         yield "select", KC.select, sig(u, dt(1), i64, e(2, np.int64), e(2, np.int64),
                                        e(2, np.int64), u)
     yield "summary-int", KA.summary, sig(e(8, np.int64), e(4), e(4), e(4, np.int64))
-    del types
 
 
 class _NoDevice:
@@ -73,12 +71,12 @@ class _NoDevice:
 
 
 def main(ccs):
+    import numba
     from numba import cuda
     from numba.cuda import dispatcher
 
     try:
-        cuda.compile_ptx(lambda a: None, (cuda.float32[:] if hasattr(cuda, "float32")
-                                          else __import__("numba").float32[:],), cc=ccs[0])
+        cuda.compile_ptx(lambda a: None, (numba.float32[:],), cc=ccs[0])
     except Exception as exc:  # no NVRTC / NVVM here
         print(f"CUDA compiler libraries not available: {exc}".splitlines()[0])
         return 77

@@ -63,17 +63,27 @@ def u_off(meta, l):
 
 
 @device
+def clear(row, tid, T):
+    """``row[:] = 0``, thread t writing elements t, t+T, ... (the block's threads together)."""
+    for q in range(tid, row.shape[0], T):
+        row[q] = 0
+
+
+@device
+def layer(meta, l):
+    """Layer ``l``'s ``(n_in, n_out, weight offset, bias offset or -1, offset of its units,
+    offset of its input units)``; the input offset is 0 for layer 0, whose input is the sample."""
+    return (size(meta, l), size(meta, l + 1), w_off(meta, l), b_off(meta, l), u_off(meta, l),
+            u_off(meta, l - 1) if l > 0 else 0)
+
+
+@device
 def forward(params, x, meta, zs, hs, tid, T):
     """Forward pass of sample ``x`` into ``zs``/``hs``; every thread of the block calls it."""
     L = meta[0]
     act = meta[1]
     for l in range(L):
-        nin = size(meta, l)
-        nout = size(meta, l + 1)
-        zo = u_off(meta, l)
-        wo = w_off(meta, l)
-        bo = b_off(meta, l)
-        ao = u_off(meta, l - 1) if l > 0 else 0
+        nin, nout, wo, bo, zo, ao = layer(meta, l)
         for j in range(tid, nout, T):
             # Start from a stored value so the sum keeps the parameters' dtype.
             if bo >= 0:
@@ -120,11 +130,7 @@ def backprop(params, meta, zs, hs, ds, tid, T):
     L = meta[0]
     act = meta[1]
     for l in range(L - 1, 0, -1):
-        nin = size(meta, l)
-        nout = size(meta, l + 1)
-        wo = w_off(meta, l)
-        do = u_off(meta, l)
-        po = u_off(meta, l - 1)
+        nin, nout, wo, _, do, po = layer(meta, l)
         for i in range(tid, nin, T):
             row = wo + i * nout
             s = params[row] * ds[do]
@@ -142,12 +148,7 @@ def layer_grads(x, meta, hs, ds, g, add, tid, T):
     """
     L = meta[0]
     for l in range(L):
-        nin = size(meta, l)
-        nout = size(meta, l + 1)
-        wo = w_off(meta, l)
-        bo = b_off(meta, l)
-        do = u_off(meta, l)
-        ao = u_off(meta, l - 1) if l > 0 else 0
+        nin, nout, wo, bo, do, ao = layer(meta, l)
         for q in range(tid, nin * nout, T):
             i = q // nout
             j = q - i * nout
@@ -172,11 +173,8 @@ def sq_norm(x, meta, hs, ds):
     L = meta[0]
     sq = 0.0
     for l in range(L):
-        nin = size(meta, l)
-        nout = size(meta, l + 1)
-        do = u_off(meta, l)
-        ao = u_off(meta, l - 1) if l > 0 else 0
-        na = 1.0 if b_off(meta, l) >= 0 else 0.0
+        nin, nout, _, bo, do, ao = layer(meta, l)
+        na = 1.0 if bo >= 0 else 0.0
         for i in range(nin):
             a = float(x[i]) if l == 0 else float(hs[ao + i])
             na += a * a

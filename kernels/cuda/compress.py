@@ -22,7 +22,10 @@ import math
 
 from numba import cuda
 
-from ._jit import kernel
+from .. import compress as CPU
+from ._jit import device_twin, kernel
+
+take_range = device_twin(CPU.take_range)
 
 SEGMENT = 64   # coordinates per thread in count/select
 
@@ -71,16 +74,5 @@ def count(r, thr, gt, eq):
 def select(r, thr, ties, start, tie_start, idx, val):
     t = cuda.grid(1)
     if t < start.shape[0]:
-        o = start[t]
-        tcount = tie_start[t]
-        for j in range(t * SEGMENT, min(r.shape[0], (t + 1) * SEGMENT)):
-            a = abs(r[j])
-            take = a > thr
-            if a == thr:
-                take = tcount < ties
-                tcount += 1
-            if take:
-                idx[o] = j
-                val[o] = r[j]
-                r[j] = 0
-                o += 1
+        take_range(r, t * SEGMENT, min(r.shape[0], (t + 1) * SEGMENT), thr, ties, start[t],
+                   tie_start[t], idx, val)

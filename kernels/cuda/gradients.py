@@ -25,7 +25,8 @@ import math
 from numba import cuda
 
 from ._jit import kernel
-from ._model import backprop, forward, layer_grads, loss_and_delta, output_delta, sq_norm, u_off
+from ._model import (backprop, clear, forward, layer_grads, loss_and_delta, output_delta, sq_norm,
+                     u_off)
 
 MODE_WRITE, MODE_NORM, MODE_ACCUM = 0, 1, 2
 
@@ -51,9 +52,7 @@ def samples(params, X, yc, yr, sw, meta, hdelta, microbatch, mode, out, totals, 
     lsum = 0.0
     wsum = 0.0
     if mode == MODE_ACCUM:
-        acc = out[blk]
-        for q in range(tid, acc.shape[0], T):
-            acc[q] = 0.0
+        clear(out[blk], tid, T)
     n_groups = (n + microbatch - 1) // microbatch
     for grp in range(blk, n_groups, cuda.gridDim.x):
         lo = grp * microbatch
@@ -104,14 +103,12 @@ def shared_bytes_linear1(T, itemsize):
 
 
 @kernel
-def linear1(params, X, yc, yr, sw, loss, hdelta, has_b, mode, out, totals, bad):
+def linear1(params, X, yc, yr, sw, loss, hdelta, has_b, mode, G, out, totals, bad):
+    """``G`` (:func:`group_size` of the block size) threads per row."""
     sh = cuda.shared.array(0, params.dtype)
     tid = cuda.threadIdx.x
     T = cuda.blockDim.x
     blk = cuda.blockIdx.x
-    G = 1
-    while G * 2 <= min(T, 32):
-        G *= 2
     R = T // G
     red = sh[:T]           # partial x . w
     red2 = sh[T:2 * T]     # partial |x|^2 (norms)
@@ -128,8 +125,7 @@ def linear1(params, X, yc, yr, sw, loss, hdelta, has_b, mode, out, totals, bad):
     wsum = 0.0
     if mode == MODE_ACCUM:
         acc = out[blk]
-        for q in range(tid, acc.shape[0], T):
-            acc[q] = 0.0
+        clear(acc, tid, T)
     for base in range(blk * R, n, cuda.gridDim.x * R):
         r = base + s
         red[tid] = 0

@@ -26,7 +26,7 @@ from numba import cuda
 from .. import training as CPU
 from ..training import NOISE_TAG
 from ._jit import device_twin, kernel
-from ._model import backprop, forward, layer_grads, output_delta, scale_deltas, sq_norm, u_off
+from ._model import backprop, clear, forward, layer_grads, output_delta, scale_deltas, sq_norm, u_off
 from ._rng import hash2, normal, shuffle as shuffle_inplace
 
 lr_at = device_twin(CPU.lr_at)
@@ -90,8 +90,7 @@ def train_clients(params0, X, yc, yr, sw, meta, hdelta, idx, starts, ends, ids, 
             for b in range(n_batches):
                 if t == limit or first_bad >= 0:
                     break
-                for j in range(tid, P, T):
-                    g[j] = 0
+                clear(g, tid, T)
                 cuda.syncthreads()
                 wsum = 0.0
                 b_lo = b * batch
