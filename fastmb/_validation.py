@@ -14,6 +14,7 @@ import numpy as np
 from .models import _Model
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def check_model(model):
@@ -137,26 +138,118 @@ def as_weights(weights, n, name, unit, allow_zero_sum=False):
 
 
 def as_sample_weight(sample_weight, n, name="sample_weight"):
-    """float64 weights, or an empty array meaning 'all ones'."""
+    """float64 weights scaled so the largest lies in (0.5, 1], or an empty array meaning
+    'all ones'.
+
+    Sample weights are relative (every use divides by their sum), so a power-of-two
+    scale changes no bit of any result (binary scaling is exact) while keeping
+    ``weight * gradient`` in range for float32: weights of 1e-50 would otherwise round
+    every product to zero, and 1e39 overflow it. A power of two that is itself a
+    weight's maximum (all ones, say) is left as it is.
+    """
     if sample_weight is None:
         return np.empty(0, np.float64)
-    return as_weights(sample_weight, n, name, "sample")
+    w = as_weights(sample_weight, n, name, "sample")
+    frac, exp = np.frexp(w.max())
+    if frac == 0.5:
+        exp -= 1
+    return np.ldexp(w, -int(exp)) if exp else w
 
 
 def check_number(name, value, *, low=None, high=None, low_open=False, integer=False):
-    """A real scalar in [low, high] (or (low, high] with ``low_open``)."""
+    """A real scalar in [low, high] (or (low, high] with ``low_open``).
+
+    Integers are bounded by int64 unless tighter bounds are given: every integer that
+    reaches a kernel fits its int64 argument, so none can wrap on the way.
+    """
     kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, kind):
         what = "an integer" if integer else "a real number"
         raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
-    v = int(value) if integer else float(value)
-    if not integer and not np.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
+    if integer:
+        v = int(value)
+        low = INT64_MIN if low is None else low
+        high = INT64_MAX if high is None else high
+    else:
+        v = float(value)
+        if not np.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v}")
     if low is not None and (v < low or (low_open and v == low)):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {v}")
     if high is not None and v > high:
         raise ValueError(f"{name} must be <= {high}, got {v}")
     return v
+
+
+def as_index_array(name, a, *, high, low=0, length=None):
+    """A 1-D int64 array of integers in ``[low, high)``.
+
+    The range is checked on the values as given (as Python integers), before any cast:
+    a float beyond int64 or a uint64 above 2**63 would otherwise wrap on the way to
+    int64 and reach a kernel as a negative index. Floats must be integral; booleans
+    are refused (they are masks, not indices).
+    """
+    arr = _as_numeric(name, a)
+    if arr.ndim != 1 or (length is not None and arr.shape[0] != length):
+        want = f"{length} " if length is not None else ""
+        raise ValueError(f"{name} must be a 1-D array of {want}integers, got shape {arr.shape}")
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{name} must hold integers, got booleans")
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all()
+                                      and np.array_equal(arr, np.round(arr))):
+        raise TypeError(f"{name} must hold integers, got non-integer values")
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < low or hi >= high:
+            raise ValueError(f"{name} must lie in [{low}, {high}), got values in [{lo}, {hi}]")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def as_offsets(name, offsets, n_rows, what):
+    """Client offsets: K + 1 >= 2 strictly increasing integers in ``[0, n_rows]``.
+
+    ``what`` names the rows the offsets index (for the message). Values are range-checked
+    before the cast (see :func:`as_index_array`) and compared pairwise rather than
+    differenced, so nothing can wrap around.
+    """
+    arr = _as_numeric(name, offsets)
+    if arr.ndim != 1 or arr.shape[0] < 2:
+        raise ValueError(f"{name} must be a 1-D array of K+1 row offsets (K >= 1), "
+                         f"got shape {arr.shape}")
+    try:
+        off = as_index_array(name, arr, high=n_rows + 1)
+    except ValueError:
+        raise ValueError(f"{name} must lie in [0, {n_rows}] ({what}), got values in "
+                         f"[{arr.min()}, {arr.max()}]") from None
+    down = np.flatnonzero(off[1:] <= off[:-1])
+    if down.size:
+        k = int(down[0])
+        raise ValueError(f"{name} must be strictly increasing (each client owns at least one "
+                         f"row); client {k} has offsets {off[k]}..{off[k + 1]}")
+    return off
+
+
+def no_overlap(name, out, **inputs):
+    """Refuse an output array that shares memory with an input the kernel reads."""
+    for other, arr in inputs.items():
+        if arr is not None and np.may_share_memory(out, arr):
+            raise ValueError(f"{name} shares memory with {other}: the kernel would overwrite "
+                             f"its own input; pass a separate array")
+
+
+class ResultOverflow(ValueError):
+    """Finite inputs gave a result that the output dtype cannot hold (a ValueError; the
+    simulation catches exactly this one and rejects such an aggregate as a whole)."""
+
+
+def finite_result(a, what):
+    """``a`` if it is finite; otherwise a :class:`ResultOverflow` saying what overflowed."""
+    if not np.isfinite(a).all():
+        dtype = np.asarray(a).dtype
+        raise ResultOverflow(f"{what} overflows {dtype} (the inputs are finite, the result is "
+                         f"not representable); scale the inputs"
+                         + (" or use float64" if dtype == np.float32 else ""))
+    return a
 
 
 def first_bad(bad):
@@ -174,5 +267,6 @@ def raise_bad_row(X, row, overflow=None):
         x = x.copy_to_host()
     if not np.isfinite(x).all():
         raise ValueError(f"X contains NaN or Inf (first at row {row})")
-    raise ValueError(overflow or f"the model's outputs or loss overflowed at row {row} of X; "
-                     "scale the inputs")
+    raise ValueError(overflow or f"the model's outputs, loss or gradient overflowed "
+                     f"{x.dtype} at row {row} of X; scale the inputs"
+                     + (" or use float64 parameters" if x.dtype == np.float32 else ""))

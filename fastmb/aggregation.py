@@ -76,6 +76,12 @@ def _client_weights(weights, K):
     return np.ones(K) if weights is None else V.as_weights(weights, K, "weights", "client")
 
 
+def _pow2_above(w):
+    """The smallest power of two >= ``w`` (w > 0, finite)."""
+    frac, exp = np.frexp(w)
+    return float(np.ldexp(1.0, int(exp) - (frac == 0.5)))
+
+
 class WeightedMean:
     """A streaming, mergeable weighted mean of P-vectors: one client at a time, O(P) memory.
 
@@ -83,6 +89,12 @@ class WeightedMean:
     partial means (from threads, processes or machines); ``result`` returns the mean.
     The answer equals :func:`fedavg` up to float rounding (the summation order differs
     when merging).
+
+    Weights are relative, as in :func:`fedavg`: the sum holds ``weight / scale * update``
+    with ``scale`` the smallest power of two at or above the largest weight seen so far
+    (the sum is rescaled, exactly, when a larger weight arrives). Any positive finite
+    weight works, from subnormal to 1e308, without the sum or its reciprocal leaving the
+    float64 range; for ordinary weights the bits are those of the unscaled sum.
 
     Parameters
     ----------
@@ -107,12 +119,37 @@ class WeightedMean:
         if self.dtype not in V.FLOATS:
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
         self._sum = np.zeros(self.n_params, np.float64)
-        self.total_weight = 0.0
+        self._scale = 1.0   # a power of two; the sum and total are in its units
+        self._total = 0.0
         self.count = 0
 
     def __repr__(self):
         return (f"WeightedMean(n_params={self.n_params}, count={self.count}, "
                 f"total_weight={self.total_weight})")
+
+    @property
+    def total_weight(self):
+        """The sum of the weights added so far."""
+        return self._total * self._scale
+
+    def weighted_sum(self):
+        """``sum_k weight_k * update_k`` so far, as a new float64 array."""
+        return self._sum * self._scale
+
+    def _fit(self, w_max):
+        """Make the scale cover a new largest weight; returns the scale to divide weights by.
+
+        The first positive weight sets the scale (so a stream of tiny weights keeps full
+        precision); a later larger one rescales the sum and total by a power of two."""
+        if w_max > 0 and (self._total == 0 or w_max > self._scale):
+            new = _pow2_above(w_max)
+            if self._total:  # else the sum is zero: only zero weights were added
+                from .kernels import aggregation as K
+
+                K.scale_inplace(self._sum, self._scale / new)
+                self._total *= self._scale / new
+            self._scale = new
+        return self._scale
 
     def add(self, update, weight=1.0):
         """Add one update with a non-negative weight. A bad update changes nothing."""
@@ -127,8 +164,9 @@ class WeightedMean:
         # Check first, then accumulate: the state is never left half-updated.
         if K.count_nonfinite(u):
             raise ValueError("update contains NaN or Inf")
-        K.axpy(self._sum, w, u)
-        self.total_weight += w
+        scale = self._fit(w)
+        K.axpy(self._sum, w / scale, u)
+        self._total += w / scale
         self.count += 1
 
     def add_many(self, updates, weights=None):
@@ -159,8 +197,9 @@ class WeightedMean:
         KA.rows_nonfinite(U, bad)
         if bad.any():
             raise ValueError(f"updates contains NaN or Inf (clients {np.flatnonzero(bad).tolist()})")
-        KA.accumulate_rows(self._sum, U, np.ascontiguousarray(w, np.float64))
-        self.total_weight += float(np.sum(w))
+        w = np.ascontiguousarray(w / self._fit(float(w.max())), np.float64)
+        KA.accumulate_rows(self._sum, U, w)
+        self._total += float(np.sum(w))
         self.count += K
 
     def add_sparse(self, sparse, weight=1.0):
@@ -172,14 +211,15 @@ class WeightedMean:
 
         if not isinstance(sparse, SparseUpdate):
             raise TypeError(f"sparse must be a fastmb.SparseUpdate, got {type(sparse).__name__}")
-        if sparse.n_params != self.n_params:
-            raise ValueError(f"sparse has n_params={sparse.n_params}, expected {self.n_params}")
         w = V.check_number("weight", weight, low=0)
-        idx, val, _ = sparse.checked("sparse")
+        idx, val, n = sparse.checked("sparse")
+        if n != self.n_params:
+            raise ValueError(f"sparse has n_params={n}, expected {self.n_params}")
         from .kernels import compress as KC
 
-        KC.sparse_axpy(self._sum, w, idx, val)
-        self.total_weight += w
+        scale = self._fit(w)
+        KC.sparse_axpy(self._sum, w / scale, idx, val)
+        self._total += w / scale
         self.count += 1
 
     def add_quantized(self, quantized, weight=1.0):
@@ -193,20 +233,20 @@ class WeightedMean:
         if not isinstance(quantized, QuantizedUpdate):
             raise TypeError(f"quantized must be a fastmb.QuantizedUpdate, got "
                             f"{type(quantized).__name__}")
-        if quantized.n_params != self.n_params:
-            raise ValueError(f"quantized has n_params={quantized.n_params}, expected "
-                             f"{self.n_params}")
         w = V.check_number("weight", weight, low=0)
         q = quantized.checked("quantized")
+        if q.n_params != self.n_params:
+            raise ValueError(f"quantized has n_params={q.n_params}, expected {self.n_params}")
         from .kernels import aggregation as K, quantize as KQ
 
+        ws = w / self._fit(w)
         if q.scheme in ("int8", "qsgd"):
-            KQ.axpy_int8(self._sum, w, q.codes, q.scales, q.block)
+            KQ.axpy_int8(self._sum, ws, q.codes, q.scales, q.block)
         elif q.scheme == "bf16":
-            KQ.axpy_bf16(self._sum, w, q.codes)
+            KQ.axpy_bf16(self._sum, ws, q.codes)
         else:
-            K.axpy(self._sum, w, q.codes.astype(np.float32))
-        self.total_weight += w
+            K.axpy(self._sum, ws, q.codes.astype(np.float32))
+        self._total += ws
         self.count += 1
 
     def merge(self, other):
@@ -217,31 +257,45 @@ class WeightedMean:
             raise ValueError(f"other has n_params={other.n_params}, expected {self.n_params}")
         from .kernels import aggregation as K
 
-        K.axpy(self._sum, 1.0, other._sum)
-        self.total_weight += other.total_weight
+        if other._total:
+            # Both sums in the larger of the two scales (a power-of-two ratio: exact).
+            scale = self._fit(other._scale)
+            K.axpy(self._sum, other._scale / scale, other._sum)
+            self._total += other._total * (other._scale / scale)
         self.count += other.count
 
     def result(self):
-        """The weighted mean so far, in ``dtype``; raises if the total weight is zero."""
-        if self.total_weight <= 0:
+        """The weighted mean so far, in ``dtype``; raises if the total weight is zero or the
+        mean does not fit ``dtype``."""
+        if self._total <= 0:
             raise ValueError("the mean is undefined: no update with a positive weight was added")
         from .kernels import aggregation as K
 
         out = np.empty(self.n_params, self.dtype)
-        K.divide_into(self._sum, self.total_weight, out)
-        return out
+        K.divide_into(self._sum, self._total, out)
+        return V.finite_result(out, "the weighted mean")
 
     def state_dict(self):
-        """The state as plain arrays and numbers (for checkpoints and for shipping)."""
-        return {"sum": self._sum.copy(), "total_weight": self.total_weight, "count": self.count,
-                "dtype": self.dtype.name}
+        """The state as plain arrays and numbers (for checkpoints and for shipping): the
+        scaled sum, its power-of-two scale, the scaled total weight, the count, the dtype."""
+        return {"sum": self._sum.copy(), "scale": self._scale, "total": self._total,
+                "count": self.count, "dtype": self.dtype.name}
 
     @classmethod
     def from_state_dict(cls, state):
-        """Rebuild a WeightedMean from :meth:`state_dict`."""
-        s = np.asarray(state["sum"], np.float64)
+        """Rebuild a WeightedMean from :meth:`state_dict`; every field is checked first."""
+        keys = {"sum", "scale", "total", "count", "dtype"}
+        if not isinstance(state, dict) or set(state) != keys:
+            raise ValueError(f"state must be a dict with keys {sorted(keys)}")
+        s = V._as_numeric("state['sum']", state["sum"])
+        if s.ndim != 1 or s.shape[0] == 0 or not np.isfinite(s).all():
+            raise ValueError("state['sum'] must be a non-empty finite 1-D array")
+        scale = V.check_number("state['scale']", state["scale"], low=0, low_open=True)
+        if _pow2_above(scale) != scale:
+            raise ValueError(f"state['scale'] must be a power of two, got {scale}")
+        total = V.check_number("state['total']", state["total"], low=0)
+        count = V.check_number("state['count']", state["count"], low=0, integer=True)
         wm = cls(s.shape[0], state["dtype"])
         wm._sum[:] = s
-        wm.total_weight = float(state["total_weight"])
-        wm.count = int(state["count"])
+        wm._scale, wm._total, wm.count = scale, total, count
         return wm

@@ -30,10 +30,11 @@ class SparseUpdate(NamedTuple):
 
     def to_bytes(self):
         """Compact little-endian bytes: a 21-byte header, uint32 (or uint64) indices, values."""
-        code = 0 if self.values.dtype == np.float32 else 1
-        ity = "<u4" if self.n_params <= 2**32 else "<u8"
-        return (_HEADER.pack(_MAGIC, code, self.n_params, len(self.indices))
-                + self.indices.astype(ity).tobytes() + self.values.astype(_DTYPES[code]).tobytes())
+        idx, val, n = self.checked()
+        code = 0 if val.dtype == np.float32 else 1
+        ity = "<u4" if n <= 2**32 else "<u8"
+        return (_HEADER.pack(_MAGIC, code, n, len(idx))
+                + idx.astype(ity).tobytes() + val.astype(_DTYPES[code]).tobytes())
 
     @classmethod
     def from_bytes(cls, data):
@@ -50,28 +51,32 @@ class SparseUpdate(NamedTuple):
             raise ValueError(f"data has {len(data)} bytes; a SparseUpdate with k={k} needs "
                              f"{_HEADER.size + k * (isz + vdt.itemsize)}")
         off = _HEADER.size
-        idx = np.frombuffer(data, f"<u{isz}", k, off).astype(np.int64)
+        idx = np.frombuffer(data, f"<u{isz}", k, off)
         val = np.frombuffer(data, vdt, k, off + k * isz).astype(vdt.newbyteorder("="))
         return cls(idx, val, int(n)).checked("data")
 
     def checked(self, name="sparse"):
         """This update with contiguous int64 indices and float values, after checking that
-        the indices are strictly increasing and in range and the values finite."""
-        idx = np.ascontiguousarray(self.indices, np.int64)
-        val = np.asarray(self.values)
+        ``n_params`` is a positive integer, the indices integers strictly increasing in
+        ``[0, n_params)`` and the values real and finite. Every door into a kernel passes
+        here: a sparse index is written to without bounds checks."""
+        n = V.check_number(f"{name}.n_params", self.n_params, low=1, integer=True)
+        val = V._as_numeric(f"{name}.values", self.values)
+        if val.ndim != 1:
+            raise ValueError(f"{name}: values must be 1-D, got shape {val.shape}")
+        idx = V.as_index_array(f"{name}.indices", self.indices, high=n, length=val.shape[0])
+        if (idx[1:] <= idx[:-1]).any():
+            raise ValueError(f"{name}: indices must be strictly increasing")
         val = np.ascontiguousarray(val, V.float_dtype(val))
-        if idx.shape != val.shape or idx.ndim != 1:
-            raise ValueError(f"{name}: indices and values must be 1-D of equal length")
-        if idx.size and (idx[0] < 0 or idx[-1] >= self.n_params or (np.diff(idx) <= 0).any()):
-            raise ValueError(f"{name}: indices must be strictly increasing and in range")
         if not np.isfinite(val).all():
             raise ValueError(f"{name}: values contain NaN or Inf")
-        return SparseUpdate(idx, val, int(self.n_params))
+        return SparseUpdate(idx, val, n)
 
     def densify(self):
         """The dense (n_params,) update."""
-        out = np.zeros(self.n_params, self.values.dtype)
-        out[self.indices] = self.values
+        idx, val, n = self.checked()
+        out = np.zeros(n, val.dtype)
+        out[idx] = val
         return out
 
 
@@ -173,7 +178,7 @@ def randk(update, k, seed=0, residual=None, scale=None):
         raise ValueError("update + residual contains NaN or Inf" if r is not None
                          else "update contains NaN or Inf")
     idx = np.sort(np.random.default_rng(seed).choice(P, k, replace=False)).astype(np.int64)
-    val = (c[idx] * f).astype(u.dtype)
+    val = V.finite_result((c[idx] * f).astype(u.dtype), "the scaled values")
     if r is not None:
         r[:] = c
         r[idx] = 0
@@ -195,11 +200,25 @@ def _as_residual(residual, u):
             or residual.dtype != u.dtype or not residual.flags.c_contiguous:
         raise TypeError(f"residual must be a C-contiguous {u.dtype} array of shape ({P},) "
                         "(it is updated in place)")
+    if not residual.flags.writeable:
+        raise ValueError("residual is read-only; it must be writeable (it is updated in place)")
     return residual
 
 
 # ----------------------------------------------------------------------------- quantization
 
+def _largest_scale():
+    """The largest float32 scale whose product with a code of magnitude 127 (computed in
+    float64, rounded once) is still a finite float32: the dequantized values of a valid
+    int8 or QSGD update always are."""
+    f32max = float(np.finfo(np.float32).max)
+    s = np.float32(f32max / 127)
+    while float(s) * 127 > f32max:
+        s = np.nextafter(s, np.float32(0))
+    return s
+
+
+SCALE_MAX = _largest_scale()
 _QMAGIC = b"FMBQ"
 _QHEADER = struct.Struct("<4sBQI")  # magic, scheme code, n_params, block
 _SCHEMES = {"int8": 0, "qsgd": 1, "fp16": 2, "bf16": 3}
@@ -226,22 +245,27 @@ class QuantizedUpdate(NamedTuple):
         return self.codes.nbytes + self.scales.nbytes
 
     def dequantize(self, dtype=np.float32):
-        """The dense (n_params,) update."""
-        if self.scheme == "fp16":
-            return self.codes.astype(dtype)
-        if self.scheme == "bf16":
-            return (self.codes.astype(np.uint32) << 16).view(np.float32).astype(dtype)
+        """The dense (n_params,) update (checked first, see :meth:`checked`)."""
+        dtype = np.dtype(dtype)
+        if dtype not in V.FLOATS:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        q = self.checked()
+        if q.scheme == "fp16":
+            return q.codes.astype(dtype)
+        if q.scheme == "bf16":
+            return (q.codes.astype(np.uint32) << 16).view(np.float32).astype(dtype)
         from .kernels import quantize as KQ
 
-        out = np.empty(self.n_params, dtype)
-        KQ.dequantize_int8(self.codes, self.scales, self.block, out)
+        out = np.empty(q.n_params, dtype)
+        KQ.dequantize_int8(q.codes, q.scales, q.block, out)
         return out
 
     def to_bytes(self):
         """Little-endian bytes: a 17-byte header, the codes, then the float32 scales."""
-        return (_QHEADER.pack(_QMAGIC, _SCHEMES[self.scheme], self.n_params, self.block)
-                + self.codes.astype(np.dtype(_CODE_DTYPES[self.scheme]).newbyteorder("<"))
-                .tobytes() + self.scales.astype("<f4").tobytes())
+        q = self.checked()
+        return (_QHEADER.pack(_QMAGIC, _SCHEMES[q.scheme], q.n_params, q.block)
+                + q.codes.astype(np.dtype(_CODE_DTYPES[q.scheme]).newbyteorder("<"))
+                .tobytes() + q.scales.astype("<f4").tobytes())
 
     @classmethod
     def from_bytes(cls, data):
@@ -265,12 +289,18 @@ class QuantizedUpdate(NamedTuple):
         return cls(codes, scales.astype(np.float32), int(n), int(block), scheme).checked("data")
 
     def checked(self, name="quantized"):
-        """This update with contiguous arrays, after checking shapes, dtypes and scales."""
-        if self.scheme not in _SCHEMES:
-            raise ValueError(f"{name}: scheme must be one of {sorted(_SCHEMES)}")
+        """This update with contiguous arrays, after checking every field a kernel relies on:
+        the scheme; ``n_params`` and ``block`` positive integers; codes of the scheme's dtype
+        and of shape ``(n_params,)`` (int8 codes in [-127, 127]); float32 scales, one per
+        block, finite, non-negative and at most :data:`SCALE_MAX` (so every dequantized
+        value is a finite float32); 16-bit codes finite."""
+        if not isinstance(self.scheme, str) or self.scheme not in _SCHEMES:
+            raise ValueError(f"{name}: scheme must be one of {sorted(_SCHEMES)}, got "
+                             f"{self.scheme!r}")
+        n = V.check_number(f"{name}.n_params", self.n_params, low=1, integer=True)
+        block = V.check_number(f"{name}.block", self.block, low=1, high=2**31 - 1, integer=True)
         codes = np.ascontiguousarray(self.codes)
         scales = np.ascontiguousarray(self.scales)
-        n, block = int(self.n_params), int(self.block)
         if codes.dtype != _CODE_DTYPES[self.scheme] or codes.shape != (n,):
             raise ValueError(f"{name}: codes must be {np.dtype(_CODE_DTYPES[self.scheme])} of "
                              f"shape ({n},)")
@@ -279,11 +309,26 @@ class QuantizedUpdate(NamedTuple):
             raise ValueError(f"{name}: scales must be float32 of shape ({nb},)")
         if not (np.isfinite(scales).all() and (scales >= 0).all()):
             raise ValueError(f"{name}: scales must be finite and non-negative")
+        if nb and scales.max() > SCALE_MAX:
+            raise ValueError(f"{name}: scales must be at most {SCALE_MAX:.6g} (127 times a "
+                             f"scale must be a finite float32), got {scales.max():.6g}")
+        if nb and codes.min() < -127:
+            raise ValueError(f"{name}: codes must lie in [-127, 127], got -128")
         if self.scheme == "fp16" and not np.isfinite(codes).all():
             raise ValueError(f"{name}: codes contain NaN or Inf")
         if self.scheme == "bf16" and ((codes & 0x7F80) == 0x7F80).any():
             raise ValueError(f"{name}: codes contain NaN or Inf")
         return QuantizedUpdate(codes, scales, n, block, self.scheme)
+
+
+def _check_scales(scales, scheme):
+    """Refuse an update too large for float32 scales (the kernels leave an oversized scale,
+    possibly Inf, for a block beyond the range)."""
+    if scales.size and not scales.max() <= SCALE_MAX:
+        limit = ("|u| must stay below 3.4e38" if scheme == "int8" else
+                 "each block's L2 norm must stay below levels * 2.7e36")
+        raise ValueError(f"update is too large for {scheme}'s float32 scales ({limit}); "
+                         "scale it down before quantizing")
 
 
 def _check_block(block):
@@ -330,6 +375,7 @@ def quantize_int8(update, block=256, stochastic=False, seed=0):
     scales = np.empty(-(-u.shape[0] // block), np.float32)
     if KQ.quantize_int8(u, block, bool(stochastic), key, codes, scales):
         raise ValueError("update contains NaN or Inf")
+    _check_scales(scales, "int8")
     return QuantizedUpdate(codes, scales, u.shape[0], block, "int8")
 
 
@@ -371,6 +417,7 @@ def qsgd(update, levels=16, block=512, seed=0):
     scales = np.empty(-(-u.shape[0] // block), np.float32)
     if KQ.quantize_qsgd(u, block, s, key, codes, scales):
         raise ValueError("update contains NaN or Inf")
+    _check_scales(scales, "qsgd")
     return QuantizedUpdate(codes, scales, u.shape[0], block, "qsgd")
 
 

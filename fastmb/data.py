@@ -7,11 +7,16 @@ float32, labels as int64 class indices (classification) or float64 (regression).
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import NamedTuple
 
 import numpy as np
 
 from . import _validation as V
+
+#: Largest ``n_classes`` of :func:`synthetic`: each row draws that many Gumbel values.
+MAX_SYNTHETIC_CLASSES = 10_000
+TASKS = ("auto", "classification", "regression")
 
 
 class Dataset(NamedTuple):
@@ -76,7 +81,8 @@ def synthetic(n=100_000, n_features=64, n_classes=10, *, n_test=None, noise=1.0,
     64 features and 10 classes, the teacher itself labels 66% of the rows right: the
     best accuracy any model can reach). ``n_test`` extra rows (default ``min(n // 10, 10_000)``)
     form the test split. Generated in blocks of float32, so a 1,000,000 x 64 set takes
-    256 MB and about a second.
+    256 MB and about a second. At most 10,000 classes (each row draws ``n_classes`` Gumbel
+    values) and no more classes than rows.
 
     Examples
     --------
@@ -86,7 +92,10 @@ def synthetic(n=100_000, n_features=64, n_classes=10, *, n_test=None, noise=1.0,
     """
     n = V.check_number("n", n, low=1, integer=True)
     d = V.check_number("n_features", n_features, low=1, integer=True)
-    C = V.check_number("n_classes", n_classes, low=2, integer=True)
+    C = V.check_number("n_classes", n_classes, low=2, high=MAX_SYNTHETIC_CLASSES, integer=True)
+    if C > n:
+        raise ValueError(f"n_classes={C} is more than the n={n} rows: most classes would have "
+                         "no example")
     noise = V.check_number("noise", noise, low=0)
     n_test = (min(max(n // 10, 1), 10_000) if n_test is None
               else V.check_number("n_test", n_test, low=0, integer=True))
@@ -95,7 +104,7 @@ def synthetic(n=100_000, n_features=64, n_classes=10, *, n_test=None, noise=1.0,
     total = n + n_test
     X = np.empty((total, d), np.float32)
     y = np.empty(total, np.int64)
-    step = 1 << 16
+    step = max(1, min(1 << 16, (1 << 22) // C))  # a block's logits stay within 16 MiB
     for lo in range(0, total, step):
         hi = min(total, lo + step)
         X[lo:hi] = rng.standard_normal((hi - lo, d), dtype=np.float32)
@@ -106,23 +115,47 @@ def synthetic(n=100_000, n_features=64, n_classes=10, *, n_test=None, noise=1.0,
     return Dataset(X[:n], y[:n], X[n:], y[n:], "synthetic")
 
 
-def _labels(y):
-    """Integer-valued labels become int64 class indices; anything else float64 targets."""
+def _labels(y, task, n_rows, name):
+    """Labels for ``task``: int64 class indices 0..C-1 or float64 regression targets.
+
+    ``"auto"`` takes integer-valued labels for class indices and anything else for
+    regression targets; integer-valued labels that cannot be class indices (a negative
+    one, or more classes than rows, as a stray 10**9 makes) are an error that asks for
+    an explicit task, never a silent switch to regression.
+    """
     y = np.asarray(y)
-    if y.dtype.kind in "iu" or (y.dtype.kind == "f" and np.isfinite(y).all()
-                                and np.array_equal(y, np.round(y)) and y.min() >= 0
-                                and y.max() < 10_000):
-        return y.astype(np.int64)
-    return y.astype(np.float64)
+    if y.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: labels must be numbers, got dtype {y.dtype}")
+    if not np.isfinite(y).all():
+        raise ValueError(f"{name}: labels contain NaN or Inf")
+    if task == "regression":
+        return y.astype(np.float64)
+    integral = y.dtype.kind in "biu" or np.array_equal(y, np.round(y))
+    if task == "auto" and not integral:
+        return y.astype(np.float64)
+    if not integral:
+        raise ValueError(f"{name}: task='classification' needs integer class labels, got "
+                         f"non-integer values")
+    lo, hi = (int(y.min()), int(y.max())) if y.size else (0, 0)
+    if lo < 0 or hi >= n_rows:
+        why = (f"include {lo}" if lo < 0 else
+               f"reach {hi} with only {n_rows} rows (more classes than examples)")
+        hint = ("relabel them as 0..C-1 (np.unique(y, return_inverse=True))"
+                + (", or pass task='regression' to fit them as numbers" if task == "auto" else ""))
+        raise ValueError(f"{name}: the labels look like class indices but {why}; class labels "
+                         f"must be 0..C-1: {hint}")
+    return y.astype(np.int64)
 
 
-def load(path, *, test_fraction=0.2, seed=0):
+def load(path, *, test_fraction=0.2, seed=0, task="auto"):
     """Load your own data: ``.npz`` (arrays ``X``, ``y``, optional ``X_test``, ``y_test``),
     ``.npy`` or ``.csv`` (one row per sample, the label in the last column).
 
     Without a stored test split, a random ``test_fraction`` of the rows is held out.
-    Integer-valued labels are class indices (classification); others are regression
-    targets. CSV may have one header line.
+    ``task="auto"`` reads integer-valued labels as class indices 0..C-1 (classification)
+    and others as regression targets; integer-valued labels that cannot be class indices
+    (negative, or more classes than rows) raise and ask for ``task="regression"`` or a
+    relabelling. CSV may have one header line.
 
     Examples
     --------
@@ -134,9 +167,18 @@ def load(path, *, test_fraction=0.2, seed=0):
     """
     path = os.fspath(path)
     name = os.path.basename(path)
+    if not isinstance(task, str) or task not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path!r} does not exist (expected .npz, .npy or "
                                 f".csv)")
+    try:
+        return _load(path, name, test_fraction, seed, task)
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:  # truncated or not what it says
+        raise ValueError(f"data file {name!r} could not be read: {exc}") from None
+
+
+def _load(path, name, test_fraction, seed, task):
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npz":
         with np.load(path, allow_pickle=False) as z:
@@ -146,7 +188,7 @@ def load(path, *, test_fraction=0.2, seed=0):
                                  f"'X_test', 'y_test'); it has {sorted(z.files)}")
             X, y = z["X"], z["y"]
             if "X_test" in z.files and "y_test" in z.files:
-                return _finish(X, y, z["X_test"], z["y_test"], name)
+                return _finish(X, y, z["X_test"], z["y_test"], name, task)
     elif ext in (".npy", ".csv"):
         if ext == ".npy":
             A = np.load(path, allow_pickle=False)
@@ -168,7 +210,7 @@ def load(path, *, test_fraction=0.2, seed=0):
     perm = np.random.default_rng(V.check_number("seed", seed, low=0, integer=True)).permutation(n)
     tr, te = perm[:n - n_test], perm[n - n_test:]
     y = np.asarray(y)
-    return _finish(X[tr], y[tr], X[te], y[te], name)
+    return _finish(X[tr], y[tr], X[te], y[te], name, task)
 
 
 def _read_csv(path):
@@ -186,7 +228,7 @@ def _read_csv(path):
                          f"({exc})") from None
 
 
-def _finish(X, y, X_test, y_test, name):
+def _finish(X, y, X_test, y_test, name, task):
     X, X_test = np.asarray(X), np.asarray(X_test)
     if X.ndim != 2 or X_test.ndim != 2 or X.shape[1] != X_test.shape[1]:
         raise ValueError(f"{name}: X and X_test must be 2-D with the same number of columns, "
@@ -197,6 +239,9 @@ def _finish(X, y, X_test, y_test, name):
     for what, a in (("X", X), ("X_test", X_test)):
         if a.dtype.kind not in "biuf" or not np.isfinite(a).all():
             raise ValueError(f"{name}: {what} must be finite numbers")
-    both = _labels(np.concatenate([y, y_test]))
-    return Dataset(np.ascontiguousarray(X, np.float32), both[:y.shape[0]],
-                   np.ascontiguousarray(X_test, np.float32), both[y.shape[0]:], name)
+    both = _labels(np.concatenate([y, y_test]), task, y.shape[0] + y_test.shape[0], name)
+    X, X_test = np.ascontiguousarray(X, np.float32), np.ascontiguousarray(X_test, np.float32)
+    for what, a in (("X", X), ("X_test", X_test)):
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name}: {what} holds values beyond the float32 range (3.4e38)")
+    return Dataset(X, both[:y.shape[0]], X_test, both[y.shape[0]:], name)

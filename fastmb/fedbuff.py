@@ -159,7 +159,7 @@ class FedBuff:
 
     def _apply(self, denominator):
         x = self.server._x
-        agg = x + self._buf._sum / denominator
+        agg = x + self._buf.weighted_sum() / denominator
         if not np.isfinite(agg).all():
             raise ValueError("the buffered mean overflows; the buffer is kept (call "
                              "discard() to drop it)")
@@ -172,29 +172,26 @@ class FedBuff:
 
     def state_dict(self):
         """Server optimizer state, buffer and counters, as plain arrays and numbers."""
-        return {"server": self.server.state_dict(), "buffer_sum": self._buf._sum.copy(),
-                "buffer_count": self._buf.count, "buffer_weight": self._buf.total_weight,
+        return {"server": self.server.state_dict(), "buffer": self._buf.state_dict(),
                 "received": self.received, "dropped": self.dropped}
 
     def load_state_dict(self, state):
         """Resume from :meth:`state_dict`; validated before anything changes."""
-        keys = {"server", "buffer_sum", "buffer_count", "buffer_weight", "received", "dropped"}
+        keys = {"server", "buffer", "received", "dropped"}
         if not isinstance(state, dict) or set(state) != keys:
             raise ValueError(f"state must be a dict with keys {sorted(keys)}")
         server = ServerOptimizer.from_state_dict(state["server"])
-        s = np.array(state["buffer_sum"], np.float64)
-        if server._x.shape != (self.n_params,) or s.shape != (self.n_params,) \
-                or not np.isfinite(s).all():
-            raise ValueError(f"state holds parameters of the wrong length (expected "
-                             f"{self.n_params}) or a non-finite buffer")
-        count = V.check_number("buffer_count", state["buffer_count"], low=0, integer=True)
-        if count >= self.buffer_size:
-            raise ValueError(f"buffer_count must be < buffer_size={self.buffer_size}")
-        buf = WeightedMean(self.n_params, np.float64)
-        buf._sum[:] = s
-        buf.count = count
-        buf.total_weight = float(state["buffer_weight"])
+        buf = WeightedMean.from_state_dict(state["buffer"])
+        if server._x.shape != (self.n_params,) or buf.n_params != self.n_params:
+            raise ValueError(f"state holds parameters or a buffer of the wrong length "
+                             f"(expected {self.n_params})")
+        if buf.dtype != np.float64:
+            raise ValueError("state['buffer'] must be a float64 buffer")
+        if buf.count >= self.buffer_size:
+            raise ValueError(f"the buffer's count must be < buffer_size={self.buffer_size}, "
+                             f"got {buf.count}")
+        received = V.check_number("state['received']", state["received"], low=0, integer=True)
+        dropped = V.check_number("state['dropped']", state["dropped"], low=0, integer=True)
         self.server, self._buf = server, buf
-        self.received = int(state["received"])
-        self.dropped = int(state["dropped"])
+        self.received, self.dropped = received, dropped
         return self

@@ -48,7 +48,8 @@ def _loss_grad(b, want_grad):
     g = np.empty(m.n_params if want_grad else 0, b.params.dtype)
     value, row = K.loss_grad(b.params, b.X, b.yc, b.yr, b.sw, m._spec, want_grad, acc, totals, g)
     b.check(row)
-    return float(value), g
+    V.finite_result(np.float64(value), "the mean loss")
+    return float(value), V.finite_result(g, "the mean gradient")
 
 
 def _evaluate(b):
@@ -201,6 +202,7 @@ def per_sample_grad(model, params, X, y, microbatch=1, out=None, device="cpu"):
             raise TypeError(f"out must have the dtype of params ({b.params.dtype}), got {out.dtype}")
         if not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError("out must be a writeable C-contiguous array")
+        V.no_overlap("out", out, params=b.params, X=b.X, y=b.yr)
     from .kernels import gradients as K
 
     b.check(K.per_sample_grad(b.params, b.X, b.yc, b.yr, model._spec, m, out))

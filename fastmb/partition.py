@@ -44,16 +44,18 @@ class Partition:
         if o.ndim != 1 or o.shape[0] < 2 or o.dtype.kind not in "iu":
             raise ValueError(f"offsets must be a 1-D integer array of n_clients + 1 >= 2 "
                              f"entries, got {o.dtype} of shape {o.shape}")
-        if r.size and r.min() < 0:
-            raise ValueError("rows must be non-negative row indices")
-        if o[0] != 0 or o[-1] != r.shape[0]:
-            raise ValueError(f"offsets must run from 0 to len(rows) = {r.shape[0]}, got "
-                             f"{o[0]}..{o[-1]}")
-        if (np.diff(o) <= 0).any():
-            k = int(np.argmax(np.diff(o) <= 0))
-            raise ValueError(f"every client must own at least one row; client {k} owns none")
-        self.rows = np.ascontiguousarray(r, np.int64)
-        self.offsets = np.ascontiguousarray(o, np.int64)
+        # Range-checked before any cast to int64 (a uint64 row above 2**63 would wrap to a
+        # negative index), offsets compared pairwise (a difference of uint64 wraps too).
+        self.rows = V.as_index_array("rows", r, high=V.INT64_MAX + 1)
+        n = self.rows.shape[0]
+        if o[0] != 0 or o[-1] != n:
+            raise ValueError(f"offsets must run from 0 to len(rows) = {n}, got {o[0]}..{o[-1]}")
+        down = np.flatnonzero(o[1:] <= o[:-1])
+        if down.size:
+            k = int(down[0])
+            raise ValueError(f"every client must own at least one row; client {k} owns none "
+                             f"(offsets {o[k]}..{o[k + 1]})")
+        self.offsets = np.ascontiguousarray(o, np.int64)  # in [0, n]: the cast is exact
         self.rows.setflags(write=False)
         self.offsets.setflags(write=False)
 
@@ -78,10 +80,15 @@ class Partition:
 
     def label_counts(self, y, n_classes=None):
         """(n_clients, n_classes) counts of each label per client (to inspect the skew)."""
-        y = np.asarray(y)
-        if y.ndim != 1 or y.dtype.kind not in "iu":
-            raise ValueError("y must be a 1-D array of class indices")
-        C = int(y.max()) + 1 if n_classes is None else int(n_classes)
+        y = _class_labels(y)
+        if self.rows.size and self.rows.max() >= y.shape[0]:
+            raise ValueError(f"the partition refers to row {self.rows.max()} but y has "
+                             f"{y.shape[0]} labels")
+        top = int(y.max()) + 1 if y.size else 0
+        C = top if n_classes is None else V.check_number("n_classes", n_classes, low=top,
+                                                         high=2**24, integer=True)
+        if C > 2**24:
+            raise ValueError(f"y holds a label {top - 1}: more than 2**24 classes to count")
         client = np.repeat(np.arange(self.n_clients), self.sizes)
         counts = np.zeros((self.n_clients, C), np.int64)
         np.add.at(counts, (client, y[self.rows]), 1)
@@ -93,6 +100,20 @@ class Partition:
     @classmethod
     def from_state_dict(cls, state):
         return cls(state["rows"], state["offsets"])
+
+
+def _class_labels(y):
+    """``y`` as a 1-D int64 array of non-negative class indices."""
+    y = np.asarray(y)
+    if y.ndim != 1 or y.dtype.kind not in "iu" or (y.size and y.min() < 0):
+        raise ValueError("y must be a 1-D array of non-negative class indices (the Dirichlet "
+                         "partition skews labels; use iid or quantity_skew for regression)")
+    return V.as_index_array("y", y, high=V.INT64_MAX + 1)
+
+
+#: Proportions drawn per Dirichlet draw (classes present x clients) above which a draw is
+#: too slow to repeat and the class labels are almost certainly wrong.
+MAX_PROPORTIONS = 2**24
 
 
 def _check_split(n, n_clients, min_size=1):
@@ -156,22 +177,27 @@ def dirichlet(y, n_clients, alpha=0.5, seed=0, min_size=1, max_tries=1000):
     >>> int(part.sizes.sum()), bool((part.label_counts(y) > 0).sum(1).mean() < 5)
     (1000, True)
     """
-    y = np.asarray(y)
-    if y.ndim != 1 or y.dtype.kind not in "iu" or (y.size and y.min() < 0):
-        raise ValueError("y must be a 1-D array of non-negative class indices (the Dirichlet "
-                         "partition skews labels; use iid or quantity_skew for regression)")
+    y = _class_labels(y)
     n, n_clients, min_size = _check_split(y.shape[0], n_clients, min_size)
     alpha = V.check_number("alpha", alpha, low=0, low_open=True)
     max_tries = V.check_number("max_tries", max_tries, low=1, integer=True)
+    # The rows of each class present, in ascending row order, classes in ascending order:
+    # one stable sort, whatever the largest label (a stray label 10**9 is one more class,
+    # not a billion empty ones).
+    order = np.argsort(y, kind="stable")
+    starts = np.flatnonzero(np.diff(y[order])) + 1
+    by_class = np.split(order, starts)
+    if len(by_class) * n_clients > MAX_PROPORTIONS:
+        raise ValueError(f"y has {len(by_class)} classes: a Dirichlet split among {n_clients} "
+                         f"clients draws {len(by_class) * n_clients:,} proportions a try (at "
+                         f"most {MAX_PROPORTIONS:,}); check the labels, or use fewer clients, "
+                         "or the iid or quantity partition")
     rng = np.random.default_rng(_seed(seed))
-    by_class = [np.flatnonzero(y == c) for c in range(int(y.max()) + 1)]
     cap = n / n_clients
     for _ in range(max_tries):
         owned = [[] for _ in range(n_clients)]
         counts = np.zeros(n_clients, np.int64)
         for idx in by_class:
-            if idx.size == 0:
-                continue
             idx = rng.permutation(idx)
             p = rng.dirichlet(np.full(n_clients, alpha))
             p = p * (counts < cap)

@@ -94,6 +94,12 @@ class TooFewClients(ValueError):
     catches exactly this one and keeps its parameters)."""
 
 
+def _result(agg, kept, rejected):
+    """The rule's RobustAggregate, after checking that the aggregate is finite (float64
+    updates near the top of their range can overflow a sum)."""
+    return RobustAggregate(V.finite_result(agg, "the aggregate"), kept, rejected)
+
+
 def _need_clients(rule, n, need, rejected, why):
     if n < need:
         extra = f" after rejecting {rejected.size} client(s) with NaN/Inf" if rejected.size else ""
@@ -136,7 +142,7 @@ def _rank_rule(updates, device, ranks):
         agg = gpu.rank_mean(U, _network_for_ranks(U.shape[0], r_lo, r_hi), r_lo, r_hi)
         return RobustAggregate(gpu.finish(agg, on_device), kept, rejected)
     U, kept, rejected = _finite_rows(updates)
-    return RobustAggregate(_rank_mean(U, *ranks(U.shape[0])), kept, rejected)
+    return _result(_rank_mean(U, *ranks(U.shape[0])), kept, rejected)
 
 
 def coordinate_median(updates, device="cpu"):
@@ -210,9 +216,12 @@ def trimmed_mean(updates, beta=0.1, device="cpu"):
 def pairwise_sq_distances(updates):
     """(K, K) float64 matrix of squared Euclidean distances between the updates.
 
-    Computed through a centred, blocked Gram matrix (float32 products summed in
-    blocks of 256, blocks summed in float64), in parallel and the same on any number
-    of threads. Raises on NaN/Inf.
+    Summed from the coordinate differences in float64 (never through a Gram matrix,
+    whose ``|u|^2 + |v|^2 - 2 u.v`` cancels when the updates are far from their centre):
+    each distance is accurate to about ``P * 2**-53`` relative, whatever an attacker puts
+    in the updates. In parallel over fixed coordinate chunks, the same bits on any
+    number of threads. Raises on NaN/Inf in the updates, and when a distance overflows
+    float64 (only float64 updates beyond about 1e154 can).
 
     Examples
     --------
@@ -224,7 +233,7 @@ def pairwise_sq_distances(updates):
     U, _, rejected = _finite_rows(updates)
     if rejected.size:
         raise ValueError(f"updates contains NaN or Inf (clients {rejected.tolist()})")
-    return _sqdist(U)
+    return V.finite_result(_sqdist(U), "a squared distance")
 
 
 def _sqdist(U):
@@ -244,9 +253,14 @@ def _krum_scores(D, f):
 
 
 def _krum_select(D, f, m):
-    """Indices of the m clients with the lowest Krum scores (ties: lowest index)."""
+    """Indices of the m clients with the lowest Krum scores (ties: lowest index).
+
+    A distance beyond float64 is infinite, which ranks a far-off attacker last as it
+    should; but if a selected score is infinite the ranking is meaningless: raise."""
     scores = _krum_scores(D, f)
-    return np.sort(np.argsort(scores, kind="stable")[:m])
+    sel = np.argsort(scores, kind="stable")[:m]
+    V.finite_result(scores[sel], "a Krum score (a sum of squared distances)")
+    return np.sort(sel)
 
 
 def multi_krum(updates, n_byzantine, m=None):
@@ -284,7 +298,7 @@ def multi_krum(updates, n_byzantine, m=None):
     m = n - f if m is None else V.check_number("m", m, low=1, high=n, integer=True)
     sel = _krum_select(_sqdist(U), f, m)
     agg = U[sel[0]].copy() if m == 1 else _weighted_mean(np.ascontiguousarray(U[sel]), np.ones(m))
-    return RobustAggregate(agg, kept[sel], rejected)
+    return _result(agg, kept[sel], rejected)
 
 
 def krum(updates, n_byzantine):
@@ -341,7 +355,9 @@ def bulyan(updates, n_byzantine):
         if len(left) > 2 * f + 2:
             best = int(sub[_krum_select(D[np.ix_(sub, sub)], f, 1)[0]])
         else:  # too few left for Krum's neighbourhood: take the one closest to the rest
-            best = int(sub[np.argmin(D[np.ix_(sub, sub)].sum(axis=1))])
+            sums = D[np.ix_(sub, sub)].sum(axis=1)
+            best = int(sub[np.argmin(sums)])
+            V.finite_result(sums.min(), "a sum of squared distances")
         chosen.append(best)
         left.remove(best)
     sel = np.sort(np.array(chosen))
@@ -350,7 +366,7 @@ def bulyan(updates, n_byzantine):
     S = np.ascontiguousarray(U[sel])
     out = np.empty(U.shape[1], U.dtype)
     KR.closest_to_median_mean(S, sorting_network(theta), theta - 2 * f, out)
-    return RobustAggregate(out, kept[sel], rejected)
+    return _result(out, kept[sel], rejected)
 
 
 # ----------------------------------------------------------------------------- norm-based
@@ -412,7 +428,7 @@ def norm_bounded_mean(updates, max_norm, weights=None):
 
     out = np.empty(U.shape[1], U.dtype)
     KA.weighted_mean(U, w * scale / w.max(), w.max() / float(w.sum()), out)
-    return RobustAggregate(out, kept, rejected)
+    return _result(out, kept, rejected)
 
 
 def centered_clipping(updates, tau, center=None, n_iter=1, weights=None):
@@ -459,7 +475,7 @@ def centered_clipping(updates, tau, center=None, n_iter=1, weights=None):
         # v + sum_k c_k (u_k - v) = sum_k c_k u_k + (1 - sum_k c_k) v
         KA.weighted_mean(U, c, 1.0, step)
         v = step + (1.0 - c.sum()) * v
-    return RobustAggregate(v.astype(U.dtype), kept, rejected)
+    return _result(v.astype(U.dtype), kept, rejected)
 
 
 def _center(center, P):
@@ -520,4 +536,4 @@ def geometric_median(updates, weights=None, nu=1e-6, max_iter=100, tol=1e-6):
         obj = obj_new
         if done:
             break
-    return RobustAggregate(v.astype(U.dtype), kept, rejected)
+    return _result(v.astype(U.dtype), kept, rejected)

@@ -36,22 +36,28 @@ class ServerOptimizer:
         p = np.array(p, dtype=V.float_dtype(p))
         if not np.isfinite(p).all():
             raise ValueError("params contains NaN or Inf")
-        self.lr = V.check_number("lr", lr, low=0, low_open=True)
-        self.beta1 = V.check_number(beta1_name, beta1, low=0)
-        if self.beta1 >= 1:
-            raise ValueError(f"{beta1_name} must be in [0, 1), got {self.beta1}")
-        if self._adaptive:
-            if not 0 <= beta2 < 1:
-                raise ValueError(f"beta2 must be in [0, 1), got {beta2}")
-            self.tau = V.check_number("tau", tau, low=0, low_open=True)
-        else:
-            self.tau = 0.0
-        self.beta2 = float(beta2)
+        self.lr, self.beta1, self.beta2, self.tau = self._hyper(lr, beta1, beta2, tau,
+                                                                beta1_name)
         self._x = p
         self._m = np.zeros_like(p)
         # Reddi et al. start the second moment at tau^2 (their v_{-1} >= tau^2).
         self._v = np.full_like(p, self.tau**2) if self._adaptive else np.zeros(0, p.dtype)
         self.round = 0
+
+    @classmethod
+    def _hyper(cls, lr, beta1, beta2, tau, beta1_name="beta1"):
+        """Checked ``(lr, beta1, beta2, tau)``: the one place they are validated, for the
+        constructors and for :meth:`from_state_dict` alike."""
+        lr = V.check_number("lr", lr, low=0, low_open=True)
+        beta1 = V.check_number(beta1_name, beta1, low=0)
+        if beta1 >= 1:
+            raise ValueError(f"{beta1_name} must be in [0, 1), got {beta1}")
+        if not cls._adaptive:
+            return lr, beta1, 0.0, 0.0
+        beta2 = V.check_number("beta2", beta2, low=0)
+        if beta2 >= 1:
+            raise ValueError(f"beta2 must be in [0, 1), got {beta2}")
+        return lr, beta1, beta2, V.check_number("tau", tau, low=0, low_open=True)
 
     def __repr__(self):
         return (f"{type(self).__name__}(n_params={self._x.shape[0]}, lr={self.lr}, "
@@ -94,27 +100,45 @@ class ServerOptimizer:
 
     @classmethod
     def from_state_dict(cls, state):
-        """Rebuild the optimizer saved by :meth:`state_dict` (any of the four kinds)."""
+        """Rebuild the optimizer saved by :meth:`state_dict` (any of the four kinds).
+
+        Every field is checked as the constructors check their arguments (and the state
+        arrays for shape, dtype and finiteness) before an optimizer is built."""
         kinds = {c.__name__: c for c in (FedAvgM, FedAdagrad, FedAdam, FedYogi)}
-        kind = state.get("kind")
-        if kind not in kinds:
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        keys = {"kind", "params", "m", "v", "lr", "beta1", "beta2", "tau", "round"}
+        if set(state) != keys:
+            raise ValueError(f"state must have the keys {sorted(keys)}, got {sorted(state)}")
+        kind = state["kind"]
+        if not isinstance(kind, str) or kind not in kinds:
             raise ValueError(f"state['kind'] must be one of {sorted(kinds)}, got {kind!r}")
         target = kinds[kind]
         if cls is not ServerOptimizer and cls is not target:
             raise ValueError(f"state is for {kind}, not {cls.__name__}")
         opt = object.__new__(target)
-        opt.lr, opt.beta1, opt.beta2, opt.tau = (float(state[k]) for k in
-                                                ("lr", "beta1", "beta2", "tau"))
+        opt.lr, opt.beta1, opt.beta2, opt.tau = target._hyper(
+            state["lr"], state["beta1"], state["beta2"], state["tau"],
+            "momentum" if target is FedAvgM else "beta1")
         x = np.array(state["params"])
-        if x.ndim != 1 or x.dtype not in V.FLOATS or not np.isfinite(x).all():
-            raise ValueError("state['params'] must be a finite 1-D float32/float64 array")
-        opt._x = x
-        opt._m = np.array(state["m"], x.dtype)
-        opt._v = np.array(state["v"], x.dtype)
+        if x.ndim != 1 or x.shape[0] == 0 or x.dtype not in V.FLOATS \
+                or not np.isfinite(x).all():
+            raise ValueError("state['params'] must be a finite, non-empty 1-D float32/float64 "
+                             "array")
         nv = x.shape[0] if target._adaptive else 0
-        if opt._m.shape != x.shape or opt._v.shape != (nv,):
-            raise ValueError(f"state['m'] and state['v'] must have shapes {x.shape} and ({nv},)")
-        opt.round = int(state["round"])
+        m, v = np.asarray(state["m"]), np.asarray(state["v"])
+        if m.shape != x.shape or v.shape != (nv,) or m.dtype.kind not in "biuf" \
+                or v.dtype.kind not in "biuf":
+            raise ValueError(f"state['m'] and state['v'] must be real arrays of shapes "
+                             f"{x.shape} and ({nv},)")
+        opt._x = x
+        opt._m = np.array(m, x.dtype)
+        opt._v = np.array(v, x.dtype)
+        if not (np.isfinite(opt._m).all() and np.isfinite(opt._v).all()
+                and (opt._v >= 0).all()):
+            raise ValueError("state['m'] and state['v'] must be finite, and state['v'] "
+                             "non-negative")
+        opt.round = V.check_number("state['round']", state["round"], low=0, integer=True)
         return opt
 
 

@@ -203,6 +203,11 @@ def shard_bounds(K, shard_size):
     return [(lo, min(K, lo + shard_size)) for lo in range(0, K, shard_size)]
 
 
+_RULES = {"median": R.coordinate_median, "trimmed_mean": R.trimmed_mean, "krum": R.krum,
+          "multi_krum": R.multi_krum, "bulyan": R.bulyan, "geometric_median": R.geometric_median,
+          "centered_clipping": R.centered_clipping, "norm_bounded": R.norm_bounded_mean}
+
+
 def apply_rule(name, opts, D, weights, dp=None):
     """A robust rule (or central DP) on the stacked updates: ``(delta, used, rejected)``.
 
@@ -216,15 +221,15 @@ def apply_rule(name, opts, D, weights, dp=None):
         res = dp.aggregate(D)
         used = np.setdiff1d(np.arange(D.shape[0]), res.rejected)
         return res.aggregate, used, res.rejected
-    fn = {"median": R.coordinate_median, "trimmed_mean": R.trimmed_mean, "krum": R.krum,
-          "multi_krum": R.multi_krum, "bulyan": R.bulyan, "geometric_median": R.geometric_median,
-          "centered_clipping": R.centered_clipping, "norm_bounded": R.norm_bounded_mean}[name]
+    fn = _RULES[name]
     kw = dict(opts)
     if name in _WEIGHTED:
         kw["weights"] = weights
     try:
         res = fn(D, **kw)
-    except R.TooFewClients:  # too few usable clients this round for the rule
+    except (R.TooFewClients, V.ResultOverflow):
+        # too few usable clients this round for the rule, or an aggregate beyond the dtype
+        # (rejected as a whole, as an overflowing FedAvg is): the round keeps the parameters
         return None, np.empty(0, np.int64), np.flatnonzero(bad)
     return res.aggregate, np.asarray(res.used), np.asarray(res.rejected)
 
@@ -376,6 +381,9 @@ class Simulation:
         self._test = _Batch(model, p0, X_test, y_test)
         if self._test.n == 0:
             raise ValueError("the test split (X_test) is empty; the server needs held-out data")
+        bad_test = np.flatnonzero(~np.isfinite(self._test.X).all(1))
+        if bad_test.size:
+            raise ValueError(f"X_test contains NaN or Inf (first at row {int(bad_test[0])})")
         self.batch_size = self._plan.common[0]
         self.lr, self.momentum, self.prox_mu = lr, momentum, prox_mu
         self.shuffle = bool(shuffle)
@@ -391,12 +399,30 @@ class Simulation:
                                  target_quantile=o["target_quantile"], clip_lr=o["clip_lr"],
                                  count_noise_multiplier=o["count_noise_multiplier"],
                                  expected_clients=self.clients_per_round, seed=self.seed)
+        self._check_rule()
         self._params = self._batch.params.copy()
         self._opt = self._new_optimizer(self._params)
+        self._fingerprint = None
         self.round = 0
         self.history = []
         self.executor = LocalExecutor() if executor is None else executor
         self.executor.prepare(self)
+
+    def _check_rule(self):
+        """Run the robust rule once on zeros of a full round's shape: a bad option (a type,
+        a range) or a rule that needs more clients than a round ever has is an error now,
+        not a round that silently keeps its parameters."""
+        if self.aggregator not in _RULES:
+            return
+        K = self.clients_per_round
+        kw = dict(self.aggregator_options)
+        if self.aggregator in _WEIGHTED:
+            kw["weights"] = np.ones(K)
+        try:
+            _RULES[self.aggregator](np.zeros((K, 1), self._batch.params.dtype), **kw)
+        except R.TooFewClients as exc:
+            raise ValueError(f"aggregator {self.aggregator!r} cannot run on the "
+                             f"clients_per_round={K} clients of a round: {exc}") from None
 
     # -- state ------------------------------------------------------------
     def _new_optimizer(self, params):
@@ -409,12 +435,22 @@ class Simulation:
         return self._params.copy()
 
     def config(self):
-        """Everything that determines the run's results (checked when resuming)."""
+        """Everything that determines the run's results (checked when resuming): the model's
+        whole description, the dtype, digests of all the data (features and labels, both
+        splits) and of the partition, and every setting of the rounds."""
+        if self._fingerprint is None:  # hashing the data once (about 1 GB/s) is enough
+            b, t = self._batch, self._test
+            self._fingerprint = {
+                "data_digest": _digest(b.X, b.yc, b.yr, t.X, t.yc, t.yr),
+                "partition_digest": _digest(self.partition.rows, self.partition.offsets),
+            }
+        m = self.model
         return {
-            "model": repr(self.model), "n_params": int(self.model.n_params),
-            "dtype": self._params.dtype.name, "n_clients": int(self.partition.n_clients),
-            "partition_digest": _digest(self.partition.rows, self.partition.offsets),
-            "data_digest": _digest(self._batch.X[:1000], self._test.X[:1000]),
+            "model": {"kind": type(m).__name__, "sizes": list(m.sizes), "loss": m.loss,
+                      "activation": m.activation, "fit_intercept": m.fit_intercept,
+                      "huber_delta": m.huber_delta},
+            "n_params": int(m.n_params), "dtype": self._params.dtype.name,
+            "n_clients": int(self.partition.n_clients), **self._fingerprint,
             "clients_per_round": self.clients_per_round, "epochs": self.epochs,
             "batch_size": int(self.batch_size), "lr": float(self.lr),
             "momentum": float(self.momentum), "prox_mu": float(self.prox_mu),
@@ -452,32 +488,69 @@ class Simulation:
             raise
 
     def load(self, path):
-        """Restore a checkpoint written by :meth:`save` of an identically configured run."""
+        """Restore a checkpoint written by :meth:`save` of an identically configured run.
+
+        Everything is checked before anything changes: that the file is a checkpoint at
+        all, its version, that it was written by a run with the same settings, model and
+        data (:meth:`config`), and every array and number in it (parameters of the model's
+        length and dtype and finite, a round and a history that agree, the server
+        optimizer's and central DP's state). Anything else raises a ``ValueError``.
+        """
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-        with np.load(path, allow_pickle=False) as z:
-            if int(z["version"]) != _CHECKPOINT_VERSION:
-                raise ValueError(f"checkpoint {path!r} has version {int(z['version'])}, "
-                                 f"expected {_CHECKPOINT_VERSION}")
-            saved = json.loads(str(z["config"]))
-            now = json.loads(json.dumps(self.config(), sort_keys=True))
-            diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-            if diff:
-                raise ValueError(f"checkpoint {path!r} was written by a run with different "
-                                 f"settings: {', '.join(diff)} (saved {[saved.get(k) for k in diff]}, "
-                                 f"now {[now.get(k) for k in diff]})")
-            params = np.array(z["params"])
-            opt = {k[4:]: z[k] for k in z.files if k.startswith("opt.")}
-            history = json.loads(str(z["history"]))
-            dp = json.loads(str(z["dp"])) if "dp" in z.files else None
-            rnd = int(z["round"])
+        z = _read_checkpoint(path)
+
+        def fail(why):
+            raise ValueError(f"checkpoint {path!r} {why}")
+
+        need = {"version", "round", "params", "config", "history"}
+        opt_keys = {"opt." + k for k in self._opt.state_dict()} if self._opt else set()
+        want = need | opt_keys | ({"dp"} if self._dp is not None else set())
+        if set(z) != want:
+            fail(f"holds {sorted(z)}; a checkpoint of this run holds {sorted(want)}")
+        version = _scalar(z["version"], int)
+        if version != _CHECKPOINT_VERSION:
+            fail(f"has version {_describe(z['version']) if version is None else version}, "
+                 f"expected {_CHECKPOINT_VERSION}")
+        saved = _json(z["config"], dict, fail, "config")
+        now = json.loads(json.dumps(self.config(), sort_keys=True))
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if diff:
+            fail(f"was written by a run with different settings: {', '.join(diff)} (saved "
+                 f"{[saved.get(k) for k in diff]}, now {[now.get(k) for k in diff]})")
+        params = z["params"]
+        if params.shape != self._params.shape or params.dtype != self._params.dtype \
+                or not np.isfinite(params).all():
+            fail(f"has params of shape {params.shape} and dtype {params.dtype} (finite: "
+                 f"{bool(np.isfinite(params).all()) if params.dtype.kind in 'fiu' else False}); "
+                 f"this run needs {self._params.shape[0]} finite {self._params.dtype} values")
+        rnd = _scalar(z["round"], int)
+        if rnd is None or not 0 <= rnd <= 2**62:
+            fail(f"has round {_describe(z['round']) if rnd is None else rnd}; expected a "
+                 "non-negative integer")
+        history = _json(z["history"], list, fail, "history")
+        _check_history(history, rnd, fail)
+        opt = None
         if self._opt is not None:
-            state = {k: (v if v.ndim else v.item()) for k, v in opt.items()}
-            self._opt = type(self._opt).from_state_dict(state)
+            state = {k[4:]: (v.item() if v.ndim == 0 else v) for k, v in z.items()
+                     if k.startswith("opt.")}
+            try:
+                opt = type(self._opt).from_state_dict(state)
+            except (TypeError, ValueError) as exc:
+                fail(f"holds a bad server optimizer state: {exc}")
+            if opt._x.dtype != params.dtype or not np.array_equal(opt._x, params):
+                fail("holds server optimizer parameters that differ from its params")
+        dp = None
         if self._dp is not None:
-            self._dp.load_state_dict(dp)
-        self._params, self.history, self.round = params, history, rnd
+            dp = _json(z["dp"], dict, fail, "dp")
+            try:
+                self._dp.load_state_dict(dp)  # validated before it changes anything
+            except (TypeError, ValueError) as exc:
+                fail(f"holds a bad central DP state: {exc}")
+        if opt is not None:
+            self._opt = opt
+        self._params, self.history, self.round = params.copy(), history, rnd
         return self
 
     # -- rounds -----------------------------------------------------------
@@ -607,12 +680,88 @@ class Simulation:
 
 
 def _digest(*arrays):
+    """SHA-256 of the arrays' dtypes, shapes and bytes (so no two differ and collide by
+    concatenation), as 16 hex digits."""
     import hashlib
 
     h = hashlib.sha256()
     for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(memoryview(a).cast("B") if a.size else b"")
     return h.hexdigest()[:16]
+
+
+def _read_checkpoint(path):
+    """Every array of a checkpoint file, or a ValueError saying it is not a readable one.
+
+    ``np.load`` meets a truncated, empty, corrupted or foreign file with many kinds of
+    error (zipfile, EOF, OS, value, key, zlib, memory for a forged huge shape): each one
+    means the same thing here."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise ValueError(f"checkpoint {path!r} is not a readable fastmb checkpoint "
+                         f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"checkpoint {path!r} is not a fastmb checkpoint (an .npy array, "
+                         "not an .npz archive)")
+    try:
+        with z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise ValueError(f"checkpoint {path!r} is not a readable fastmb checkpoint "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def _describe(a):
+    """A short description of a checkpoint array for a message (never its contents)."""
+    return f"an array of dtype {a.dtype} and shape {a.shape}"
+
+
+def _scalar(a, kind):
+    """The Python ``int`` in a 0-d integer array, or None."""
+    if a.ndim == 0 and a.dtype.kind in "iu":
+        return kind(a.item())
+    return None
+
+
+def _json(a, kind, fail, what):
+    """The JSON document in a 0-d string array, which must decode to ``kind``."""
+    if a.ndim != 0 or a.dtype.kind != "U":
+        fail(f"holds {what} as {_describe(a)}, not a JSON string")
+    try:
+        doc = json.loads(str(a))
+    except (ValueError, RecursionError) as exc:
+        fail(f"holds {what} that is not valid JSON ({exc})")
+    if not isinstance(doc, kind):
+        fail(f"holds {what} as a JSON {type(doc).__name__}, not a {kind.__name__}")
+    return doc
+
+
+#: The fields of a history record and the JSON types each may hold.
+_RECORD = {"round": (int,), "loss": (float, int, type(None)), "accuracy": (float, int, type(None)),
+           "time_s": (float, int), "train_s": (float, int), "sampled": (int,),
+           "reported": (int,), "used": (int,), "bytes_down": (int,), "bytes_up": (int,),
+           "dropped": (list,), "stragglers": (list,), "malicious": (list,), "rejected": (list,),
+           "rejected_by_rule": (list,)}
+
+
+def _check_history(history, rounds, fail):
+    """A checkpoint's history: one record per round done, each with the fields and types
+    a round writes (its lists hold client ids)."""
+    if len(history) != rounds:
+        fail(f"holds {len(history)} history records for {rounds} rounds")
+    for i, rec in enumerate(history):
+        if not isinstance(rec, dict) or set(rec) != set(_RECORD):
+            fail(f"holds a history record {i} without the fields of a round")
+        for k, types in _RECORD.items():
+            v = rec[k]
+            if isinstance(v, bool) or not isinstance(v, types) \
+                    or (isinstance(v, list) and not all(type(c) is int for c in v)):
+                fail(f"holds history record {i} with a bad {k!r} ({type(v).__name__})")
+        if rec["round"] != i + 1:
+            fail(f"holds history record {i} for round {rec['round']}")
 
 
 def summary(history):

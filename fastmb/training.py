@@ -14,6 +14,14 @@ SCHEDULES = {"constant": 0, "invscaling": 1, "cosine": 2}
 # batched path is 1.5x faster for MLP([16, 8, 2]) and [128, 256, 256, 10], at batch 4
 # it is slower for the larger one (BLAS call overhead on 4-row products).
 BATCHED_MIN_BATCH = 8
+# Steps, epochs and batch sizes stay below 2**62 so that no product or sum of them in the
+# kernels (epochs * batches per epoch, rows + batch - 1) can wrap around int64.
+MAX_STEPS = 2**62
+# Work of one kernel call, in row-visits weighted by (P + 64) (the 64 stands for the
+# per-row cost that does not grow with the model: shuffling, indexing, the loss). Longer
+# trainings run as several calls, split by groups of clients and ranges of epochs, so
+# that Python regains control (Ctrl-C) every 0.1 s or so; the split changes no bit.
+CHUNK_WORK = 1 << 27
 
 
 def _privacy(clip_norm, noise_multiplier, sample_weight):
@@ -37,7 +45,7 @@ def _options(batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, sch
     if not isinstance(shuffle, (bool, np.bool_)):
         raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
     return dict(
-        batch=V.check_number("batch_size", batch_size, low=1, integer=True),
+        batch=V.check_number("batch_size", batch_size, low=1, high=MAX_STEPS, integer=True),
         lr_schedule=SCHEDULES[schedule],
         shuffle=bool(shuffle),
         lr=V.check_number("lr", lr, low=0, low_open=True),
@@ -52,12 +60,9 @@ def _options(batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, sch
 def _as_epochs(epochs, K):
     """Local epochs per client: one non-negative integer for all, or K of them."""
     if not np.ndim(epochs):
-        return np.full(K, V.check_number("epochs", epochs, low=0, integer=True), np.int64)
-    ep = V._as_numeric("epochs", epochs)
-    if ep.shape != (K,) or ep.dtype.kind not in "biu" or (ep < 0).any():
-        raise ValueError(f"epochs must be a non-negative integer or an array of {K} "
-                         f"non-negative integers, got {epochs!r}")
-    return np.ascontiguousarray(ep, dtype=np.int64)
+        return np.full(K, V.check_number("epochs", epochs, low=0, high=MAX_STEPS, integer=True),
+                       np.int64)
+    return V.as_index_array("epochs", epochs, high=MAX_STEPS + 1, length=K)
 
 
 def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
@@ -136,21 +141,6 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
                          clip_norm=clip_norm, noise_multiplier=noise_multiplier)[0]
 
 
-def _as_int_array(name, a, length=None, low=0, high=None):
-    """A 1-D int64 array (integers only) with values in [low, high)."""
-    arr = V._as_numeric(name, a)
-    if arr.ndim != 1 or (length is not None and arr.shape[0] != length):
-        want = f"{length} " if length is not None else ""
-        raise ValueError(f"{name} must be a 1-D array of {want}integers, got shape {arr.shape}")
-    if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
-        raise TypeError(f"{name} must hold integers")
-    arr = np.ascontiguousarray(arr, dtype=np.int64)
-    if arr.size and (arr.min() < low or (high is not None and arr.max() >= high)):
-        raise ValueError(f"{name} must lie in [{low}, {high}), got values in "
-                         f"[{arr.min()}, {arr.max()}]")
-    return arr
-
-
 class _Plan:
     """Validated options of a ``train_clients`` call, reusable round after round.
 
@@ -173,27 +163,88 @@ class _Plan:
     def run(self, params, clients, epochs, max_steps, seed=None):
         """Train ``clients`` (int64 ids) from ``params``: ``(out, bad)``; no checks here.
 
-        ``seed`` (uint64) replaces the plan's seed for this call (a simulation's round)."""
+        ``seed`` (uint64) replaces the plan's seed for this call (a simulation's round).
+        The work is cut into kernel calls of about ``CHUNK_WORK`` (see :meth:`chunks`);
+        ``bad[k]`` is the first row client k's training flagged, or -1.
+        """
         from .kernels import _rng, training as K_
 
         K = clients.shape[0]
-        out = np.empty((K, params.shape[0]), params.dtype)
-        bad = np.empty(K, np.int64)
+        P = params.shape[0]
+        out = np.empty((K, P), params.dtype)
+        bad = np.full(K, -1, np.int64)
         seed = self.seed if seed is None else np.uint64(seed)
         starts = self.offsets[clients]
         ends = self.offsets[clients + 1]
-        if K == 1:
-            # One client: the serial kernel. Inside a parallel region the idle OpenMP
-            # workers spin and take cores from BLAS (a 1024-row MLP step took 23 ms, not 14).
-            key = np.uint64(_rng.hash2(seed, np.uint64(clients[0])))
-            bad[0] = K_.sgd_client(params, self.X, self.yc, self.yr, self.sw, self.model._spec,
-                                   self.idx, starts[0], ends[0], key, epochs[0], max_steps[0],
-                                   *self.common, out[0])
-        elif K:
+        mom = None  # the current group's momentum rows, carried from chunk to chunk
+        for g0, g1, e_lo, e_hi in self.chunks(ends - starts, epochs, max_steps, P):
+            if e_lo == 0:
+                mom = self._momentum(g1 - g0, P, params.dtype,
+                                     e_hi < epochs[g0:g1].max())
+            if g1 - g0 == 1:
+                # One client: the serial kernel. Inside a parallel region the idle OpenMP
+                # workers spin and take cores from BLAS (a 1024-row MLP step took 23 ms, not 14).
+                if bad[g0] >= 0:
+                    continue  # flagged in an earlier chunk: it stops where it is
+                key = np.uint64(_rng.hash2(seed, np.uint64(clients[g0])))
+                bad[g0] = K_.sgd_client(params, self.X, self.yc, self.yr, self.sw,
+                                        self.model._spec, self.idx, starts[g0], ends[g0], key,
+                                        epochs[g0], max_steps[g0], e_lo, e_hi, *self.common,
+                                        out[g0], mom[0])
+                continue
+            # Clients flagged in an earlier chunk stop where they are.
+            e_stop = np.where(bad[g0:g1] >= 0, e_lo, e_hi).astype(np.int64)
+            got = np.empty(g1 - g0, np.int64)
             K_.train_clients(params, self.X, self.yc, self.yr, self.sw, self.model._spec,
-                             self.idx, starts, ends, clients, seed, epochs, max_steps,
-                             *self.common, out, bad)
+                             self.idx, starts[g0:g1], ends[g0:g1], clients[g0:g1], seed,
+                             epochs[g0:g1], max_steps[g0:g1], e_lo, e_stop, *self.common,
+                             out[g0:g1], mom, got)
+            bad[g0:g1] = np.where(bad[g0:g1] >= 0, bad[g0:g1], got)
         return out, bad
+
+    def _momentum(self, G, P, dtype, split):
+        """Momentum rows for a group of ``G`` clients: carried between the chunks of a split
+        training, none (zero columns) for one done in a single call."""
+        return np.empty((G, P if split and self.common[5] != 0.0 else 0), dtype)
+
+    def chunks(self, rows, epochs, max_steps, P):
+        """Kernel calls ``(g0, g1, e_lo, e_hi)``: clients ``g0:g1`` run epochs ``e_lo:e_hi``.
+
+        A training of at most ``CHUNK_WORK`` is one call (the common case: a round of a
+        simulation). Otherwise the clients are cut into consecutive groups of at least as
+        many clients as there are threads (else as few as fit the budget with all their
+        epochs), and a group whose training still exceeds the budget runs a range of
+        epochs per call. Every client's result is the same bits whatever the cut.
+        """
+        K = rows.shape[0]
+        batch = self.common[0]
+        n_batches = -(-rows // batch)
+        full = np.where(max_steps >= 0, np.minimum(epochs, -(-max_steps // n_batches)), epochs)
+        per_epoch = rows.astype(np.float64) * (P + 64)
+        work = per_epoch * full
+        if K == 0:
+            return
+        if work.sum() <= CHUNK_WORK:
+            yield 0, K, 0, int(epochs.max())
+            return
+        import numba
+
+        T = numba.get_num_threads()
+        g0 = 0
+        while g0 < K:
+            g1 = g0 + 1
+            total = work[g0]
+            while g1 < K and (g1 - g0 < T or total + work[g1] <= CHUNK_WORK):
+                total += work[g1]
+                g1 += 1
+            e_end = int(full[g0:g1].max())
+            if total <= CHUNK_WORK or e_end <= 1:
+                yield g0, g1, 0, int(epochs[g0:g1].max())
+            else:
+                step = max(1, int(CHUNK_WORK // per_epoch[g0:g1].sum()))
+                for e_lo in range(0, e_end, step):
+                    yield g0, g1, e_lo, min(e_lo + step, e_end)
+            g0 = g1
 
     def raise_bad(self, bad):
         """Raise for the first row of X a client's kernel flagged (-1: none).
@@ -214,25 +265,10 @@ def _plan_args(n, client_offsets, rows, batch_size, lr, momentum, weight_decay, 
         idx = np.empty(0, np.int64)
         n_rows = n
     else:
-        idx = _as_int_array("rows", rows, high=n)
+        idx = V.as_index_array("rows", rows, high=n)
         n_rows = idx.shape[0]
-    off = V._as_numeric("client_offsets", client_offsets)
-    if off.ndim != 1 or off.shape[0] < 2:
-        raise ValueError(f"client_offsets must be a 1-D array of K+1 row offsets (K >= 1), "
-                         f"got shape {off.shape}")
-    if off.dtype.kind == "f":
-        if not np.array_equal(off, np.round(off)):
-            raise TypeError("client_offsets must hold integers")
-    off = np.ascontiguousarray(off, dtype=np.int64)
     what = "the rows of X" if rows is None else "the entries of rows"
-    if off[0] < 0 or off[-1] > n_rows:
-        raise ValueError(f"client_offsets must lie in [0, {n_rows}] ({what}), got "
-                         f"[{off[0]}, {off[-1]}]")
-    steps = np.diff(off)
-    if (steps <= 0).any():
-        k = int(np.argmax(steps <= 0))
-        raise ValueError(f"client_offsets must be strictly increasing (each client owns at "
-                         f"least one row); client {k} has offsets {off[k]}..{off[k + 1]}")
+    off = V.as_offsets("client_offsets", client_offsets, n_rows, what)
     opts = _options(batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule,
                     power_t)
     clip, noise_std = _privacy(clip_norm, noise_multiplier, sample_weight)
@@ -250,11 +286,21 @@ def _selection(n_clients, clients, epochs, max_steps):
     if clients is None:
         ids = np.arange(n_clients, dtype=np.int64)
     else:
-        ids = _as_int_array("clients", clients, high=n_clients)
+        ids = V.as_index_array("clients", clients, high=n_clients)
         if ids.shape[0] == 0:
             raise ValueError("clients must name at least one client")
     K = ids.shape[0]
     return ids, _as_epochs(epochs, K), _as_steps(max_steps, K)
+
+
+def _check_steps(offsets, ids, epochs, batch):
+    """Refuse a training whose step count cannot be counted in int64."""
+    n_batches = -(-(offsets[ids + 1] - offsets[ids]) // batch)
+    steps = epochs.astype(object) * n_batches.astype(object)  # exact Python integers
+    k = int(np.argmax(steps))
+    if steps[k] > MAX_STEPS:
+        raise ValueError(f"epochs: {int(epochs[k])} epochs of {int(n_batches[k])} mini-batches "
+                         f"is {steps[k]} steps, more than 2**62")
 
 
 def train_clients(model, params, X, y, client_offsets, *, rows=None, clients=None, epochs=1,
@@ -331,20 +377,29 @@ clip_norm, noise_multiplier
         b = gpu.Batch(model, params, X, y, sample_weight)
         idx, off, opts, clip, noise_std = _plan_args(b.n, client_offsets, rows, *args)
         ids, ep, steps = _selection(off.shape[0] - 1, clients, epochs, max_steps)
+        _check_steps(off, ids, ep, opts["batch"])
         return gpu.train_clients(b, idx, off, opts, clip, noise_std, ids, ep, steps)
     b, plan = _plan(model, params, X, y, client_offsets, rows, *args)
     ids, ep, steps = _selection(plan.offsets.shape[0] - 1, clients, epochs, max_steps)
+    _check_steps(plan.offsets, ids, ep, plan.common[0])
     out, bad = plan.run(b.params, ids, ep, steps)
     plan.raise_bad(bad)
+    diverged = np.flatnonzero(~np.isfinite(out).all(axis=1))
+    if diverged.size:
+        k = int(diverged[0])
+        raise ValueError(f"training diverged: the parameters of client {int(ids[k])} overflowed "
+                         f"{out.dtype} (row {k} of the result); lower lr or scale the inputs")
     return out
 
 
 def _as_steps(max_steps, K):
-    """Per-client step limits for the kernel (-1: no limit)."""
+    """Per-client step limits for the kernel (-1: no limit; more than 2**62 is no limit
+    either, and is clipped there so that the kernel's arithmetic cannot wrap)."""
     if max_steps is None:
         return np.full(K, -1, np.int64)
     if not np.ndim(max_steps):
         v = V.check_number("max_steps", max_steps, integer=True)
-        return np.full(K, max(v, -1), np.int64)
-    arr = _as_int_array("max_steps", max_steps, length=K, low=-(2**62))
-    return np.maximum(arr, -1)
+        return np.full(K, min(max(v, -1), MAX_STEPS), np.int64)
+    arr = V.as_index_array("max_steps", max_steps, low=V.INT64_MIN, high=V.INT64_MAX + 1,
+                           length=K)
+    return np.clip(arr, -1, MAX_STEPS)

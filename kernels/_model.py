@@ -262,12 +262,14 @@ def backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, mode):
         a = layer_input(l, x, hs, u_off, nin)
         dl = ds[u_off[l]:u_off[l] + nout]
         if mode == MODE_NORM:
+            # Squares in float64: |a|^2 of a float32 row overflows from |a_i| ~ 1e19 on,
+            # while the norm itself (|a| |delta|) may still be representable.
             na = 1.0 if bo >= 0 else 0.0
             for i in range(nin):
-                na += a[i] * a[i]
+                na += np.float64(a[i]) * a[i]
             nd = 0.0
             for j in range(nout):
-                nd += dl[j] * dl[j]
+                nd += np.float64(dl[j]) * dl[j]
             sq += na * nd
         elif nout == 1:
             d0 = dl[0]

@@ -138,6 +138,16 @@ def axpy(acc, w, u):
 
 
 @jit(parallel=True)
+def scale_inplace(acc, f):
+    """``acc *= f`` (a streaming mean's sum brought to a new weight scale)."""
+    n = acc.shape[0]
+    nb = (n + BLOCK - 1) // BLOCK
+    for b in prange(nb):
+        for j in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
+            acc[j] *= f
+
+
+@jit(parallel=True)
 def divide_into(acc, total, out):
     """``out = acc / total`` cast to out's dtype (a division: ``1 / total`` may overflow)."""
     n = acc.shape[0]

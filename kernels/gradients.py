@@ -22,6 +22,16 @@ ROWS_PER_TASK = 64
 
 
 @jit(inline="always")
+def finite_row(a):
+    """True if every value of ``a`` is finite: a count of ``|a_j| < inf`` (NaN fails it),
+    branch-free so it vectorizes over a row that is still in cache."""
+    cnt = 0
+    for j in range(a.shape[0]):
+        cnt += abs(a[j]) < np.inf
+    return cnt == a.shape[0]
+
+
+@jit(inline="always")
 def first_flagged(bad):
     """The smallest row recorded in ``bad`` (one slot per task, -1 for none), or -1."""
     row = -1
@@ -63,7 +73,7 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
                     o[i] = x[i] * dl
                 if has_b:
                     o[d] = dl
-                if not ok and first_bad < 0:
+                if (not ok or not finite_row(o)) and first_bad < 0:
                     first_bad = r
             bad[t] = first_bad
             continue
@@ -74,7 +84,7 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
             if hi - lo == 1:
                 _, _, ok = sample_grad(params, X[lo], yc, yr, lo, sizes, w_off, b_off, u_off,
                                        act, loss, hdelta, zs, hs, ds, row, 1.0, MODE_WRITE, False)
-                if not ok and first_bad < 0:
+                if (not ok or not finite_row(row)) and first_bad < 0:
                     first_bad = lo
             else:
                 row[:] = 0
@@ -85,6 +95,8 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
                                            MODE_ADD, False)
                     if not ok and first_bad < 0:
                         first_bad = r
+                if not finite_row(row) and first_bad < 0:
+                    first_bad = lo  # the group's mean overflowed: name its first row
         bad[t] = first_bad
     return first_flagged(bad)
 
@@ -107,7 +119,9 @@ def per_sample_norm(params, X, yc, yr, spec, out):
             _, sq, ok = sample_grad(params, X[r], yc, yr, r, sizes, w_off, b_off, u_off,
                                     act, loss, hdelta, zs, hs, ds, dummy, 1.0, MODE_NORM, False)
             out[r] = np.sqrt(sq)
-            if not ok and first_bad < 0:
+            # sq is float64; a norm beyond the dtype of out (or an overflowing square)
+            # is an overflow of this row, not a number to return.
+            if (not ok or not np.isfinite(out[r])) and first_bad < 0:
                 first_bad = r
         bad[t] = first_bad
     return first_flagged(bad)
@@ -180,6 +194,7 @@ def decision(params, X, spec, out):
             ok = forward(params, X[r], sizes, w_off, b_off, u_off, act, zs, hs)
             for j in range(k):
                 out[r, j] = zs[lo + j]
+                ok = ok and np.isfinite(zs[lo + j])
             if not ok and first_bad < 0:
                 first_bad = r
         bad[t] = first_bad

@@ -70,7 +70,10 @@ def quantize_int8(u, block, stochastic, key, codes, scales):
 
 @jit(parallel=True)
 def quantize_qsgd(u, block, levels, key, codes, scales):
-    """QSGD with ``levels`` levels per block (stochastic); returns the count of non-finite inputs."""
+    """QSGD with ``levels`` levels per block (stochastic); returns the count of non-finite inputs.
+
+    A block too large for a float32 scale gets an oversized (possibly Inf) scale, which
+    the caller refuses; so does ``quantize_int8``."""
     P = u.shape[0]
     nb = scales.shape[0]
     nbad = 0
@@ -78,11 +81,16 @@ def quantize_qsgd(u, block, levels, key, codes, scales):
         lo = b * block
         hi = min(P, lo + block)
         sq = 0.0
+        finite = 0
         for j in range(lo, hi):
-            sq += np.float64(u[j]) * np.float64(u[j])
-        if not sq < np.inf:
-            nbad += 1
+            x = np.float64(u[j])
+            sq += x * x
+            finite += abs(x) < np.inf
+        if finite != hi - lo:
+            nbad += hi - lo - finite
             sq = 0.0
+        # Finite values whose squares overflow float64 leave sq = inf: the scale is then
+        # Inf (every code 0), which the caller refuses as too large for float32 scales.
         norm = math.sqrt(sq)
         scale = np.float32(norm / levels)
         scales[b] = scale

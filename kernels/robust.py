@@ -8,12 +8,15 @@ coordinate would branch unpredictably on every comparison and read U with a
 stride of P; ``np.median(U, axis=0)`` pays both.
 
 Distance-based rules (Krum, Multi-Krum, Bulyan's selection) need all pairwise
-squared distances. They come from a Gram matrix built over fixed coordinate
-chunks, each chunk's partial matrix kept apart and the partials summed in chunk
-order, so the result does not depend on the number of threads. Every block of
-coordinates is centred (its per-coordinate mean over the clients is subtracted)
-before the dot products: distances do not change, and the common component that
-makes ``|u|^2 + |v|^2 - 2 u.v`` cancel catastrophically is gone.
+squared distances, and an attacker chooses the data they are computed from. They are
+summed from the differences themselves, ``sum_j (u_j - v_j)^2``, in float64: every
+term is non-negative and carries a relative error of a few ulps, so each distance is
+accurate to about ``P * 2**-53`` relative whatever the magnitudes. A Gram matrix
+(``|u|^2 + |v|^2 - 2 u.v``) is faster but cancels: centred on the clients' mean, one
+update at 1e4 among honest ones of size 0.01 left the honest distances to float32
+rounding noise and let Krum pick an attacker. The sums run over fixed coordinate
+chunks, each chunk's partial matrix kept apart and the partials summed in chunk order,
+so the result does not depend on the number of threads.
 
 The API removes clients with NaN or Inf before calling these kernels: comparisons
 with NaN have no order, so the kernels assume finite input.
@@ -27,8 +30,8 @@ from ._jit import jit
 
 SORT_BLOCK = 128       # coordinates sorted together (K x 128 float32: 32 KiB, in L1, for K = 64)
 SORT_TASK = 8          # sort blocks per parallel task (amortizes the buffer allocation)
-GRAM_BLOCK = 1024       # coordinates per Gram update (K x 256 float32 stays in L2)
-GRAM_CHUNK = 65536     # coordinates per partial Gram matrix: fixed, so the merge order is fixed
+DIST_BLOCK = 256       # coordinates per distance update (K x 256 float64: 200 KiB at K=100, in L2)
+DIST_CHUNK = 65536     # coordinates per partial distance matrix: fixed, so the merge order is fixed
 
 
 @jit(inline="always")
@@ -116,70 +119,65 @@ def closest_to_median_mean(U, pairs, beta, out):
 def pairwise_sqdist(U, D):
     """``D[i, k] = |U[i] - U[k]|^2`` in float64 for the K rows of U.
 
-    Each block of ``GRAM_BLOCK`` coordinates is centred, then its Gram matrix is
-    accumulated in 2 x 4 register tiles (8 float32 dot products sharing 6 loads: the
-    loop is bound by multiply-adds, not loads); each block's dot products are float32
-    sums of 256 terms, added to a float64 partial matrix per chunk. Only tiles on or
+    Each block of ``DIST_BLOCK`` coordinates is converted to float64 once, then the
+    squared differences are summed in 2 x 4 register tiles (8 pairs sharing 6 loads: a
+    subtraction and a multiply-add per pair and coordinate). Float64 throughout: the
+    difference of two float32 values is exact in float64 and so is its square, so a
+    float32 update's distances are exact up to the float64 sums; a float64 update's
+    distances overflow only beyond |u| ~ 1e154 (the caller checks). Only tiles on or
     above the diagonal are computed (rows are padded to a multiple of 4 with zeros).
     """
     K, P = U.shape
     Kp = (K + 3) // 4 * 4
-    nchunks = (P + GRAM_CHUNK - 1) // GRAM_CHUNK
+    nchunks = (P + DIST_CHUNK - 1) // DIST_CHUNK
     part = np.zeros((nchunks, Kp, Kp), np.float64)
     for c in prange(nchunks):
-        buf = np.zeros((Kp, GRAM_BLOCK), U.dtype)
-        zero = np.zeros(1, U.dtype)  # a typed zero: a Python 0.0 would make the sums float64
-        mean = np.empty(GRAM_BLOCK, U.dtype)
-        mean[0] = 1.0 / K
-        inv_k = mean[0]  # 1/K in U's dtype
-        c_hi = min(P, (c + 1) * GRAM_CHUNK)
-        for lo in range(c * GRAM_CHUNK, c_hi, GRAM_BLOCK):
-            B = min(c_hi, lo + GRAM_BLOCK) - lo
-            # Centre on the clients' mean of each coordinate. Any centre works (distances
-            # are translation invariant); it only has to be near the data, so float32 will do.
+        buf = np.zeros((Kp, DIST_BLOCK), np.float64)
+        c_hi = min(P, (c + 1) * DIST_CHUNK)
+        for lo in range(c * DIST_CHUNK, c_hi, DIST_BLOCK):
+            B = min(c_hi, lo + DIST_BLOCK) - lo
             # Row segments are taken as views: indexing U[i, lo + j] directly makes Numba
             # test each computed index for negative wraparound, which stops vectorization.
-            for j in range(B):
-                mean[j] = 0.0
-            for i in range(K):
-                seg = U[i, lo:lo + B]
-                for j in range(B):
-                    mean[j] += seg[j]
-            for j in range(B):
-                mean[j] *= inv_k
             for i in range(K):
                 seg = U[i, lo:lo + B]
                 dst = buf[i]
                 for j in range(B):
-                    dst[j] = seg[j] - mean[j]
-            for j in range(B, GRAM_BLOCK):  # a short last block: zero the tail
-                for i in range(K):
-                    buf[i, j] = 0.0
+                    dst[j] = seg[j]
+                for j in range(B, DIST_BLOCK):  # a short last block: zero the tail
+                    dst[j] = 0.0
             for i in range(0, Kp, 2):
                 for k in range(i - i % 4, Kp, 4):
-                    s00 = zero[0]
-                    s01 = s00
-                    s02 = s00
-                    s03 = s00
-                    s10 = s00
-                    s11 = s00
-                    s12 = s00
-                    s13 = s00
-                    for j in range(GRAM_BLOCK):
+                    s00 = 0.0
+                    s01 = 0.0
+                    s02 = 0.0
+                    s03 = 0.0
+                    s10 = 0.0
+                    s11 = 0.0
+                    s12 = 0.0
+                    s13 = 0.0
+                    for j in range(DIST_BLOCK):
                         a0 = buf[i, j]
                         a1 = buf[i + 1, j]
                         b0 = buf[k, j]
                         b1 = buf[k + 1, j]
                         b2 = buf[k + 2, j]
                         b3 = buf[k + 3, j]
-                        s00 += a0 * b0
-                        s01 += a0 * b1
-                        s02 += a0 * b2
-                        s03 += a0 * b3
-                        s10 += a1 * b0
-                        s11 += a1 * b1
-                        s12 += a1 * b2
-                        s13 += a1 * b3
+                        d00 = a0 - b0
+                        d01 = a0 - b1
+                        d02 = a0 - b2
+                        d03 = a0 - b3
+                        d10 = a1 - b0
+                        d11 = a1 - b1
+                        d12 = a1 - b2
+                        d13 = a1 - b3
+                        s00 += d00 * d00
+                        s01 += d01 * d01
+                        s02 += d02 * d02
+                        s03 += d03 * d03
+                        s10 += d10 * d10
+                        s11 += d11 * d11
+                        s12 += d12 * d12
+                        s13 += d13 * d13
                     part[c, i, k] += s00
                     part[c, i, k + 1] += s01
                     part[c, i, k + 2] += s02
@@ -188,15 +186,12 @@ def pairwise_sqdist(U, D):
                     part[c, i + 1, k + 1] += s11
                     part[c, i + 1, k + 2] += s12
                     part[c, i + 1, k + 3] += s13
-    G = np.zeros((K, K), np.float64)
-    for c in range(nchunks):
-        for i in range(K):
-            for k in range(i, K):
-                G[i, k] += part[c, i, k]
     for i in range(K):
         D[i, i] = 0.0
         for k in range(i + 1, K):
-            d = max(0.0, G[i, i] + G[k, k] - 2.0 * G[i, k])
+            d = 0.0
+            for c in range(nchunks):
+                d += part[c, i, k]
             D[i, k] = d
             D[k, i] = d
 

@@ -49,15 +49,23 @@ def lr_at(lr_schedule, lr, power_t, t, total):
 
 
 @jit
-def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, batch,
-               lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu, batched, clip,
-               noise_std, p):
+def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, e_lo, e_hi,
+               batch, lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu,
+               batched, clip, noise_std, p, v):
     """Train on rows ``lo:hi`` starting from ``params0``; the result is written to ``p``.
 
     With a non-empty ``idx`` the rows are ``idx[lo:hi]`` (a partition's permutation, read
     in place: no copy of the client's rows). ``max_steps >= 0`` stops after that many
     mini-batch steps (a straggler); the learning-rate schedule still spans the planned
     ``epochs`` so that a straggler's first steps equal a full client's.
+
+    Only epochs ``e_lo:e_hi`` run in this call, so that a long training returns to Python
+    between chunks (Ctrl-C stops it) without changing a bit: the state carried from one
+    chunk to the next is exactly ``p``, the momentum ``v`` and the step count, which is
+    ``e_lo`` times the batches per epoch (each epoch reshuffles from the identity, with
+    its own key). ``e_lo == 0`` starts from ``params0`` with zero momentum. ``v`` is the
+    caller's (P,) momentum buffer when the training is split into chunks; any other
+    length means "allocate one here" (a training done in one call).
 
     ``batched`` computes each mini-batch's gradient layer by layer with matrix products
     (required for ``clip < inf``, DP-SGD); otherwise sample by sample. Returns -1, or
@@ -69,7 +77,8 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
     zs, hs, ds = workspace(u_off, params0)
     g = np.empty(P, params0.dtype)
     use_mom = momentum != 0.0
-    v = np.zeros(P if use_mom else 0, params0.dtype)
+    if v.shape[0] != P:
+        v = np.zeros(P if use_mom else 0, params0.dtype)
     n = hi - lo
     perm = np.arange(n)
     nf = X.shape[1]
@@ -78,8 +87,11 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
     pw = p[:nf]
     gw = g[:nf]
     has_w = sw.shape[0] > 0
-    for j in range(P):
-        p[j] = params0[j]
+    if e_lo == 0:
+        for j in range(P):
+            p[j] = params0[j]
+        for j in range(v.shape[0]):
+            v[j] = 0
     if batched:
         bmax = min(batch, hi - lo)
         A0 = np.empty((bmax, nf), params0.dtype)
@@ -96,8 +108,8 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
     if max_steps >= 0:
         epochs = min(epochs, (max_steps + n_batches - 1) // n_batches)
     has_idx = idx.shape[0] > 0
-    t = 0
-    for e in range(epochs):
+    t = e_lo * n_batches
+    for e in range(e_lo, min(e_hi, epochs)):
         if shuffle:
             for i in range(n):
                 perm[i] = i
@@ -177,15 +189,19 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
 
 @jit(parallel=True)
 def train_clients(params0, X, yc, yr, sw, spec, idx, starts, ends, ids, seed, epochs, max_steps,
-                  batch, lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu,
-                  batched, clip, noise_std, out, bad):
+                  e_lo, e_stop, batch, lr_schedule, shuffle, lr, power_t, momentum,
+                  weight_decay, prox_mu, batched, clip, noise_std, out, V, bad):
     """Output row k trains client ``ids[k]`` on rows ``starts[k]:ends[k]`` (through ``idx``
     when it is non-empty) for ``epochs[k]`` epochs, at most ``max_steps[k]`` steps (< 0:
     no limit), into ``out[k]``. The client's stream is ``hash2(seed, ids[k])``: a client
-    trains the same bits whichever call, thread or machine runs it."""
+    trains the same bits whichever call, thread or machine runs it.
+
+    This call runs epochs ``e_lo:e_stop[k]`` of client k (see ``sgd_client``); ``V`` holds
+    the clients' momentum rows when the training is split into such chunks, else it has
+    no columns."""
     K = out.shape[0]
     for k in prange(K):
         bad[k] = sgd_client(params0, X, yc, yr, sw, spec, idx, starts[k], ends[k],
-                            hash2(seed, ids[k]), epochs[k], max_steps[k], batch, lr_schedule,
-                            shuffle, lr, power_t, momentum, weight_decay, prox_mu, batched, clip,
-                            noise_std, out[k])
+                            hash2(seed, ids[k]), epochs[k], max_steps[k], e_lo, e_stop[k], batch,
+                            lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu,
+                            batched, clip, noise_std, out[k], V[k])

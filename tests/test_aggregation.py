@@ -158,7 +158,7 @@ def test_weighted_mean_bad_update_leaves_state_unchanged():
             wm.add(bad, **kw)
     after = wm.state_dict()
     np.testing.assert_array_equal(before["sum"], after["sum"])
-    assert (before["count"], before["total_weight"]) == (after["count"], after["total_weight"])
+    assert (before["count"], before["total"]) == (after["count"], after["total"])
     assert_allclose(wm.result(), [1, 2, 3, 4])
 
 

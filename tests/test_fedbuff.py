@@ -100,7 +100,7 @@ def test_state_dict_resumes_exactly():
     np.testing.assert_array_equal(np.array(rest), np.array(rest2))
     with pytest.raises(ValueError, match="state must be a dict"):
         fb2.load_state_dict({"server": state["server"]})
-    bad = dict(state, buffer_sum=np.zeros(3))
+    bad = dict(state, buffer=dict(state["buffer"], sum=np.zeros(3)))
     with pytest.raises(ValueError, match="wrong length"):
         fb2.load_state_dict(bad)
 
