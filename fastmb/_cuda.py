@@ -209,7 +209,8 @@ class Batch:
             lo, hi, bad = summary(w)
             if bad or lo < 0 or hi <= 0:
                 raise ValueError("sample_weight must be finite, non-negative and not all zero")
-            return w
+            # Scaled on the host as on the CPU path (see V.as_sample_weight): n numbers.
+            sample_weight = w.copy_to_host()
         return to_device(V.as_sample_weight(sample_weight, self.n))
 
     def check(self, bad, overflow=None):
@@ -217,6 +218,35 @@ class Batch:
         row = V.first_bad(bad)
         if row >= 0:
             V.raise_bad_row(self.X, row, overflow)
+
+
+def _device_span(a):
+    """``(first byte, last byte + 1)`` of a device array (C-contiguous views only here)."""
+    if hasattr(a, "__cuda_array_interface__"):
+        ptr = a.__cuda_array_interface__["data"][0]
+    else:  # the simulator's device arrays wrap NumPy arrays
+        ptr = a.ctypes.data
+    return ptr, ptr + a.size * a.dtype.itemsize
+
+
+def _check_overlap(name, out, **inputs):
+    """Refuse a device output that shares memory with a device input the kernel reads."""
+    lo, hi = _device_span(out)
+    for other, arr in inputs.items():
+        if arr is not None and arr.size and out.size:
+            a_lo, a_hi = _device_span(arr)
+            if a_lo < hi and lo < a_hi:
+                raise ValueError(f"{name} shares memory with {other}: the kernel would "
+                                 f"overwrite its own input; pass a separate array")
+
+
+def _first_bad_row(b, out, rows_per_item=1):
+    """Raise for the first row of ``out`` (a device result) that is not finite: an overflow
+    the kernel did not flag (its inputs were finite). Row g of ``out`` stands for rows
+    ``g * rows_per_item ...`` of X."""
+    flags = rows_nonfinite(out)
+    if flags.any():
+        V.raise_bad_row(b.X, int(np.argmax(flags)) * rows_per_item)
 
 
 def _meta(model):
@@ -300,11 +330,13 @@ def per_sample_grad(model, params, X, y, microbatch, out):
         out = device_view("out", out, [b.dtype])
         if tuple(out.shape) != shape:
             raise ValueError(f"out must have shape {shape}, got {tuple(out.shape)}")
+        _check_overlap("out", out, params=b.params, X=b.X, y=b.yr)
     no_totals = empty((0, 2), np.float64)
     if _linear1(model) and microbatch == 1:
         _linear1_launch(b, KG.MODE_WRITE, out, no_totals, _rows_blocks(rows, True))
     else:
         _samples(b, KG.MODE_WRITE, microbatch, out, no_totals, _rows_blocks(rows, False))
+    _first_bad_row(b, out, microbatch)
     return finish(out, b.on_device) if user_out is None else user_out
 
 
@@ -318,6 +350,7 @@ def per_sample_grad_norm(model, params, X, y):
         _linear1_launch(b, KG.MODE_NORM, out, no_totals, _rows_blocks(b.n, True))
     else:
         _samples(b, KG.MODE_NORM, 1, out, no_totals, _rows_blocks(b.n, False))
+    _first_bad_row(b, out)
     return finish(out.reshape(b.n), b.on_device)
 
 
@@ -339,13 +372,15 @@ def loss_grad(model, params, X, y, sample_weight, want_grad):
         totals = empty((nb, 2), np.float64)
         _samples(b, KG.MODE_ACCUM, 1, acc, totals, nb)
     lsum, wsum = totals.copy_to_host().sum(axis=0)
-    value = float(lsum / wsum)
+    value = float(V.finite_result(np.float64(lsum / wsum), "the mean loss"))
     if not want_grad:
         return value, None
     g = empty(P, b.dtype)
     nbad = empty(blocks_for(P, T) * T, np.int64)
     ones = to_device(np.ones(nb))
     KA.weighted_mean[blocks_for(P, T), T](acc, ones, 1.0 / wsum, g, nbad)
+    if nbad.copy_to_host().sum():
+        V.finite_result(np.array([np.inf], b.dtype), "the mean gradient")
     return value, finish(g, b.on_device)
 
 
@@ -383,6 +418,11 @@ def train_clients(b, idx, offsets, opts, clip, noise_std, ids, epochs, steps):
         V.raise_bad_row(b.X, row, overflow=(
             f"training diverged: the loss became NaN or Inf at row {row}; lower lr or scale "
             "the inputs"))
+    diverged = rows_nonfinite(out)
+    if diverged.any():
+        k = int(np.argmax(diverged))
+        raise ValueError(f"training diverged: the parameters of client {int(ids[k])} overflowed "
+                         f"{b.dtype}; lower lr or scale the inputs")
     return finish(out, b.on_device)
 
 

@@ -77,9 +77,10 @@ def _client_weights(weights, K):
 
 
 def _pow2_above(w):
-    """The smallest power of two >= ``w`` (w > 0, finite)."""
+    """The smallest power of two >= ``w`` (w > 0, finite), or 2**1023 for a weight above it
+    (then weight / scale lies in (1, 2): still far from overflowing)."""
     frac, exp = np.frexp(w)
-    return float(np.ldexp(1.0, int(exp) - (frac == 0.5)))
+    return float(np.ldexp(1.0, min(1023, int(exp) - (frac == 0.5))))
 
 
 class WeightedMean:
@@ -132,9 +133,13 @@ class WeightedMean:
         """The sum of the weights added so far."""
         return self._total * self._scale
 
-    def weighted_sum(self):
-        """``sum_k weight_k * update_k`` so far, as a new float64 array."""
-        return self._sum * self._scale
+    def weighted_sum(self, divisor=1.0):
+        """``sum_k weight_k * update_k / divisor`` so far, as a new float64 array.
+
+        Divided before the power-of-two scale is applied, so only a quotient beyond the
+        float64 range is Inf (not a sum that the division would have brought back)."""
+        with np.errstate(over="ignore"):
+            return (self._sum / divisor) * self._scale
 
     def _fit(self, w_max):
         """Make the scale cover a new largest weight; returns the scale to divide weights by.
@@ -291,7 +296,7 @@ class WeightedMean:
         if s.ndim != 1 or s.shape[0] == 0 or not np.isfinite(s).all():
             raise ValueError("state['sum'] must be a non-empty finite 1-D array")
         scale = V.check_number("state['scale']", state["scale"], low=0, low_open=True)
-        if _pow2_above(scale) != scale:
+        if float(np.ldexp(1.0, int(np.frexp(scale)[1]) - 1)) != scale:
             raise ValueError(f"state['scale'] must be a power of two, got {scale}")
         total = V.check_number("state['total']", state["total"], low=0)
         count = V.check_number("state['count']", state["count"], low=0, integer=True)

@@ -49,9 +49,13 @@ def main(argv=None):
 
         try:
             return run(args, echo=lambda line: print(line, flush=True))
-        except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+        except (ValueError, TypeError, OSError, ImportError) as exc:
             print(f"fastmb simulate: error: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("fastmb simulate: interrupted; the checkpoint holds the last finished round "
+                  "(run again with --resume to continue)", file=sys.stderr)
+            return 130
     if args.command == "bench":
         from . import bench
 

@@ -96,7 +96,7 @@ def synthetic(n=100_000, n_features=64, n_classes=10, *, n_test=None, noise=1.0,
     if C > n:
         raise ValueError(f"n_classes={C} is more than the n={n} rows: most classes would have "
                          "no example")
-    noise = V.check_number("noise", noise, low=0)
+    noise = V.check_number("noise", noise, low=0, high=1e6)  # beyond it, labels are noise
     n_test = (min(max(n // 10, 1), 10_000) if n_test is None
               else V.check_number("n_test", n_test, low=0, integer=True))
     rng = np.random.default_rng(V.check_number("seed", seed, low=0, integer=True))

@@ -159,7 +159,8 @@ class FedBuff:
 
     def _apply(self, denominator):
         x = self.server._x
-        agg = x + self._buf.weighted_sum() / denominator
+        with np.errstate(over="ignore", invalid="ignore"):  # refused just below
+            agg = x + self._buf.weighted_sum(denominator)
         if not np.isfinite(agg).all():
             raise ValueError("the buffered mean overflows; the buffer is kept (call "
                              "discard() to drop it)")

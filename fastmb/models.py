@@ -14,11 +14,17 @@ ACTIVATIONS = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
 CLASSIFICATION_LOSSES = ("logistic", "hinge", "softmax")
 
 
+#: The widest layer a model may have; with it, ``n_params`` stays far inside int64.
+MAX_UNITS = 2**31 - 1
+
+
 def _check_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > MAX_UNITS:
+        raise ValueError(f"{name} must be <= {MAX_UNITS}, got {value}")
     return int(value)
 
 

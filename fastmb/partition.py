@@ -99,6 +99,9 @@ class Partition:
 
     @classmethod
     def from_state_dict(cls, state):
+        """Rebuild a partition from :meth:`state_dict`, through the checked constructor."""
+        if not isinstance(state, dict) or set(state) != {"rows", "offsets"}:
+            raise ValueError("state must be a dict with keys 'offsets' and 'rows'")
         return cls(state["rows"], state["offsets"])
 
 
@@ -146,6 +149,12 @@ def iid(n, n_clients, seed=0):
     return Partition(rows, np.concatenate([[0], np.cumsum(sizes)]))
 
 
+def _alpha(alpha):
+    """A Dirichlet concentration in [1e-4, 1e6]: outside it the draws degenerate in float64
+    (Gamma draws that underflow to 0 or overflow), and the proportions would be NaN."""
+    return V.check_number("alpha", alpha, low=1e-4, high=1e6)
+
+
 def _seed(seed):
     return V.check_number("seed", seed, low=0, integer=True)
 
@@ -179,7 +188,7 @@ def dirichlet(y, n_clients, alpha=0.5, seed=0, min_size=1, max_tries=1000):
     """
     y = _class_labels(y)
     n, n_clients, min_size = _check_split(y.shape[0], n_clients, min_size)
-    alpha = V.check_number("alpha", alpha, low=0, low_open=True)
+    alpha = _alpha(alpha)
     max_tries = V.check_number("max_tries", max_tries, low=1, integer=True)
     # The rows of each class present, in ascending row order, classes in ascending order:
     # one stable sort, whatever the largest label (a stray label 10**9 is one more class,
@@ -230,7 +239,7 @@ def quantity_skew(n, n_clients, alpha=0.5, seed=0, min_size=1):
     (10000, True)
     """
     n, n_clients, min_size = _check_split(n, n_clients, min_size)
-    alpha = V.check_number("alpha", alpha, low=0, low_open=True)
+    alpha = _alpha(alpha)
     rng = np.random.default_rng(_seed(seed))
     p = rng.dirichlet(np.full(n_clients, alpha))
     rest = n - n_clients * min_size

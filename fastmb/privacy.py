@@ -97,8 +97,17 @@ def epsilon(noise_multiplier, sample_rate, steps, delta, accountant="rdp"):
         return math.inf
     dpa = _dp_accounting()
     acc = _fresh(dpa, accountant)
-    acc.compose(_event(dpa, z, q, t))
-    return float(acc.get_epsilon(d))
+    try:
+        with np.errstate(all="ignore"):
+            acc.compose(_event(dpa, z, q, t))
+            eps = float(acc.get_epsilon(d))
+    except (OverflowError, ZeroDivisionError, FloatingPointError) as exc:
+        raise ValueError(f"the {accountant} accountant cannot compute epsilon for "
+                         f"noise_multiplier={z}, sample_rate={q}, steps={t}: {exc}") from None
+    if math.isnan(eps):
+        raise ValueError(f"the {accountant} accountant returned NaN for noise_multiplier={z}, "
+                         f"sample_rate={q}, steps={t}")
+    return eps
 
 
 def noise_multiplier_for(target_epsilon, sample_rate, steps, delta, accountant="rdp"):
@@ -120,9 +129,14 @@ def noise_multiplier_for(target_epsilon, sample_rate, steps, delta, accountant="
         return 0.0
     dpa = _dp_accounting()
     bracket = dpa.LowerEndpointAndGuess(1e-3, 1.0)
-    z = dpa.calibrate_dp_mechanism(lambda: _fresh(dpa, accountant),
-                                   lambda s: _event(dpa, s, q, t), eps, d, bracket,
-                                   tol=1e-4)
+    try:
+        with np.errstate(all="ignore"):
+            z = dpa.calibrate_dp_mechanism(lambda: _fresh(dpa, accountant),
+                                           lambda s: _event(dpa, s, q, t), eps, d, bracket,
+                                           tol=1e-4)
+    except (OverflowError, ZeroDivisionError, FloatingPointError) as exc:
+        raise ValueError(f"the {accountant} accountant cannot calibrate a noise multiplier "
+                         f"for target_epsilon={eps}, sample_rate={q}, steps={t}: {exc}") from None
     return float(z)
 
 
@@ -247,7 +261,9 @@ class CentralDP:
         z = self.noise_multiplier
         if not self.adaptive or z == 0:
             return z
-        return (z**-2 - (2.0 * self.count_noise_multiplier) ** -2) ** -0.5
+        # (z^-2 - (2 sigma_b)^-2)^(-1/2) written as z / sqrt(1 - (z / 2 sigma_b)^2): the same
+        # number, without z^-2 overflowing for a tiny z (2 sigma_b > z is checked).
+        return z / math.sqrt(1.0 - (z / (2.0 * self.count_noise_multiplier)) ** 2)
 
     def aggregate(self, updates):
         """One round: clip, sum, add noise, divide; then adapt the norm if asked.
@@ -284,8 +300,12 @@ class CentralDP:
 
         key = stream(self.seed, self.round)
         sigma = self.sum_noise_multiplier * C / m
+        if not math.isfinite(sigma):
+            raise ValueError(f"the noise standard deviation noise_multiplier * clip_norm / "
+                             f"{m} overflows float64; lower clip_norm")
         if sigma > 0:
             KP.add_gaussian(out, stream(key, 0), sigma)
+        V.finite_result(out, "the noisy mean")
         new_clip = C
         if self.adaptive:
             below = float(np.count_nonzero((norms <= C) & ~bad))
@@ -293,7 +313,11 @@ class CentralDP:
                 noise = np.zeros(1)
                 KP.add_gaussian(noise, stream(key, 1), self.count_noise_multiplier)
                 below += float(noise[0])
-            new_clip = C * math.exp(-self.clip_lr * (below / m - self.target_quantile))
+            step = -self.clip_lr * (below / m - self.target_quantile)
+            new_clip = C * math.exp(step) if step < 709.0 else math.inf
+            if not (0.0 < new_clip < math.inf):
+                raise ValueError(f"the adaptive clipping norm left the float64 range "
+                                 f"({C:.6g} * exp({step:.6g})); lower clip_lr")
         clipped = np.flatnonzero((w < 1.0) & ~bad)
         res = DPAggregate(out, C, clipped, np.flatnonzero(bad), float(sigma))
         self._clip = new_clip

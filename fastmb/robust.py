@@ -373,11 +373,22 @@ def bulyan(updates, n_byzantine):
 
 
 def _row_dist(U, z):
+    """``|U[k] - z|`` for every row k, in float64.
+
+    Squares of float64 coordinates beyond about 1e154 overflow; those rows (never a
+    float32 one) are measured again with the largest difference factored out, as LAPACK's
+    ``dnrm2`` does, so a huge update gets its true norm rather than Inf."""
     from .kernels import robust as KR
 
     out = np.empty(U.shape[0], np.float64)
     KR.row_sqdist(U, z, out)
-    return np.sqrt(out)
+    out = np.sqrt(out)
+    for k in np.flatnonzero(~np.isfinite(out)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            d = U[k].astype(np.float64) - z
+            s = np.abs(d).max()
+            out[k] = s * np.sqrt(np.sum((d / s) ** 2)) if np.isfinite(s) else np.inf
+    return V.finite_result(out, "a distance between updates")
 
 
 def _clip_factors(dist, radius):
@@ -523,6 +534,9 @@ def geometric_median(updates, weights=None, nu=1e-6, max_iter=100, tol=1e-6):
     tol = V.check_number("tol", tol, low=0)
     U, kept, rejected = _finite_rows(updates)
     w = _client_weights(weights, np.shape(updates)[0], kept)
+    # Weights summing to one make the objective a convex combination of distances: it
+    # cannot overflow where the distances themselves do not.
+    w = w / w.sum()
     v = _weighted_mean(U, w, np.float64)
     d = np.maximum(nu, _row_dist(U, v))
     obj = float(w @ d)

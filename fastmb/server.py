@@ -57,7 +57,8 @@ class ServerOptimizer:
         beta2 = V.check_number("beta2", beta2, low=0)
         if beta2 >= 1:
             raise ValueError(f"beta2 must be in [0, 1), got {beta2}")
-        return lr, beta1, beta2, V.check_number("tau", tau, low=0, low_open=True)
+        # tau^2 seeds the second moment: it must be a finite float64.
+        return lr, beta1, beta2, V.check_number("tau", tau, low=0, high=1e150, low_open=True)
 
     def __repr__(self):
         return (f"{type(self).__name__}(n_params={self._x.shape[0]}, lr={self.lr}, "
@@ -107,12 +108,12 @@ class ServerOptimizer:
         kinds = {c.__name__: c for c in (FedAvgM, FedAdagrad, FedAdam, FedYogi)}
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        kind = state.get("kind")
+        if not isinstance(kind, str) or kind not in kinds:
+            raise ValueError(f"state['kind'] must be one of {sorted(kinds)}, got {kind!r}")
         keys = {"kind", "params", "m", "v", "lr", "beta1", "beta2", "tau", "round"}
         if set(state) != keys:
             raise ValueError(f"state must have the keys {sorted(keys)}, got {sorted(state)}")
-        kind = state["kind"]
-        if not isinstance(kind, str) or kind not in kinds:
-            raise ValueError(f"state['kind'] must be one of {sorted(kinds)}, got {kind!r}")
         target = kinds[kind]
         if cls is not ServerOptimizer and cls is not target:
             raise ValueError(f"state is for {kind}, not {cls.__name__}")

@@ -25,6 +25,8 @@ SETTINGS = {
     "n_features": (64, "features of the synthetic set"),
     "n_classes": (10, "classes of the synthetic set"),
     "test_fraction": (0.2, "held-out share of a user's file without a stored test split"),
+    "task": ("auto", "auto, classification or regression: how to read a user file's labels "
+             "(auto: integer values are class indices 0..C-1, others regression targets)"),
     "model": ("mlp", "mlp or linear (softmax regression for classes, least squares otherwise)"),
     "hidden": ([64], "hidden layer widths of the MLP, e.g. 64 or 128,64"),
     "activation": ("relu", "relu, tanh, sigmoid or identity"),
@@ -112,43 +114,71 @@ def read_toml(path):
 
 
 def _convert(name, value):
-    """A flag's text (or a TOML value) as the setting's type."""
+    """A flag's text (or a TOML value) as the setting's type, strictly: a TOML ``true`` is
+    not an integer, 2.5 is not a client count and 64.9 not a layer width."""
     default = SETTINGS[name][0]
     try:
         if name in ("aggregator_options", "server_options"):
             if isinstance(value, dict):
                 return dict(value)
+            if isinstance(value, str) or not isinstance(value, list):
+                raise ValueError("expected a table of options or KEY=VALUE items")
             out = {}
             for item in value:
-                if "=" not in item:
+                if not isinstance(item, str) or "=" not in item:
                     raise ValueError(f"expected KEY=VALUE, got {item!r}")
                 k, v = item.split("=", 1)
                 out[k.strip()] = _scalar(v.strip())
             return out
         if name == "hidden":
-            if isinstance(value, list):
-                return [int(v) for v in value]
-            if isinstance(value, int):
-                return [value]
-            return [int(v) for v in str(value).split(",") if v.strip()]
+            items = value if isinstance(value, list) else (
+                [value] if not isinstance(value, str) else
+                [v.strip() for v in value.split(",") if v.strip()])
+            if not items:
+                raise ValueError("expected one or more layer widths")
+            return [_integer(v) for v in items]
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ValueError("expected true or false")
             return value
         if name == "clients_per_round":
-            return None if value is None else int(value)
+            return None if value is None else _integer(value)
         if name == "scheduler":
-            return None if value in (None, "") else str(value)
+            if value in (None, ""):
+                return None
+            return _text(value)
         if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError("expected an integer")
-            return int(value)
+            return _integer(value)
         if isinstance(default, float):
-            return float(value)
-        return str(value)
+            return _real(value)
+        return _text(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: {exc}" if "expected" in str(exc) else
                           f"{name}: cannot read {value!r} as {type(default).__name__}") from None
+
+
+def _integer(value):
+    """An int from a TOML integer or a flag's text; booleans and floats are refused."""
+    if isinstance(value, str):
+        return int(value.strip())  # a ValueError here reads "cannot read ... as int"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _real(value):
+    """A float from a TOML number or a flag's text; booleans are refused."""
+    if isinstance(value, str):
+        return float(value.strip())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _text(value):
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
 
 
 def _scalar(text):
@@ -176,6 +206,13 @@ def settings(args):
             cfg[k] = _convert(k, v)
     for k, v in given.items():
         cfg[k] = _convert(k, v)
+    # The command's own settings (the library checks the rest where it uses them).
+    if cfg["rounds"] < 1:
+        raise ConfigError(f"rounds must be >= 1, got {cfg['rounds']}")
+    if cfg["workers"] < 0:
+        raise ConfigError(f"workers must be >= 0, got {cfg['workers']}")
+    if not cfg["out"]:
+        raise ConfigError("out must name a folder")
     return cfg
 
 
@@ -191,7 +228,7 @@ def load_data(cfg):
     if not os.path.splitext(name)[1]:
         raise ConfigError(f"data must be digits, synthetic or a .npz/.npy/.csv file, got "
                           f"{name!r}")
-    return D.load(name, test_fraction=cfg["test_fraction"], seed=cfg["seed"])
+    return D.load(name, test_fraction=cfg["test_fraction"], seed=cfg["seed"], task=cfg["task"])
 
 
 def build(cfg, executor=None):
@@ -297,15 +334,45 @@ def plot_history(history, path, title):
 
 
 def run(args, echo=print):
-    from .simulation import summary
-
     cfg = settings(args)
     t0 = time.perf_counter()
+    folder = cfg["out"]
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ConfigError(f"out: {folder!r} exists and is not a folder")
+    os.makedirs(folder, exist_ok=True)
+    lock = _lock(folder)
+    try:
+        return _run(cfg, folder, t0, echo)
+    finally:
+        lock.release()
+
+
+def _lock(folder):
+    """An exclusive lock on the output folder for the whole run: a second ``fastmb
+    simulate`` writing there would interleave checkpoints and overwrite results. The lock
+    is the operating system's (flock, LockFileEx), so a killed run leaves none behind."""
+    from filelock import FileLock, Timeout
+
+    path = os.path.join(folder, LOCK_FILE)
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"out: another fastmb simulate is writing to {folder!r} (it holds "
+                          f"{path}); wait for it to finish or choose another --out") from None
+    return lock
+
+
+#: The lock file a run holds in its output folder.
+LOCK_FILE = ".fastmb.lock"
+
+
+def _run(cfg, folder, t0, echo):
+    from .simulation import summary
+
     executor = _executor(cfg)
     try:
         data, part, sim = build(cfg, executor)
-        folder = cfg["out"]
-        os.makedirs(folder, exist_ok=True)
         ckpt = os.path.join(folder, "checkpoint.npz")
         if cfg["resume"] and os.path.exists(ckpt):
             sim.load(ckpt)

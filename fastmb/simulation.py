@@ -767,7 +767,9 @@ def _check_history(history, rounds, fail):
 def summary(history):
     """Final accuracy and loss, the best accuracy, time per round and bytes moved."""
     if not history:
-        return {}
+        return {"rounds": 0, "final_loss": None, "final_accuracy": None, "best_accuracy": None,
+                "median_round_s": 0.0, "total_s": 0.0, "bytes_up": 0, "bytes_down": 0,
+                "dropped": 0, "rejected": 0}
     evals = [h for h in history if h["loss"] is not None]
     accs = [h["accuracy"] for h in evals if h["accuracy"] is not None]
     times = np.array([h["time_s"] for h in history])

@@ -387,8 +387,9 @@ clip_norm, noise_multiplier
     diverged = np.flatnonzero(~np.isfinite(out).all(axis=1))
     if diverged.size:
         k = int(diverged[0])
-        raise ValueError(f"training diverged: the parameters of client {int(ids[k])} overflowed "
-                         f"{out.dtype} (row {k} of the result); lower lr or scale the inputs")
+        who = f" of client {int(ids[k])} (row {k} of the result)" if ids.shape[0] > 1 else ""
+        raise ValueError(f"training diverged: the parameters{who} overflowed {out.dtype}; "
+                         "lower lr or scale the inputs")
     return out
 
 

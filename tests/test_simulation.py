@@ -289,7 +289,7 @@ def test_simulate_command_writes_results(tmp_path, capsys):
     assert "round 3/3" in out and "done: 3 rounds" in out and "dropped" in out
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} == {"history.csv", "history.json", "summary.json",
-                                               "history.png", "checkpoint.npz"}
+                                               "history.png", "checkpoint.npz", ".fastmb.lock"}
     hist = json.loads((run / "history.json").read_text())
     assert [h["round"] for h in hist] == [1, 2, 3]
     summary = json.loads((run / "summary.json").read_text())

@@ -1,0 +1,389 @@
+"""Fuzzing of every byte decoder and state loader, run in a subprocess by test_hardening.py.
+
+``python -m tests.fuzz_decoders NAME`` runs one target: exhaustive truncations and single
+bit flips of valid encodings, then hypothesis-driven mutations (bytes replaced, inserted,
+deleted; forged headers; hostile but well-formed archives and state dicts). For every
+input the decoder must either return an object that its consumers accept (densify,
+dequantize, stream into a WeightedMean, run a round) or raise ``ValueError``/``TypeError``;
+anything else fails the target. A crash kills only this process, and the test that
+started it reports the exit status, so an out-of-bounds index can never take the test run
+down with it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import sys
+import tempfile
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastmb
+from fastmb.compress import QuantizedUpdate, SparseUpdate
+
+ALLOWED = (ValueError, TypeError)
+RUNS = settings(max_examples=int(os.environ.get("FASTMB_FUZZ_EXAMPLES", "150")),
+                deadline=None, database=None, derandomize=True,
+                suppress_health_check=list(HealthCheck))
+
+
+def _bytes_mutations():
+    """Strategy: a list of (position fraction, operation, byte) edits."""
+    edit = st.tuples(st.floats(0, 1), st.sampled_from(["set", "insert", "delete", "xor"]),
+                     st.integers(0, 255))
+    return st.lists(edit, min_size=1, max_size=6)
+
+
+def _apply(data, edits):
+    b = bytearray(data)
+    for frac, op, val in edits:
+        i = min(len(b), int(frac * len(b)))
+        if op == "insert":
+            b[i:i] = bytes([val])
+        elif not b:
+            continue
+        elif op == "delete":
+            del b[min(i, len(b) - 1)]
+        elif op == "set":
+            b[min(i, len(b) - 1)] = val
+        else:
+            b[min(i, len(b) - 1)] ^= val or 1
+    return bytes(b)
+
+
+def _every_truncation_and_flip(data, check):
+    for n in range(len(data)):
+        check(data[:n])
+    for i in range(len(data)):
+        for bit in range(8):
+            b = bytearray(data)
+            b[i] ^= 1 << bit
+            check(bytes(b))
+
+
+def _guard(fn):
+    """Run ``fn``; a ValueError or TypeError is a clean refusal, anything else a failure."""
+    try:
+        return fn()
+    except ALLOWED:
+        return None
+
+
+# ----------------------------------------------------------------------------- wire formats
+
+
+def _use_sparse(s):
+    assert isinstance(s.indices, np.ndarray) and s.indices.dtype == np.int64
+    assert s.indices.size == 0 or (0 <= s.indices.min() and s.indices.max() < s.n_params)
+    if s.n_params <= 1 << 20:
+        d = s.densify()
+        wm = fastmb.WeightedMean(s.n_params, np.float64)
+        wm.add_sparse(s, 2.0)
+        np.testing.assert_allclose(wm.result(), d)
+        assert SparseUpdate.from_bytes(s.to_bytes()).n_params == s.n_params
+
+
+def _check_sparse(data):
+    s = _guard(lambda: SparseUpdate.from_bytes(data))
+    if s is not None:
+        _use_sparse(s)
+
+
+def _use_quantized(q):
+    d = q.dequantize(np.float32)
+    assert d.shape == (q.n_params,) and np.isfinite(d).all()
+    wm = fastmb.WeightedMean(q.n_params, np.float64)
+    wm.add_quantized(q, 3.0)
+    assert np.isfinite(wm.result()).all()
+    if q.scheme in ("int8", "qsgd"):
+        assert np.isfinite(fastmb.mean_compressed([q, q])).all()
+    assert QuantizedUpdate.from_bytes(q.to_bytes()).n_params == q.n_params
+
+
+def _check_quantized(data):
+    q = _guard(lambda: QuantizedUpdate.from_bytes(data))
+    if q is not None:
+        _use_quantized(q)
+
+
+def _valid_sparse():
+    u = np.random.default_rng(0).normal(size=23)
+    return [fastmb.topk(u, 5).to_bytes(), fastmb.topk(u.astype(np.float32), 1).to_bytes(),
+            SparseUpdate(np.array([0, 22]), np.array([1.0, -2.0]), 23).to_bytes()]
+
+
+def _valid_quantized():
+    u = np.random.default_rng(1).normal(size=21).astype(np.float32)
+    return [fastmb.quantize_int8(u, block=8).to_bytes(), fastmb.qsgd(u, 5, 4).to_bytes(),
+            fastmb.to_half(u, "fp16").to_bytes(), fastmb.to_half(u, "bf16").to_bytes()]
+
+
+def fuzz_sparse():
+    valid = _valid_sparse()
+    for data in valid:
+        _every_truncation_and_flip(data, _check_sparse)
+
+    @RUNS
+    @given(st.sampled_from(valid), _bytes_mutations())
+    def mutated(data, edits):
+        _check_sparse(_apply(data, edits))
+
+    @RUNS
+    @given(st.integers(0, 255), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
+           st.binary(max_size=64))
+    def forged_header(code, n, k, body):
+        _check_sparse(struct.pack("<4sBQQ", b"FMBK", code, n, k) + body)
+
+    @RUNS
+    @given(st.integers(1, 64), st.data())
+    def forged_body(n, data):
+        k = data.draw(st.integers(0, 4))
+        idx = data.draw(st.lists(st.integers(0, 2**32 - 1), min_size=k, max_size=k))
+        val = data.draw(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32),
+                                 min_size=k, max_size=k))
+        body = np.array(idx, "<u4").tobytes() + np.array(val, "<f4").tobytes()
+        _check_sparse(struct.pack("<4sBQQ", b"FMBK", 0, n, k) + body)
+
+    mutated()
+    forged_header()
+    forged_body()
+
+
+def fuzz_quantized():
+    valid = _valid_quantized()
+    for data in valid:
+        _every_truncation_and_flip(data, _check_quantized)
+
+    @RUNS
+    @given(st.sampled_from(valid), _bytes_mutations())
+    def mutated(data, edits):
+        _check_quantized(_apply(data, edits))
+
+    @RUNS
+    @given(st.integers(0, 255), st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1),
+           st.binary(max_size=96))
+    def forged_header(code, n, block, body):
+        _check_quantized(struct.pack("<4sBQI", b"FMBQ", code, n, block) + body)
+
+    @RUNS
+    @given(st.sampled_from(["int8", "qsgd"]), st.integers(1, 40), st.integers(1, 50), st.data())
+    def forged_fields(scheme, n, block, data):
+        nb = -(-n // block)
+        codes = np.array(data.draw(st.lists(st.integers(-128, 127), min_size=n, max_size=n)),
+                         np.int8)
+        scales = np.array(data.draw(st.lists(st.floats(width=32), min_size=nb, max_size=nb)),
+                          np.float32)
+        body = codes.tobytes() + scales.astype("<f4").tobytes()
+        _check_quantized(struct.pack("<4sBQI", b"FMBQ", 0 if scheme == "int8" else 1, n,
+                                     block) + body)
+        # the same fields through the constructor door (no bytes involved)
+        q = _guard(lambda: QuantizedUpdate(codes, scales, n, block, scheme).checked())
+        if q is not None:
+            _use_quantized(q)
+
+    mutated()
+    forged_header()
+    forged_fields()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _simulations():
+    """Two tiny simulations whose checkpoints hold every kind of entry (a server
+    optimizer's state, central DP's state)."""
+    data = fastmb.data.synthetic(240, 4, 3, n_test=30, seed=0)
+    part = fastmb.partition.iid(240, 8, seed=0)
+    model = fastmb.Linear(4, 3, loss="softmax")
+    return [fastmb.Simulation(model, data, part, clients_per_round=4, server="fedadam",
+                              epochs=1, batch_size=8, seed=0),
+            fastmb.Simulation(model, data, part, clients_per_round=4, aggregator="central_dp",
+                              aggregator_options={"target_quantile": 0.5,
+                                                  "noise_multiplier": 0.1},
+                              epochs=1, batch_size=8, seed=0)]
+
+
+class _Checkpoints:
+    def __init__(self, folder):
+        self.folder = folder
+        self.sims = _simulations()
+        self.valid = []
+        for i, sim in enumerate(self.sims):
+            sim.run(2)
+            path = os.path.join(folder, f"valid{i}.npz")
+            sim.save(path)
+            with open(path, "rb") as fh:
+                self.valid.append(fh.read())
+        self.path = os.path.join(folder, "probe.npz")
+
+    def check_bytes(self, i, data):
+        with open(self.path, "wb") as fh:
+            fh.write(data)
+        self._load_and_use(i)
+
+    def check_arrays(self, i, arrays):
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        self.check_bytes(i, buf.getvalue())
+
+    def arrays(self, i):
+        with np.load(io.BytesIO(self.valid[i]), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def _load_and_use(self, i):
+        sim = self.sims[i]
+        before = (sim.round, sim.params, list(sim.history))
+        try:
+            sim.load(self.path)
+        except ALLOWED:
+            # refused: nothing changed
+            assert sim.round == before[0] and np.array_equal(sim.params, before[1])
+            assert sim.history == before[2]
+            return
+        assert sim.params.shape == (sim.model.n_params,) and np.isfinite(sim.params).all()
+        _guard(sim.step)  # a loaded state must run (or refuse cleanly), never crash
+
+
+def fuzz_checkpoints():
+    with tempfile.TemporaryDirectory() as folder:
+        ck = _Checkpoints(folder)
+        for i, data in enumerate(ck.valid):
+            ck.check_bytes(i, data)  # the valid file loads
+            for n in list(range(0, 400)) + list(range(400, len(data), 53)):
+                ck.check_bytes(i, data[:n])
+            for pos in range(0, len(data), 41):
+                for bit in (0, 3, 7):
+                    b = bytearray(data)
+                    b[pos] ^= 1 << bit
+                    ck.check_bytes(i, bytes(b))
+
+        @RUNS
+        @given(st.integers(0, 1), _bytes_mutations())
+        def mutated(i, edits):
+            ck.check_bytes(i, _apply(ck.valid[i], edits))
+
+        values = st.one_of(
+            st.integers(-2**70, 2**70).map(lambda v: np.array(v if abs(v) < 2**63 else float(v))),
+            st.floats(allow_nan=True, allow_infinity=True).map(np.array),
+            st.booleans().map(np.array),
+            st.text(max_size=40).map(np.array),
+            st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), max_size=8)
+            .map(lambda v: np.array(v, np.float32)),
+            st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=20).map(np.array),
+            st.lists(st.integers(-5, 5), max_size=6).map(lambda v: np.array(v, np.int64)),
+        )
+
+        @RUNS
+        @given(st.integers(0, 1), st.data())
+        def hostile_entry(i, data):
+            arrays = ck.arrays(i)
+            key = data.draw(st.sampled_from(sorted(arrays) + ["extra"]))
+            if data.draw(st.booleans()) and key in arrays:
+                del arrays[key]
+            else:
+                arrays[key] = data.draw(values)
+            ck.check_arrays(i, arrays)
+
+        def json_edit(doc, data):
+            """A random edit of one field of a JSON document (the history, config, dp)."""
+            if isinstance(doc, list) and doc:
+                j = data.draw(st.integers(0, len(doc) - 1))
+                doc[j] = json_edit(doc[j], data)
+                return doc
+            if isinstance(doc, dict) and doc:
+                k = data.draw(st.sampled_from(sorted(doc)))
+                doc[k] = json_edit(doc[k], data)
+                return doc
+            return data.draw(st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
+                                       st.floats(), st.text(max_size=5),
+                                       st.lists(st.integers(-3, 3), max_size=3)))
+
+        @RUNS
+        @given(st.integers(0, 1), st.data())
+        def hostile_json(i, data):
+            arrays = ck.arrays(i)
+            key = data.draw(st.sampled_from([k for k in ("history", "config", "dp")
+                                             if k in arrays]))
+            doc = json.loads(str(arrays[key]))
+            arrays[key] = np.array(json.dumps(json_edit(doc, data)))
+            ck.check_arrays(i, arrays)
+
+        mutated()
+        hostile_entry()
+        hostile_json()
+
+
+# ----------------------------------------------------------------------------- state dicts
+
+
+def fuzz_states():
+    """``from_state_dict``/``load_state_dict`` of every stateful object, fed hostile dicts."""
+    opt = fastmb.FedAdam(np.zeros(4, np.float32), lr=0.1)
+    opt.step(np.ones(4, np.float32))
+    wm = fastmb.WeightedMean(4, np.float64)
+    wm.add(np.ones(4), 3.0)
+    fb = fastmb.FedBuff(np.zeros(4), buffer_size=3)
+    fb.add(np.ones(4), 0)
+    dp = fastmb.CentralDP(1.0, 0.5, target_quantile=0.5, expected_clients=10)
+    part = fastmb.partition.iid(12, 3)
+    targets = {
+        "server": (opt.state_dict(), lambda s: fastmb.ServerOptimizer.from_state_dict(s),
+                   lambda o: o.step(np.ones(4, np.float32))),
+        "weighted_mean": (wm.state_dict(), fastmb.WeightedMean.from_state_dict,
+                          lambda w: w.result() if w.total_weight > 0 else None),
+        "fedbuff": (fb.state_dict(),
+                    lambda s: fastmb.FedBuff(np.zeros(4), buffer_size=3).load_state_dict(s),
+                    lambda f: (f.add(np.ones(4), 0), f.flush())),
+        "central_dp": (dp.state_dict(),
+                       lambda s: fastmb.CentralDP(1.0, 0.5, target_quantile=0.5,
+                                                  expected_clients=10).load_state_dict(s),
+                       lambda d: d.aggregate(np.ones((3, 4)))),
+        "partition": (part.state_dict(), fastmb.partition.Partition.from_state_dict,
+                      lambda p: p.label_counts(np.arange(12) % 3)),
+    }
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
+                        st.text(max_size=8),
+                        st.lists(st.integers(-2**64, 2**64), max_size=5).map(
+                            lambda v: np.array([float(x) for x in v])),
+                        st.lists(st.integers(-5, 20), min_size=0, max_size=6).map(np.array),
+                        st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=6)
+                        .map(np.array))
+
+    def mutate(state, data):
+        state = dict(state)
+        key = data.draw(st.sampled_from(sorted(state) + ["extra"]))
+        if isinstance(state.get(key), dict):
+            state[key] = mutate(state[key], data)
+        elif data.draw(st.booleans()) and key in state:
+            del state[key]
+        else:
+            state[key] = data.draw(scalars)
+        return state
+
+    for state, load, use in targets.values():
+        assert load(dict(state)) is not None  # the valid state loads
+        _hostile_states(state, load, use, mutate)
+
+
+def _hostile_states(state, load, use, mutate):
+    @RUNS
+    @given(st.data())
+    def hostile(data):
+        obj = _guard(lambda: load(mutate(state, data)))
+        if obj is not None:
+            _guard(lambda: use(obj))
+
+    hostile()
+
+
+TARGETS = {"sparse": fuzz_sparse, "quantized": fuzz_quantized, "checkpoints": fuzz_checkpoints,
+           "states": fuzz_states}
+
+if __name__ == "__main__":
+    TARGETS[sys.argv[1]]()
+    print(f"fuzz {sys.argv[1]}: ok", flush=True)
