@@ -240,7 +240,8 @@ def _finish(X, y, X_test, y_test, name, task):
         if a.dtype.kind not in "biuf" or not np.isfinite(a).all():
             raise ValueError(f"{name}: {what} must be finite numbers")
     both = _labels(np.concatenate([y, y_test]), task, y.shape[0] + y_test.shape[0], name)
-    X, X_test = np.ascontiguousarray(X, np.float32), np.ascontiguousarray(X_test, np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes Inf: refused just below
+        X, X_test = np.ascontiguousarray(X, np.float32), np.ascontiguousarray(X_test, np.float32)
     for what, a in (("X", X), ("X_test", X_test)):
         if not np.isfinite(a).all():
             raise ValueError(f"{name}: {what} holds values beyond the float32 range (3.4e38)")

@@ -213,6 +213,10 @@ def settings(args):
         raise ConfigError(f"workers must be >= 0, got {cfg['workers']}")
     if not cfg["out"]:
         raise ConfigError("out must name a folder")
+    from .data import TASKS
+
+    if cfg["task"] not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {cfg['task']!r}")
     return cfg
 
 

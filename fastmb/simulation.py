@@ -698,20 +698,25 @@ def _read_checkpoint(path):
     ``np.load`` meets a truncated, empty, corrupted or foreign file with many kinds of
     error (zipfile, EOF, OS, value, key, zlib, memory for a forged huge shape): each one
     means the same thing here."""
+    # The file is opened here, not by np.load: numpy hands its own file to the archive
+    # reader and leaks it when that reader fails on a damaged file.
     try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise ValueError(f"checkpoint {path!r} is not a readable fastmb checkpoint "
-                         f"({type(exc).__name__}: {exc})") from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
+        with open(path, "rb") as fh:
+            z = np.load(fh, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise _NotAnArchive
+            with z:
+                return {k: z[k] for k in z.files}
+    except _NotAnArchive:
         raise ValueError(f"checkpoint {path!r} is not a fastmb checkpoint (an .npy array, "
-                         "not an .npz archive)")
-    try:
-        with z:
-            return {k: z[k] for k in z.files}
+                         "not an .npz archive)") from None
     except Exception as exc:
         raise ValueError(f"checkpoint {path!r} is not a readable fastmb checkpoint "
                          f"({type(exc).__name__}: {exc})") from None
+
+
+class _NotAnArchive(Exception):
+    pass
 
 
 def _describe(a):
