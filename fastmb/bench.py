@@ -53,9 +53,9 @@ def bandwidth(n_bytes=400_000_000, repeat=5):
     return 3 * a.nbytes / t
 
 
-def gemm_peak(n=1536, repeat=5):
-    """float32 matrix-multiply throughput of NumPy's BLAS (flop/s): the compute limit."""
-    a = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
+def gemm_peak(n=1536, repeat=5, dtype=np.float32):
+    """Matrix-multiply throughput of NumPy's BLAS in ``dtype`` (flop/s): the compute limit."""
+    a = np.random.default_rng(0).normal(size=(n, n)).astype(dtype)
     out = np.empty_like(a)
     return 2.0 * n**3 / best_time(lambda: np.matmul(a, a, out=out), repeat)
 
@@ -490,11 +490,14 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
     data = robust_data(K=100, P=sz(1_000_000))
     (U,) = data
     peak = gemm_peak(repeat=repeat)
-    echo(f"float32 GEMM peak (NumPy BLAS): {peak / 1e9:.0f} GFLOP/s")
-    # the limit of the distances: the upper triangle of the Gram matrix at GEMM peak
+    peak64 = gemm_peak(repeat=repeat, dtype=np.float64)
+    echo(f"GEMM peak (NumPy BLAS): float32 {peak / 1e9:.0f}, float64 {peak64 / 1e9:.0f} GFLOP/s")
+    # The limit of the distances: fastmb sums (u - v)^2 in float64 over the upper triangle,
+    # 3 flops a pair and coordinate, at the float64 GEMM peak. (The NumPy peer's Gram matrix
+    # needs 2 float32 flops for the same, but cancels: see fastmb.pairwise_sq_distances.)
     rows += _rows("Krum (f=10)", f"K={len(U)} x P={U.shape[1]:,} f32",
                   lambda: fastmb.krum(U, 10), "krum", data, max(1, repeat // 2), None, bw, echo,
-                  limit_s=len(U) * (len(U) + 1) * U.shape[1] / peak)
+                  limit_s=3 * len(U) * (len(U) + 1) / 2 * U.shape[1] / peak64)
 
     rng = np.random.default_rng(5)
     u = rng.normal(size=sz(10_000_000)).astype(np.float32)
@@ -524,7 +527,8 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
                   "dp_step", (model, p, X, y), repeat, None, bw, echo,
                   limit_s=mlp_step_flops(model.sizes, len(X)) / peak)
 
-    extra = {"bandwidth_GBps": bw / 1e9, "gemm_GFLOPs": peak / 1e9}
+    extra = {"bandwidth_GBps": bw / 1e9, "gemm_GFLOPs": peak / 1e9,
+             "gemm64_GFLOPs": peak64 / 1e9}
     if compile:
         extra.update(compile_times())
         echo(f"compile: cold {extra['cold_s']:.1f} s (fresh cache), warm start-up "

@@ -208,12 +208,12 @@ def _as_residual(residual, u):
 # ----------------------------------------------------------------------------- quantization
 
 def _largest_scale():
-    """The largest float32 scale whose product with a code of magnitude 127 (computed in
-    float64, rounded once) is still a finite float32: the dequantized values of a valid
-    int8 or QSGD update always are."""
+    """The largest float32 scale whose product with any int8 code (computed in float64,
+    rounded once) is still a finite float32: then every dequantized value of an int8 or
+    QSGD update is, whatever its codes, and the codes need no check of their own."""
     f32max = float(np.finfo(np.float32).max)
-    s = np.float32(f32max / 127)
-    while float(s) * 127 > f32max:
+    s = np.float32(f32max / 128)
+    while float(s) * 128 > f32max:
         s = np.nextafter(s, np.float32(0))
     return s
 
@@ -291,9 +291,9 @@ class QuantizedUpdate(NamedTuple):
     def checked(self, name="quantized"):
         """This update with contiguous arrays, after checking every field a kernel relies on:
         the scheme; ``n_params`` and ``block`` positive integers; codes of the scheme's dtype
-        and of shape ``(n_params,)`` (int8 codes in [-127, 127]); float32 scales, one per
-        block, finite, non-negative and at most :data:`SCALE_MAX` (so every dequantized
-        value is a finite float32); 16-bit codes finite."""
+        and of shape ``(n_params,)``; float32 scales, one per block, finite, non-negative and
+        at most :data:`SCALE_MAX` (so every dequantized value is a finite float32, whatever
+        the int8 codes); 16-bit codes finite."""
         if not isinstance(self.scheme, str) or self.scheme not in _SCHEMES:
             raise ValueError(f"{name}: scheme must be one of {sorted(_SCHEMES)}, got "
                              f"{self.scheme!r}")
@@ -310,10 +310,8 @@ class QuantizedUpdate(NamedTuple):
         if not (np.isfinite(scales).all() and (scales >= 0).all()):
             raise ValueError(f"{name}: scales must be finite and non-negative")
         if nb and scales.max() > SCALE_MAX:
-            raise ValueError(f"{name}: scales must be at most {SCALE_MAX:.6g} (127 times a "
+            raise ValueError(f"{name}: scales must be at most {SCALE_MAX:.6g} (128 times a "
                              f"scale must be a finite float32), got {scales.max():.6g}")
-        if nb and codes.min() < -127:
-            raise ValueError(f"{name}: codes must lie in [-127, 127], got -128")
         if self.scheme == "fp16" and not np.isfinite(codes).all():
             raise ValueError(f"{name}: codes contain NaN or Inf")
         if self.scheme == "bf16" and ((codes & 0x7F80) == 0x7F80).any():
@@ -325,8 +323,8 @@ def _check_scales(scales, scheme):
     """Refuse an update too large for float32 scales (the kernels leave an oversized scale,
     possibly Inf, for a block beyond the range)."""
     if scales.size and not scales.max() <= SCALE_MAX:
-        limit = ("|u| must stay below 3.4e38" if scheme == "int8" else
-                 "each block's L2 norm must stay below levels * 2.7e36")
+        limit = ("|u| must stay below 3.37e38" if scheme == "int8" else
+                 "each block's L2 norm must stay below levels * 2.66e36")
         raise ValueError(f"update is too large for {scheme}'s float32 scales ({limit}); "
                          "scale it down before quantizing")
 

@@ -240,6 +240,34 @@ MODE_WRITE, MODE_ADD, MODE_NORM, MODE_NONE = 0, 1, 2, 3
 
 
 @jit(inline="always")
+def grad_fits(x, sizes, b_off, u_off, hs, ds, tmp):
+    """True when no entry of the sample's gradient can have overflowed the dtype of ``tmp``.
+
+    Layer l's gradient is the outer product of its input ``a`` (and 1 for the bias) and its
+    delta, so every entry is at most ``max|a| max|delta|`` in magnitude. That bound, taken in
+    float64 and rounded once to the dtype, is finite exactly when no rounded product can be
+    Inf: a test on the layers' units (a few hundred values), not on the P gradient entries.
+    A NaN or Inf anywhere in ``a`` or ``delta`` fails it too.
+    """
+    L = sizes.shape[0] - 1
+    for l in range(L):
+        nin = sizes[l]
+        nout = sizes[l + 1]
+        a = layer_input(l, x, hs, u_off, nin)
+        d = ds[u_off[l]:u_off[l] + nout]
+        ma = 1.0 if b_off[l] >= 0 else 0.0
+        for i in range(nin):
+            ma = max(ma, abs(np.float64(a[i])))
+        md = 0.0
+        for j in range(nout):
+            md = max(md, abs(np.float64(d[j])))
+        tmp[0] = ma * md
+        if not (math.isfinite(tmp[0]) and ma < np.inf and md < np.inf):
+            return False
+    return True
+
+
+@jit(inline="always")
 def backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, mode):
     """Backward pass of one sample whose output delta is already in ``ds``.
 

@@ -15,8 +15,8 @@ from numba import prange
 
 from ._jit import jit
 from ._model import (LOSS_HINGE, LOSS_LOGISTIC, LOSS_SOFTMAX, MODE_ADD, MODE_NONE, MODE_NORM,
-                     MODE_WRITE, forward, is_linear1, linear1_delta, loss_and_delta, sample_grad,
-                     workspace)
+                     MODE_WRITE, forward, grad_fits, is_linear1, linear1_delta, loss_and_delta,
+                     sample_grad, workspace)
 
 ROWS_PER_TASK = 64
 
@@ -58,6 +58,7 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
     bad = np.empty(n_tasks, np.int64)
     for t in prange(n_tasks):
         zs, hs, ds = workspace(u_off, params)
+        tmp = np.empty(1, params.dtype)
         first_bad = -1
         g_hi = min(n_groups, (t + 1) * groups_per_task)
         if fast:
@@ -69,11 +70,14 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
                 x = X[r]
                 dl, ok = linear1_delta(x, w, z0, zs, loss, hdelta, yc, yr, r, 1.0)
                 o = out[r]
+                cnt = 0  # finite entries, counted in the writing loop (one pass)
                 for i in range(d):
-                    o[i] = x[i] * dl
+                    v = x[i] * dl
+                    o[i] = v
+                    cnt += abs(v) < np.inf
                 if has_b:
                     o[d] = dl
-                if (not ok or not finite_row(o)) and first_bad < 0:
+                if (not ok or cnt != d) and first_bad < 0:
                     first_bad = r
             bad[t] = first_bad
             continue
@@ -84,7 +88,11 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
             if hi - lo == 1:
                 _, _, ok = sample_grad(params, X[lo], yc, yr, lo, sizes, w_off, b_off, u_off,
                                        act, loss, hdelta, zs, hs, ds, row, 1.0, MODE_WRITE, False)
-                if (not ok or not finite_row(row)) and first_bad < 0:
+                # The bound on the layers' units settles almost every row; only a row near
+                # the dtype's range is scanned entry by entry.
+                if ok and not grad_fits(X[lo], sizes, b_off, u_off, hs, ds, tmp):
+                    ok = finite_row(row)
+                if not ok and first_bad < 0:
                     first_bad = lo
             else:
                 row[:] = 0
