@@ -710,7 +710,7 @@ def _read_checkpoint(path):
     except _NotAnArchive:
         raise ValueError(f"checkpoint {path!r} is not a fastmb checkpoint (an .npy array, "
                          "not an .npz archive)") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - every parse failure means the same here
         raise ValueError(f"checkpoint {path!r} is not a readable fastmb checkpoint "
                          f"({type(exc).__name__}: {exc})") from None
 

@@ -123,21 +123,30 @@ def _valid_quantized():
             fastmb.to_half(u, "fp16").to_bytes(), fastmb.to_half(u, "bf16").to_bytes()]
 
 
-def fuzz_sparse():
-    valid = _valid_sparse()
+def _fuzz_encoding(valid, check, header, magic, fields):
+    """The checks every wire format gets: each truncation and bit flip of each valid
+    encoding, random edits of them, and headers forged from ``fields`` (strategies for the
+    fields after the magic, packed with ``header``) before a random body."""
     for data in valid:
-        _every_truncation_and_flip(data, _check_sparse)
+        _every_truncation_and_flip(data, check)
 
     @RUNS
     @given(st.sampled_from(valid), _bytes_mutations())
     def mutated(data, edits):
-        _check_sparse(_apply(data, edits))
+        check(_apply(data, edits))
 
     @RUNS
-    @given(st.integers(0, 255), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
-           st.binary(max_size=64))
-    def forged_header(code, n, k, body):
-        _check_sparse(struct.pack("<4sBQQ", b"FMBK", code, n, k) + body)
+    @given(st.tuples(*fields), st.binary(max_size=96))
+    def forged_header(values, body):
+        check(struct.pack(header, magic, *values) + body)
+
+    mutated()
+    forged_header()
+
+
+def fuzz_sparse():
+    _fuzz_encoding(_valid_sparse(), _check_sparse, "<4sBQQ", b"FMBK",
+                   (st.integers(0, 255), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)))
 
     @RUNS
     @given(st.integers(1, 64), st.data())
@@ -149,26 +158,12 @@ def fuzz_sparse():
         body = np.array(idx, "<u4").tobytes() + np.array(val, "<f4").tobytes()
         _check_sparse(struct.pack("<4sBQQ", b"FMBK", 0, n, k) + body)
 
-    mutated()
-    forged_header()
     forged_body()
 
 
 def fuzz_quantized():
-    valid = _valid_quantized()
-    for data in valid:
-        _every_truncation_and_flip(data, _check_quantized)
-
-    @RUNS
-    @given(st.sampled_from(valid), _bytes_mutations())
-    def mutated(data, edits):
-        _check_quantized(_apply(data, edits))
-
-    @RUNS
-    @given(st.integers(0, 255), st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1),
-           st.binary(max_size=96))
-    def forged_header(code, n, block, body):
-        _check_quantized(struct.pack("<4sBQI", b"FMBQ", code, n, block) + body)
+    _fuzz_encoding(_valid_quantized(), _check_quantized, "<4sBQI", b"FMBQ",
+                   (st.integers(0, 255), st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1)))
 
     @RUNS
     @given(st.sampled_from(["int8", "qsgd"]), st.integers(1, 40), st.integers(1, 50), st.data())
@@ -186,8 +181,6 @@ def fuzz_quantized():
         if q is not None:
             _use_quantized(q)
 
-    mutated()
-    forged_header()
     forged_fields()
 
 
@@ -254,7 +247,7 @@ def fuzz_checkpoints():
         ck = _Checkpoints(folder)
         for i, data in enumerate(ck.valid):
             ck.check_bytes(i, data)  # the valid file loads
-            for n in list(range(0, 400)) + list(range(400, len(data), 53)):
+            for n in list(range(400)) + list(range(400, len(data), 53)):
                 ck.check_bytes(i, data[:n])
             for pos in range(0, len(data), 41):
                 for bit in (0, 3, 7):
