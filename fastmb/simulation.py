@@ -33,7 +33,7 @@ from .data import Dataset
 from .partition import Partition
 from .privacy import CentralDP
 from .server import FedAdagrad, FedAdam, FedAvgM, FedYogi
-from .training import _plan
+from .training import MAX_STEPS, _check_steps, _plan
 
 #: name -> (default options). Options not listed here are a config error.
 AGGREGATORS = {
@@ -352,7 +352,7 @@ class Simulation:
             clients_per_round = max(1, int(round(frac * n_clients)))
         self.clients_per_round = V.check_number("clients_per_round", clients_per_round, low=1,
                                                 high=n_clients, integer=True)
-        self.epochs = V.check_number("epochs", epochs, low=1, integer=True)
+        self.epochs = V.check_number("epochs", epochs, low=1, high=MAX_STEPS, integer=True)
         self.eval_every = V.check_number("eval_every", eval_every, low=1, integer=True)
         self.shard_size = V.check_number("shard_size", shard_size, low=1, integer=True)
         self.faults = Faults() if faults is None else faults
@@ -373,6 +373,8 @@ class Simulation:
         self._batch, self._plan = _plan(model, p0, X, y, partition.offsets, partition.rows,
                                         batch_size, lr, momentum, 0.0, prox_mu, shuffle, 0,
                                         None, "constant", 0.5, None, 0.0)
+        _check_steps(self._plan.offsets, np.arange(n_clients), np.full(n_clients, self.epochs),
+                     self._plan.common[0])
         if not np.isfinite(self._batch.X).all():
             bad = int(np.flatnonzero(~np.isfinite(self._batch.X).all(1))[0])
             raise ValueError(f"X contains NaN or Inf (first at row {bad})")

@@ -34,8 +34,8 @@ def _tiny_sim(**kw):
     data = kw.pop("data", None) or fastmb.data.synthetic(240, 4, 3, n_test=30, seed=0)
     part = Pt.iid(len(data.y), 8, seed=0)
     model = kw.pop("model", None) or fastmb.Linear(4, 3, loss="softmax")
-    return fastmb.Simulation(model, data, part, clients_per_round=4, epochs=1, batch_size=8,
-                             seed=0, **kw)
+    kw = {"clients_per_round": 4, "epochs": 1, "batch_size": 8, "seed": 0, **kw}
+    return fastmb.Simulation(model, data, part, **kw)
 
 
 # ---------------------------------------------------------------- memory safety
@@ -64,6 +64,8 @@ def test_row_and_client_indices_beyond_int64_are_refused():
         fastmb.train_clients(m, m.init(), X, y, [0, 20, 40], clients=[1e19])
     with pytest.raises(ValueError, match="epochs.*more than 2\\*\\*62"):
         fastmb.train_clients(m, m.init(), X, y, [0, 40], epochs=2**61, batch_size=1)
+    with pytest.raises(ValueError, match="epochs.*more than 2\\*\\*62"):
+        _tiny_sim(epochs=2**61)
 
 
 def test_partition_refuses_what_would_wrap():
