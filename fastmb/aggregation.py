@@ -296,7 +296,7 @@ class WeightedMean:
         if s.ndim != 1 or s.shape[0] == 0 or not np.isfinite(s).all():
             raise ValueError("state['sum'] must be a non-empty finite 1-D array")
         scale = V.check_number("state['scale']", state["scale"], low=0, low_open=True)
-        if float(np.ldexp(1.0, int(np.frexp(scale)[1]) - 1)) != scale:
+        if _pow2_above(scale) != scale:
             raise ValueError(f"state['scale'] must be a power of two, got {scale}")
         total = V.check_number("state['total']", state["total"], low=0)
         count = V.check_number("state['count']", state["count"], low=0, integer=True)

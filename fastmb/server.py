@@ -133,8 +133,9 @@ class ServerOptimizer:
             raise ValueError(f"state['m'] and state['v'] must be real arrays of shapes "
                              f"{x.shape} and ({nv},)")
         opt._x = x
-        opt._m = np.array(m, x.dtype)
-        opt._v = np.array(v, x.dtype)
+        with np.errstate(over="ignore"):  # beyond the dtype becomes Inf: refused just below
+            opt._m = np.array(m, x.dtype)
+            opt._v = np.array(v, x.dtype)
         if not (np.isfinite(opt._m).all() and np.isfinite(opt._v).all()
                 and (opt._v >= 0).all()):
             raise ValueError("state['m'] and state['v'] must be finite, and state['v'] "

@@ -294,13 +294,17 @@ def _selection(n_clients, clients, epochs, max_steps):
 
 
 def _check_steps(offsets, ids, epochs, batch):
-    """Refuse a training whose step count cannot be counted in int64."""
+    """Refuse a training whose step count cannot be counted in int64 (the kernels compute
+    ``epochs * batches per epoch``)."""
     n_batches = -(-(offsets[ids + 1] - offsets[ids]) // batch)
-    steps = epochs.astype(object) * n_batches.astype(object)  # exact Python integers
-    k = int(np.argmax(steps))
-    if steps[k] > MAX_STEPS:
+    approx = epochs.astype(np.float64) * n_batches  # within a few ulps of the exact count
+    if approx.max() < MAX_STEPS / 2:
+        return
+    k = int(np.argmax(approx))
+    steps = int(epochs[k]) * int(n_batches[k])  # exact, in Python integers
+    if steps > MAX_STEPS:
         raise ValueError(f"epochs: {int(epochs[k])} epochs of {int(n_batches[k])} mini-batches "
-                         f"is {steps[k]} steps, more than 2**62")
+                         f"is {steps} steps, more than 2**62")
 
 
 def train_clients(model, params, X, y, client_offsets, *, rows=None, clients=None, epochs=1,

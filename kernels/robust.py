@@ -122,9 +122,11 @@ def pairwise_sqdist(U, D):
     Each block of ``DIST_BLOCK`` coordinates is converted to float64 once, then the
     squared differences are summed in 2 x 4 register tiles (8 pairs sharing 6 loads: a
     subtraction and a multiply-add per pair and coordinate). Float64 throughout: the
-    difference of two float32 values is exact in float64 and so is its square, so a
-    float32 update's distances are exact up to the float64 sums; a float64 update's
-    distances overflow only beyond |u| ~ 1e154 (the caller checks). Only tiles on or
+    difference of two float32 values is rounded at most once in float64 (it is exact when
+    their exponents lie within 29 of each other), its square once more, and the terms are
+    non-negative, so the sum is accurate to about ``P * 2**-53`` relative; a float32
+    update's squares never overflow, a float64 update's only beyond |u| ~ 1e154 (the
+    caller checks). Only tiles on or
     above the diagonal are computed (rows are padded to a multiple of 4 with zeros).
     """
     K, P = U.shape

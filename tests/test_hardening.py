@@ -506,7 +506,8 @@ def test_labels_never_silently_become_regression(tmp_path):
 
 @pytest.mark.parametrize("target", ["sparse", "quantized", "checkpoints", "states"])
 def test_decoders_fuzzed_in_a_subprocess(target):
-    res = _python(["-m", "tests.fuzz_decoders", target], timeout=900)
+    res = _python(["-W", "error::RuntimeWarning", "-m", "tests.fuzz_decoders", target],
+                  timeout=900)
     assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}"
     assert f"fuzz {target}: ok" in res.stdout
 
