@@ -10,7 +10,7 @@ in a fresh process with an empty cache. Peers that are not installed skip themse
 import numpy as np
 
 import fastmb
-from fastmb import bench as B
+from fastmb.cli import bench as B
 
 
 def _prepared(call):

@@ -6,7 +6,7 @@ opacus) are skipped by raising ``NotImplementedError`` in ``setup``.
 """
 
 import fastmb
-from fastmb import bench as B
+from fastmb.cli import bench as B
 
 from .bench_core import _peer, _prepared
 

@@ -5,7 +5,7 @@ call once, so compilation never lands inside a timing.
 """
 
 import fastmb
-from fastmb import bench as B
+from fastmb.cli import bench as B
 
 from .bench_core import _peer, _prepared
 

@@ -68,7 +68,7 @@ def main(argv=None):
     print("\ntime per round vs Dask worker processes (10,000 clients, 1 thread each):")
     workers = []
     try:
-        from fastmb.distributed import DaskExecutor
+        from fastmb.adapters.dask import DaskExecutor
     except ImportError:
         DaskExecutor = None
     if DaskExecutor is not None:

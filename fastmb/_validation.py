@@ -23,26 +23,6 @@ def check_model(model):
     return model
 
 
-DEVICES = ("cpu", "cuda")
-
-
-def check_device(device):
-    """``"cpu"`` or ``"cuda"``."""
-    if not isinstance(device, str) or device not in DEVICES:
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    return device
-
-
-def gpu(device):
-    """``fastmb._cuda`` (the CUDA paths) when ``device`` is ``"cuda"``, None for ``"cpu"``."""
-    if check_device(device) == "cuda":
-        from . import _cuda
-
-        _cuda.cuda()  # numba-cuda and a GPU (or the simulator), or a clear error
-        return _cuda
-    return None
-
-
 def on_gpu(a):
     """True for numba device arrays and anything with ``__cuda_array_interface__``."""
     return bool(getattr(a, "__cuda_ndarray__", False)) or hasattr(a, "__cuda_array_interface__")
@@ -59,6 +39,39 @@ def _as_numeric(name, a):
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     return arr
+
+
+def as_updates(updates, name="updates"):
+    """A (K, P) stack of client updates, K, P >= 1, as a contiguous float array."""
+    U = _as_numeric(name, updates)
+    if U.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_clients, n_params), got shape {U.shape}")
+    if U.shape[0] == 0 or U.shape[1] == 0:
+        raise ValueError(f"{name} is empty: got shape {U.shape}")
+    return np.ascontiguousarray(U, dtype=float_dtype(U))
+
+
+def as_vector(update, name="update"):
+    """A non-empty 1-D update as a contiguous float array."""
+    u = _as_numeric(name, update)
+    if u.ndim != 1 or u.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {u.shape}")
+    return np.ascontiguousarray(u, dtype=float_dtype(u))
+
+
+def as_residual(residual, u):
+    """An error-feedback residual for the update ``u``, used (and written) in place: the
+    caller's own C-contiguous, writeable array of u's shape and dtype; None stays None."""
+    if residual is None:
+        return None
+    P = u.shape[0]
+    if not isinstance(residual, np.ndarray) or residual.shape != (P,) \
+            or residual.dtype != u.dtype or not residual.flags.c_contiguous:
+        raise TypeError(f"residual must be a C-contiguous {u.dtype} array of shape ({P},) "
+                        "(it is updated in place)")
+    if not residual.flags.writeable:
+        raise ValueError("residual is read-only; it must be writeable (it is updated in place)")
+    return residual
 
 
 def float_dtype(arr):

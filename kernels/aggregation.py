@@ -158,16 +158,6 @@ def divide_into(acc, total, out):
 
 
 @jit(parallel=True)
-def triad(a, b, c, s):
-    """STREAM triad ``a = b + s * c``: the memory-bandwidth yardstick of ``fastmb bench``."""
-    n = a.shape[0]
-    nb = (n + BLOCK - 1) // BLOCK
-    for k in prange(nb):
-        for j in range(k * BLOCK, min(n, (k + 1) * BLOCK)):
-            a[j] = b[j] + s * c[j]
-
-
-@jit(parallel=True)
 def shard_sums(U, w, shard, sums):
     """``sums[s, j] = sum_k w[k] * U[k, j]`` over the rows ``k`` of shard ``s``
     (``shard`` consecutive rows each), in the fixed order of ``_fold_rows``.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastmb
-from fastmb.bench import flower_fedavg, numpy_mlp_per_sample
+from fastmb.cli.bench import flower_fedavg, numpy_mlp_per_sample
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_bench_fedavg_and_flower_peer(benchmark):
 
 
 def test_bench_robust_rules_and_numpy_peers(benchmark):
-    from fastmb.bench import numpy_krum, numpy_median, numpy_trimmed_mean, robust_data
+    from fastmb.cli.bench import numpy_krum, numpy_median, numpy_trimmed_mean, robust_data
 
     (U,) = robust_data(K=24, P=3000)
     med = benchmark(fastmb.coordinate_median, U)
@@ -66,7 +66,7 @@ def test_bench_robust_rules_and_numpy_peers(benchmark):
 
 
 def test_bench_dp_step_and_plain_step_peer(benchmark):
-    from fastmb.bench import PEERS, mlp_data
+    from fastmb.cli.bench import PEERS, mlp_data
 
     model, p, X, y = mlp_data(sizes=(8, 16, 4), batch=64)
     new = benchmark(fastmb.sgd, model, p, X, y, batch_size=64, shuffle=False, lr=0.01,
@@ -77,7 +77,7 @@ def test_bench_dp_step_and_plain_step_peer(benchmark):
 
 
 def test_bench_int8_mean_and_numpy_peer(benchmark):
-    from fastmb.bench import numpy_int8_mean
+    from fastmb.cli.bench import numpy_int8_mean
 
     rng = np.random.default_rng(3)
     U, w = rng.normal(size=(6, 5000)).astype(np.float32), rng.uniform(1, 3, 6)

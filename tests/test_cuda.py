@@ -254,7 +254,7 @@ def test_fedavg_matches_cpu():
 
 @pytest.mark.parametrize("K", [1, 6, 9])
 def test_median_and_trimmed_mean_equal_cpu(K, monkeypatch):
-    from fastmb import _cuda
+    from fastmb._cuda import arrays as _cuda
 
     monkeypatch.setattr(_cuda, "MAX_GRID_Y", 2)  # rows beyond the grid's y limit: strided
     rng = np.random.default_rng(K)

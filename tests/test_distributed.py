@@ -5,10 +5,10 @@ import pytest
 
 import fastmb
 from fastmb import partition as Pt
-from fastmb.simulation import Faults, Simulation
+from fastmb.federation.simulation import Faults, Simulation
 
 distributed = pytest.importorskip("distributed")
-from fastmb.distributed import DaskExecutor  # noqa: E402
+from fastmb.adapters.dask import DaskExecutor  # noqa: E402
 
 DATA = fastmb.data.digits()
 MODEL = fastmb.MLP([64, 16, 10])

@@ -411,7 +411,7 @@ def test_ctrl_c_stops_a_long_training():
 
 
 def test_chunked_training_is_bit_identical(monkeypatch):
-    from fastmb import training as T
+    from fastmb.learn import training as T
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(120, 5))

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
 import fastmb
-from fastmb.robust import _network_for_ranks, sorting_network
+from fastmb.aggregate.robust import _network_for_ranks, sorting_network
 
 from . import naive
 

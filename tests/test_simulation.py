@@ -13,7 +13,7 @@ from numpy.testing import assert_allclose
 import fastmb
 from fastmb import partition as Pt
 from fastmb.cli import main
-from fastmb.simulation import AGGREGATORS, Faults, Simulation
+from fastmb.federation.simulation import AGGREGATORS, Faults, Simulation
 
 from . import naive
 

@@ -1,211 +1,17 @@
-"""Compression of updates: top-k and random-k sparsification, int8, QSGD, fp16/bf16.
-
-A client sends only the k largest-magnitude coordinates of ``update + residual``
-and keeps the rest as its residual for the next round (error feedback; Stich et al.
-2018, "Sparsified SGD with memory"), so nothing is lost, only delayed. The server
-adds the sparse updates straight into a :class:`fastmb.WeightedMean` with
-:meth:`~fastmb.WeightedMean.add_sparse`, without densifying each one.
-"""
+"""Quantized updates: int8 per block, QSGD, fp16/bf16; their mean straight from the codes."""
 
 from __future__ import annotations
 
-import struct
 from typing import NamedTuple
 
 import numpy as np
+from numba.typed import List
 
-from . import _validation as V
-
-_MAGIC = b"FMBK"
-_HEADER = struct.Struct("<4sBQQ")  # magic, dtype code, n_params, k
-_DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f8")}
-
-
-class SparseUpdate(NamedTuple):
-    """k (index, value) pairs of a length-``n_params`` update; indices ascending."""
-
-    indices: np.ndarray
-    values: np.ndarray
-    n_params: int
-
-    def to_bytes(self):
-        """Compact little-endian bytes: a 21-byte header, uint32 (or uint64) indices, values."""
-        idx, val, n = self.checked()
-        code = 0 if val.dtype == np.float32 else 1
-        ity = "<u4" if n <= 2**32 else "<u8"
-        return (_HEADER.pack(_MAGIC, code, n, len(idx))
-                + idx.astype(ity).tobytes() + val.astype(_DTYPES[code]).tobytes())
-
-    @classmethod
-    def from_bytes(cls, data):
-        """Decode :meth:`to_bytes`; raises ``ValueError`` on anything malformed."""
-        data = bytes(data)
-        if len(data) < _HEADER.size:
-            raise ValueError("data is too short to be a SparseUpdate")
-        magic, code, n, k = _HEADER.unpack_from(data)
-        if magic != _MAGIC or code not in _DTYPES:
-            raise ValueError("data is not an encoded SparseUpdate")
-        isz = 4 if n <= 2**32 else 8
-        vdt = _DTYPES[code]
-        if len(data) != _HEADER.size + k * (isz + vdt.itemsize):
-            raise ValueError(f"data has {len(data)} bytes; a SparseUpdate with k={k} needs "
-                             f"{_HEADER.size + k * (isz + vdt.itemsize)}")
-        off = _HEADER.size
-        idx = np.frombuffer(data, f"<u{isz}", k, off)
-        val = np.frombuffer(data, vdt, k, off + k * isz).astype(vdt.newbyteorder("="))
-        return cls(idx, val, int(n)).checked("data")
-
-    def checked(self, name="sparse"):
-        """This update with contiguous int64 indices and float values, after checking that
-        ``n_params`` is a positive integer, the indices integers strictly increasing in
-        ``[0, n_params)`` and the values real and finite. Every door into a kernel passes
-        here: a sparse index is written to without bounds checks."""
-        n = V.check_number(f"{name}.n_params", self.n_params, low=1, integer=True)
-        val = V._as_numeric(f"{name}.values", self.values)
-        if val.ndim != 1:
-            raise ValueError(f"{name}: values must be 1-D, got shape {val.shape}")
-        idx = V.as_index_array(f"{name}.indices", self.indices, high=n, length=val.shape[0])
-        if (idx[1:] <= idx[:-1]).any():
-            raise ValueError(f"{name}: indices must be strictly increasing")
-        val = np.ascontiguousarray(val, V.float_dtype(val))
-        if not np.isfinite(val).all():
-            raise ValueError(f"{name}: values contain NaN or Inf")
-        return SparseUpdate(idx, val, n)
-
-    def densify(self):
-        """The dense (n_params,) update."""
-        idx, val, n = self.checked()
-        out = np.zeros(n, val.dtype)
-        out[idx] = val
-        return out
-
-
-def topk(update, k, residual=None, device="cpu"):
-    """Top-k sparsification with error feedback.
-
-    Selects the ``k`` coordinates of ``c = update + residual`` with the largest
-    magnitude (ties at the threshold go to the lower index) by radix selection:
-    three streaming passes instead of a partition.
-
-    Parameters
-    ----------
-    update : (P,) array
-    k : int in [1, P]
-    residual : (P,) float array of the update's dtype, optional
-        The client's error-feedback memory. **Written in place**: on return it holds
-        ``c`` with the k sent coordinates set to zero. Without it, plain top-k.
-    device : {"cpu", "cuda"}, default "cpu"
-        ``"cuda"``: the same radix selection in five launches (integer counts between
-        them), the same indices, values and residual as the CPU. ``update`` may be a GPU
-        array (then ``indices`` and ``values`` stay on the GPU); ``residual`` must then be
-        a GPU array too (it is updated in place there).
-
-    Returns
-    -------
-    SparseUpdate
-
-    Examples
-    --------
-    >>> import numpy as np, fastmb
-    >>> res = np.zeros(4)
-    >>> s = fastmb.topk(np.array([0.1, -3.0, 2.0, 0.5]), 2, residual=res)
-    >>> s.indices, s.values, res
-    (array([1, 2]), array([-3.,  2.]), array([0.1, 0. , 0. , 0.5]))
-    """
-    gpu = V.gpu(device)
-    if gpu:
-        idx, val, P, on_device = gpu.topk(update, k, residual)
-        return SparseUpdate(gpu.finish(idx, on_device), gpu.finish(val, on_device), P)
-    u = _as_vector(update)
-    P = u.shape[0]
-    k = V.check_number("k", k, low=1, high=P, integer=True)
-    r = _as_residual(residual, u)
-    if r is None:
-        r = np.zeros(P, u.dtype)
-    from .kernels import compress as KC
-
-    work = r.copy()  # the caller's residual changes only once the selection succeeded
-    idx = np.empty(k, np.int64)
-    val = np.empty(k, u.dtype)
-    if KC.topk_error_feedback(u, work, k, idx, val):
-        raise ValueError("update + residual contains NaN or Inf")
-    r[:] = work
-    return SparseUpdate(idx, val, P)
-
-
-# ----------------------------------------------------------------------------- random-k
-
-
-def randk(update, k, seed=0, residual=None, scale=None):
-    """Random-k sparsification: k coordinates chosen uniformly without replacement.
-
-    With error feedback (a ``residual``, written in place as in :func:`topk`) the sent
-    values are ``c[idx]`` for ``c = update + residual`` and the rest stays in the
-    residual. Without it the values are scaled by ``P / k`` by default, which makes
-    the sparse update an unbiased estimate of the update (Wangni et al. 2018,
-    "Gradient sparsification for communication-efficient distributed optimization").
-
-    Parameters
-    ----------
-    update : (P,) array
-    k : int in [1, P]
-    seed : int, default 0
-        Choose a new seed each round (e.g. ``hash((round, client))``): the indices are
-        ``np.random.default_rng(seed).choice(P, k, replace=False)``, sorted.
-    residual : (P,) array, optional
-    scale : float, optional
-        Multiplies the sent values; default ``P / k`` without a residual, 1 with one.
-
-    Returns
-    -------
-    SparseUpdate
-
-    Examples
-    --------
-    >>> import numpy as np, fastmb
-    >>> s = fastmb.randk(np.arange(10.0), 2, seed=1)
-    >>> len(s.indices), bool(np.all(s.values == 5 * s.indices))
-    (2, True)
-    """
-    u = _as_vector(update)
-    P = u.shape[0]
-    k = V.check_number("k", k, low=1, high=P, integer=True)
-    seed = V.check_number("seed", seed, low=0, integer=True)
-    r = _as_residual(residual, u)
-    f = (1.0 if r is not None else P / k) if scale is None else V.check_number("scale", scale)
-    c = u if r is None else u + r
-    if not np.isfinite(c).all():
-        raise ValueError("update + residual contains NaN or Inf" if r is not None
-                         else "update contains NaN or Inf")
-    idx = np.sort(np.random.default_rng(seed).choice(P, k, replace=False)).astype(np.int64)
-    val = V.finite_result((c[idx] * f).astype(u.dtype), "the scaled values")
-    if r is not None:
-        r[:] = c
-        r[idx] = 0
-    return SparseUpdate(idx, val, P)
-
-
-def _as_vector(update):
-    u = V._as_numeric("update", update)
-    if u.ndim != 1 or u.shape[0] == 0:
-        raise ValueError(f"update must be a non-empty 1-D array, got shape {u.shape}")
-    return np.ascontiguousarray(u, dtype=V.float_dtype(u))
-
-
-def _as_residual(residual, u):
-    if residual is None:
-        return None
-    P = u.shape[0]
-    if not isinstance(residual, np.ndarray) or residual.shape != (P,) \
-            or residual.dtype != u.dtype or not residual.flags.c_contiguous:
-        raise TypeError(f"residual must be a C-contiguous {u.dtype} array of shape ({P},) "
-                        "(it is updated in place)")
-    if not residual.flags.writeable:
-        raise ValueError("residual is read-only; it must be writeable (it is updated in place)")
-    return residual
-
-
-# ----------------------------------------------------------------------------- quantization
+from .. import _validation as V
+from ..kernels import _rng
+from ..kernels import quantize as KQ
+from . import wire
+from .wire import CODE_DTYPES, SCHEMES
 
 def _largest_scale():
     """The largest float32 scale whose product with any int8 code (computed in float64,
@@ -219,10 +25,6 @@ def _largest_scale():
 
 
 SCALE_MAX = _largest_scale()
-_QMAGIC = b"FMBQ"
-_QHEADER = struct.Struct("<4sBQI")  # magic, scheme code, n_params, block
-_SCHEMES = {"int8": 0, "qsgd": 1, "fp16": 2, "bf16": 3}
-_CODE_DTYPES = {"int8": np.int8, "qsgd": np.int8, "fp16": np.float16, "bf16": np.uint16}
 
 
 class QuantizedUpdate(NamedTuple):
@@ -254,39 +56,19 @@ class QuantizedUpdate(NamedTuple):
             return q.codes.astype(dtype)
         if q.scheme == "bf16":
             return (q.codes.astype(np.uint32) << 16).view(np.float32).astype(dtype)
-        from .kernels import quantize as KQ
-
         out = np.empty(q.n_params, dtype)
         KQ.dequantize_int8(q.codes, q.scales, q.block, out)
         return out
 
     def to_bytes(self):
-        """Little-endian bytes: a 17-byte header, the codes, then the float32 scales."""
+        """Little-endian bytes (:func:`fastmb.compress.wire.encode_quantized`)."""
         q = self.checked()
-        return (_QHEADER.pack(_QMAGIC, _SCHEMES[q.scheme], q.n_params, q.block)
-                + q.codes.astype(np.dtype(_CODE_DTYPES[q.scheme]).newbyteorder("<"))
-                .tobytes() + q.scales.astype("<f4").tobytes())
+        return wire.encode_quantized(q.scheme, q.codes, q.scales, q.n_params, q.block)
 
     @classmethod
     def from_bytes(cls, data):
         """Decode :meth:`to_bytes`; raises ``ValueError`` on anything malformed."""
-        data = bytes(data)
-        if len(data) < _QHEADER.size:
-            raise ValueError("data is too short to be a QuantizedUpdate")
-        magic, code, n, block = _QHEADER.unpack_from(data)
-        names = {v: k for k, v in _SCHEMES.items()}
-        if magic != _QMAGIC or code not in names or n == 0 or block == 0:
-            raise ValueError("data is not an encoded QuantizedUpdate")
-        scheme = names[code]
-        cdt = np.dtype(_CODE_DTYPES[scheme]).newbyteorder("<")
-        nb = -(-n // block) if scheme in ("int8", "qsgd") else 0
-        need = _QHEADER.size + n * cdt.itemsize + 4 * nb
-        if len(data) != need:
-            raise ValueError(f"data has {len(data)} bytes; a {scheme} update of {n} "
-                             f"parameters needs {need}")
-        codes = np.frombuffer(data, cdt, n, _QHEADER.size).astype(cdt.newbyteorder("="))
-        scales = np.frombuffer(data, "<f4", nb, _QHEADER.size + n * cdt.itemsize)
-        return cls(codes, scales.astype(np.float32), int(n), int(block), scheme).checked("data")
+        return cls(*wire.decode_quantized(data)).checked("data")
 
     def checked(self, name="quantized"):
         """This update with contiguous arrays, after checking every field a kernel relies on:
@@ -294,17 +76,17 @@ class QuantizedUpdate(NamedTuple):
         and of shape ``(n_params,)``; float32 scales, one per block, finite, non-negative and
         at most :data:`SCALE_MAX` (so every dequantized value is a finite float32, whatever
         the int8 codes); 16-bit codes finite."""
-        if not isinstance(self.scheme, str) or self.scheme not in _SCHEMES:
-            raise ValueError(f"{name}: scheme must be one of {sorted(_SCHEMES)}, got "
+        if not isinstance(self.scheme, str) or self.scheme not in SCHEMES:
+            raise ValueError(f"{name}: scheme must be one of {sorted(SCHEMES)}, got "
                              f"{self.scheme!r}")
         n = V.check_number(f"{name}.n_params", self.n_params, low=1, integer=True)
         block = V.check_number(f"{name}.block", self.block, low=1, high=2**31 - 1, integer=True)
         codes = np.ascontiguousarray(self.codes)
         scales = np.ascontiguousarray(self.scales)
-        if codes.dtype != _CODE_DTYPES[self.scheme] or codes.shape != (n,):
-            raise ValueError(f"{name}: codes must be {np.dtype(_CODE_DTYPES[self.scheme])} of "
+        if codes.dtype != CODE_DTYPES[self.scheme] or codes.shape != (n,):
+            raise ValueError(f"{name}: codes must be {np.dtype(CODE_DTYPES[self.scheme])} of "
                              f"shape ({n},)")
-        nb = -(-n // block) if self.scheme in ("int8", "qsgd") else 0
+        nb = wire.n_blocks(self.scheme, n, block)
         if scales.dtype != np.float32 or scales.shape != (nb,):
             raise ValueError(f"{name}: scales must be float32 of shape ({nb},)")
         if not (np.isfinite(scales).all() and (scales >= 0).all()):
@@ -362,13 +144,11 @@ def quantize_int8(update, block=256, stochastic=False, seed=0):
     >>> np.round(q.dequantize(), 3)
     array([ 0.5 , -1.27,  0.01], dtype=float32)
     """
-    u = _as_vector(update)
+    u = V.as_vector(update)
     block = _check_block(block)
     if not isinstance(stochastic, (bool, np.bool_)):
         raise TypeError(f"stochastic must be a bool, got {type(stochastic).__name__}")
     key = _stream(seed)
-    from .kernels import quantize as KQ
-
     codes = np.empty(u.shape[0], np.int8)
     scales = np.empty(-(-u.shape[0] // block), np.float32)
     if KQ.quantize_int8(u, block, bool(stochastic), key, codes, scales):
@@ -405,12 +185,10 @@ def qsgd(update, levels=16, block=512, seed=0):
     >>> bool(np.abs(est - u).max() < 0.2)     # unbiased: the average converges to u
     True
     """
-    u = _as_vector(update)
+    u = V.as_vector(update)
     s = V.check_number("levels", levels, low=1, high=127, integer=True)
     block = _check_block(block)
     key = _stream(seed)
-    from .kernels import quantize as KQ
-
     codes = np.empty(u.shape[0], np.int8)
     scales = np.empty(-(-u.shape[0] // block), np.float32)
     if KQ.quantize_qsgd(u, block, s, key, codes, scales):
@@ -431,7 +209,7 @@ def to_half(update, fmt="fp16"):
     >>> fastmb.to_half(np.array([1.0, 3.14159]), "bf16").dequantize()
     array([1.    , 3.140625], dtype=float32)
     """
-    u = _as_vector(update)
+    u = V.as_vector(update)
     if fmt not in ("fp16", "bf16"):
         raise ValueError(f"fmt must be 'fp16' or 'bf16', got {fmt!r}")
     if not np.isfinite(u).all():
@@ -449,8 +227,6 @@ def to_half(update, fmt="fp16"):
 
 
 def _stream(seed):
-    from .kernels import _rng
-
     s = V.check_number("seed", seed, low=0, high=2**64 - 1, integer=True)
     return np.uint64(_rng.hash2(np.uint64(s), np.uint64(0x51ED)))
 
@@ -501,10 +277,6 @@ def mean_compressed(updates, weights=None, dtype=np.float32):
     dtype = np.dtype(dtype)
     if dtype not in V.FLOATS:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    from numba.typed import List
-
-    from .kernels import quantize as KQ
-
     out = np.empty(n, dtype)
     KQ.mean_int8(List([q.codes for q in qs]), List([q.scales for q in qs]),
                  w / w.max(), block, w.max() / float(w.sum()), out)

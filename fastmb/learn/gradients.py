@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _validation as V
+from .. import _device
+from .. import _validation as V
+from ..kernels import gradients as K
 
 
-class _Batch:
+class Batch:
     """Validated, converted arguments of one call: params, X, labels, weights."""
 
     __slots__ = ("model", "params", "X", "yc", "yr", "sw", "n")
@@ -38,9 +40,7 @@ def _n_chunks(n, P):
     return max(1, min(by_rows, by_memory))
 
 
-def _loss_grad(b, want_grad):
-    from .kernels import gradients as K
-
+def loss_grad_batch(b, want_grad):
     m = b.model
     nc = _n_chunks(b.n, m.n_params)
     acc = np.empty((nc, m.n_params if want_grad else 0), np.float64)
@@ -52,9 +52,7 @@ def _loss_grad(b, want_grad):
     return float(value), V.finite_result(g, "the mean gradient")
 
 
-def _evaluate(b):
-    from .kernels import gradients as K
-
+def evaluate_batch(b):
     totals = np.empty((_n_chunks(b.n, 0), 2), np.float64)
     lsum, right = K.loss_correct(b.params, b.X, b.yc, b.yr, b.model._spec, totals)
     return {"loss": lsum / b.n, "accuracy": right / b.n if b.model.is_classifier else None}
@@ -76,13 +74,13 @@ def evaluate(model, params, X, y):
     >>> fastmb.evaluate(model, np.array([2.0, -1.0]), [[0.0], [1.0]], [0, 0])["accuracy"]
     0.5
     """
-    b = _Batch(model, params, X, y)
+    b = Batch(model, params, X, y)
     if b.n == 0:
         raise ValueError("X is empty: nothing to evaluate")
     rows = np.flatnonzero(~np.isfinite(b.X).all(1))
     if rows.size:  # checked first: a NaN need not reach every loss (hinge's max(0, .))
         V.raise_bad_row(b.X, int(rows[0]))
-    res = _evaluate(b)
+    res = evaluate_batch(b)
     if not np.isfinite(res["loss"]):
         raise ValueError("the loss overflowed: the parameters or inputs are too large")
     return res
@@ -123,10 +121,10 @@ def loss(model, params, X, y, sample_weight=None, device="cpu"):
     >>> round(fastmb.loss(model, model.init(), np.ones((3, 2)), [0, 1, 1]), 4)  # log(2)
     0.6931
     """
-    gpu = V.gpu(device)
+    gpu = _device.gpu(device)
     if gpu:
         return gpu.loss_grad(model, params, X, y, sample_weight, want_grad=False)[0]
-    value, _ = _loss_grad(_Batch(model, params, X, y, sample_weight), want_grad=False)
+    value, _ = loss_grad_batch(Batch(model, params, X, y, sample_weight), want_grad=False)
     return value
 
 
@@ -149,10 +147,10 @@ def grad(model, params, X, y, sample_weight=None, device="cpu"):
 
 def loss_and_grad(model, params, X, y, sample_weight=None, device="cpu"):
     """:func:`loss` and :func:`grad` from one pass over the data: ``(float, (P,) array)``."""
-    gpu = V.gpu(device)
+    gpu = _device.gpu(device)
     if gpu:
         return gpu.loss_grad(model, params, X, y, sample_weight, want_grad=True)
-    return _loss_grad(_Batch(model, params, X, y, sample_weight), want_grad=True)
+    return loss_grad_batch(Batch(model, params, X, y, sample_weight), want_grad=True)
 
 
 def per_sample_grad(model, params, X, y, microbatch=1, out=None, device="cpu"):
@@ -184,11 +182,11 @@ def per_sample_grad(model, params, X, y, microbatch=1, out=None, device="cpu"):
     array([[-1., -0., -1.],
            [-0., -2., -2.]])
     """
-    gpu = V.gpu(device)
+    gpu = _device.gpu(device)
     m = V.check_number("microbatch", microbatch, low=1, integer=True)
     if gpu:
         return gpu.per_sample_grad(model, params, X, y, m, out)
-    b = _Batch(model, params, X, y)
+    b = Batch(model, params, X, y)
     rows = -(-b.n // m)
     shape = (rows, model.n_params)
     if out is None:
@@ -203,8 +201,6 @@ def per_sample_grad(model, params, X, y, microbatch=1, out=None, device="cpu"):
         if not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError("out must be a writeable C-contiguous array")
         V.no_overlap("out", out, params=b.params, X=b.X, y=b.yr)
-    from .kernels import gradients as K
-
     b.check(K.per_sample_grad(b.params, b.X, b.yc, b.yr, model._spec, m, out))
     return out
 
@@ -228,12 +224,10 @@ def per_sample_grad_norm(model, params, X, y, device="cpu"):
     >>> fastmb.per_sample_grad_norm(model, model.init(dtype=np.float64), [[3.0, 4.0]], [1.0])
     array([5.09901951])
     """
-    gpu = V.gpu(device)
+    gpu = _device.gpu(device)
     if gpu:
         return gpu.per_sample_grad_norm(model, params, X, y)
-    b = _Batch(model, params, X, y)
-    from .kernels import gradients as K
-
+    b = Batch(model, params, X, y)
     out = np.empty(b.n, b.params.dtype)
     b.check(K.per_sample_norm(b.params, b.X, b.yc, b.yr, model._spec, out))
     return out
@@ -249,9 +243,7 @@ def decision_function(model, params, X):
     >>> fastmb.decision_function(model, np.array([1.0, 2.0, 0.5]), [[1.0, 1.0]])
     array([3.5])
     """
-    b = _Batch(model, params, X, labels=False)
-    from .kernels import gradients as K
-
+    b = Batch(model, params, X, labels=False)
     out = np.empty((b.n, model.n_outputs), b.params.dtype)
     b.check(K.decision(b.params, b.X, model._spec, out))
     return out[:, 0] if model.n_outputs == 1 else out

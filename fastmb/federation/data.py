@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _validation as V
+from .. import _validation as V
 
 #: Largest ``n_classes`` of :func:`synthetic`: each row draws that many Gumbel values.
 MAX_SYNTHETIC_CLASSES = 10_000

@@ -7,6 +7,9 @@ import json
 import platform
 import sys
 
+from . import bench
+from .simulate import add_arguments, run
+
 
 def _positive(text):
     value = float(text)
@@ -18,8 +21,6 @@ def _positive(text):
 def build_parser():
     parser = argparse.ArgumentParser(prog="fastmb", description="fast micro-batch learning at the edge")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from .simcli import add_arguments
-
     simulate = sub.add_parser(
         "simulate", help="simulate edge clients training and a server aggregating",
         description="Simulate federated training: clients train on their own micro-batches, "
@@ -45,8 +46,6 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "simulate":
-        from .simcli import run
-
         try:
             return run(args, echo=lambda line: print(line, flush=True))
         except (ValueError, TypeError, OSError, ImportError) as exc:
@@ -57,8 +56,6 @@ def main(argv=None):
                   "(run again with --resume to continue)", file=sys.stderr)
             return 130
     if args.command == "bench":
-        from . import bench
-
         print(f"fastmb bench on {platform.processor() or platform.machine()}, "
               f"Python {platform.python_version()}", flush=True)
         rows, extra = bench.run(quick=args.quick, compile=args.compile, scale=args.scale,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _validation as V
+from .. import _validation as V
+from ..kernels import aggregation as KA
+from ..kernels import server as KS
 
 _KINDS = {"FedAvgM": 0, "FedAdagrad": 1, "FedAdam": 2, "FedYogi": 3}
 
@@ -79,9 +81,6 @@ class ServerOptimizer:
             raise ValueError(f"aggregate must be a 1-D array of length {self._x.shape[0]}, "
                              f"got shape {a.shape}")
         a = np.ascontiguousarray(a, dtype=self._x.dtype)
-        from .kernels import aggregation as KA
-        from .kernels import server as KS
-
         if KA.count_nonfinite(a):
             raise ValueError("aggregate contains NaN or Inf")
         x, m, v = self._x.copy(), self._m.copy(), self._v.copy()

@@ -18,8 +18,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _validation as V
-from .aggregation import _as_updates
+from .. import _device
+from .. import _validation as V
+from ..kernels import aggregation as KA
+from ..kernels import robust as KR
+from .mean import nonfinite_rows
+from .norms import clip_factors, row_distances
 
 
 class RobustAggregate(NamedTuple):
@@ -76,11 +80,8 @@ def _network_for_ranks(n, r_lo, r_hi):
 
 def _finite_rows(updates, name="updates"):
     """Validated updates without their non-finite rows: ``(U, kept, rejected)``."""
-    U = _as_updates(updates)
-    from .kernels import aggregation as KA
-
-    bad = np.empty(U.shape[0], np.bool_)
-    KA.rows_nonfinite(U, bad)
+    U = V.as_updates(updates, name)
+    bad = nonfinite_rows(U)
     if not bad.any():
         return U, np.arange(U.shape[0]), np.empty(0, np.int64)
     kept = np.flatnonzero(~bad)
@@ -112,8 +113,6 @@ def _check_f(n_byzantine):
 
 def _weighted_mean(U, w, dtype=None):
     """sum_k w_k U_k / sum_k w_k with the fedavg kernel (float64 sums)."""
-    from .kernels import aggregation as KA
-
     out = np.empty(U.shape[1], U.dtype if dtype is None else dtype)
     scale = w.max()
     w = w / scale
@@ -122,8 +121,6 @@ def _weighted_mean(U, w, dtype=None):
 
 
 def _rank_mean(U, r_lo, r_hi):
-    from .kernels import robust as KR
-
     out = np.empty(U.shape[1], U.dtype)
     KR.rank_mean(U, _network_for_ranks(U.shape[0], r_lo, r_hi), r_lo, r_hi, out)
     return out
@@ -134,7 +131,7 @@ def _rank_mean(U, r_lo, r_hi):
 
 def _rank_rule(updates, device, ranks):
     """A coordinate-wise rule: the mean of the ranks ``ranks(K)`` of each coordinate."""
-    gpu = V.gpu(device)
+    gpu = _device.gpu(device)
     if gpu:
         U, on_device = gpu.as_updates(updates)
         U, kept, rejected = gpu.finite_rows(U)
@@ -237,8 +234,6 @@ def pairwise_sq_distances(updates):
 
 
 def _sqdist(U):
-    from .kernels import robust as KR
-
     D = np.empty((U.shape[0], U.shape[0]), np.float64)
     KR.pairwise_sqdist(U, D)
     return D
@@ -361,8 +356,6 @@ def bulyan(updates, n_byzantine):
         chosen.append(best)
         left.remove(best)
     sel = np.sort(np.array(chosen))
-    from .kernels import robust as KR
-
     S = np.ascontiguousarray(U[sel])
     out = np.empty(U.shape[1], U.dtype)
     KR.closest_to_median_mean(S, sorting_network(theta), theta - 2 * f, out)
@@ -370,33 +363,6 @@ def bulyan(updates, n_byzantine):
 
 
 # ----------------------------------------------------------------------------- norm-based
-
-
-def _row_dist(U, z):
-    """``|U[k] - z|`` for every row k, in float64.
-
-    Squares of float64 coordinates beyond about 1e154 overflow; those rows (never a
-    float32 one) are measured again with the largest difference factored out, as LAPACK's
-    ``dnrm2`` does, so a huge update gets its true norm rather than Inf."""
-    from .kernels import robust as KR
-
-    out = np.empty(U.shape[0], np.float64)
-    KR.row_sqdist(U, z, out)
-    out = np.sqrt(out)
-    for k in np.flatnonzero(~np.isfinite(out)):
-        with np.errstate(over="ignore", invalid="ignore"):
-            d = U[k].astype(np.float64) - z
-            s = np.abs(d).max()
-            out[k] = s * np.sqrt(np.sum((d / s) ** 2)) if np.isfinite(s) else np.inf
-    return V.finite_result(out, "a distance between updates")
-
-
-def _clip_factors(dist, radius):
-    """``min(1, radius / dist)`` per client (a zero distance needs no clipping)."""
-    out = np.ones(dist.shape)
-    big = dist > radius
-    out[big] = radius / dist[big]
-    return out
 
 
 def _client_weights(weights, n_all, kept):
@@ -433,10 +399,8 @@ def norm_bounded_mean(updates, max_norm, weights=None):
     c = V.check_number("max_norm", max_norm, low=0, low_open=True)
     U, kept, rejected = _finite_rows(updates)
     w = _client_weights(weights, np.shape(updates)[0], kept)
-    norms = _row_dist(U, np.zeros(U.shape[1]))
-    scale = _clip_factors(norms, c)
-    from .kernels import aggregation as KA
-
+    norms = row_distances(U, np.zeros(U.shape[1]))
+    scale = clip_factors(norms, c)
     out = np.empty(U.shape[1], U.dtype)
     KA.weighted_mean(U, w * scale / w.max(), w.max() / float(w.sum()), out)
     return _result(out, kept, rejected)
@@ -477,12 +441,10 @@ def centered_clipping(updates, tau, center=None, n_iter=1, weights=None):
     w = _client_weights(weights, np.shape(updates)[0], kept)
     w = w / w.sum()
     v = _center(center, U.shape[1])
-    from .kernels import aggregation as KA
-
     step = np.empty(U.shape[1], np.float64)
     for _ in range(n_iter):
-        d = _row_dist(U, v)
-        c = w * _clip_factors(d, tau)
+        d = row_distances(U, v)
+        c = w * clip_factors(d, tau)
         # v + sum_k c_k (u_k - v) = sum_k c_k u_k + (1 - sum_k c_k) v
         KA.weighted_mean(U, c, 1.0, step)
         v = step + (1.0 - c.sum()) * v
@@ -538,11 +500,11 @@ def geometric_median(updates, weights=None, nu=1e-6, max_iter=100, tol=1e-6):
     # cannot overflow where the distances themselves do not.
     w = w / w.sum()
     v = _weighted_mean(U, w, np.float64)
-    d = np.maximum(nu, _row_dist(U, v))
+    d = np.maximum(nu, row_distances(U, v))
     obj = float(w @ d)
     for _ in range(max_iter):
         v_new = _weighted_mean(U, w / d, np.float64)
-        d_new = np.maximum(nu, _row_dist(U, v_new))
+        d_new = np.maximum(nu, row_distances(U, v_new))
         obj_new = float(w @ d_new)
         if obj_new > obj:  # cannot happen in exact arithmetic; rounding at the optimum
             break

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _validation as V
-from .gradients import _Batch
+import numba
+
+from .. import _device
+from .. import _validation as V
+from ..kernels import _rng
+from ..kernels import training as K_
+from .gradients import Batch
 
 SCHEDULES = {"constant": 0, "invscaling": 1, "cosine": 2}
 # From this batch size on, a mini-batch's gradient is computed with matrix products, one
@@ -141,7 +146,7 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
                          clip_norm=clip_norm, noise_multiplier=noise_multiplier)[0]
 
 
-class _Plan:
+class TrainPlan:
     """Validated options of a ``train_clients`` call, reusable round after round.
 
     The federation engine builds one per simulation (data and options are checked once)
@@ -167,8 +172,6 @@ class _Plan:
         The work is cut into kernel calls of about ``CHUNK_WORK`` (see :meth:`chunks`);
         ``bad[k]`` is the first row client k's training flagged, or -1.
         """
-        from .kernels import _rng, training as K_
-
         K = clients.shape[0]
         P = params.shape[0]
         out = np.empty((K, P), params.dtype)
@@ -227,8 +230,6 @@ class _Plan:
         if work.sum() <= CHUNK_WORK:
             yield 0, K, 0, int(epochs.max())
             return
-        import numba
-
         T = numba.get_num_threads()
         g0 = 0
         while g0 < K:
@@ -275,10 +276,10 @@ def _plan_args(n, client_offsets, rows, batch_size, lr, momentum, weight_decay, 
     return idx, off, opts, clip, noise_std
 
 
-def _plan(model, params, X, y, client_offsets, rows, *args):
-    b = _Batch(model, params, X, y, args[7])  # args: as _plan_args after rows
+def plan_training(model, params, X, y, client_offsets, rows, *args):
+    b = Batch(model, params, X, y, args[7])  # args: as _plan_args after rows
     idx, off, opts, clip, noise_std = _plan_args(b.n, client_offsets, rows, *args)
-    return b, _Plan(model, b, idx, off, opts, clip, noise_std)
+    return b, TrainPlan(model, b, idx, off, opts, clip, noise_std)
 
 
 def _selection(n_clients, clients, epochs, max_steps):
@@ -293,7 +294,7 @@ def _selection(n_clients, clients, epochs, max_steps):
     return ids, _as_epochs(epochs, K), _as_steps(max_steps, K)
 
 
-def _check_steps(offsets, ids, epochs, batch):
+def check_steps(offsets, ids, epochs, batch):
     """Refuse a training whose step count cannot be counted in int64 (the kernels compute
     ``epochs * batches per epoch``)."""
     n_batches = -(-(offsets[ids + 1] - offsets[ids]) // batch)
@@ -376,16 +377,16 @@ clip_norm, noise_multiplier
     """
     args = (batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, sample_weight,
             schedule, power_t, clip_norm, noise_multiplier)
-    gpu = V.gpu(device)
+    gpu = _device.gpu(device)
     if gpu:
         b = gpu.Batch(model, params, X, y, sample_weight)
         idx, off, opts, clip, noise_std = _plan_args(b.n, client_offsets, rows, *args)
         ids, ep, steps = _selection(off.shape[0] - 1, clients, epochs, max_steps)
-        _check_steps(off, ids, ep, opts["batch"])
+        check_steps(off, ids, ep, opts["batch"])
         return gpu.train_clients(b, idx, off, opts, clip, noise_std, ids, ep, steps)
-    b, plan = _plan(model, params, X, y, client_offsets, rows, *args)
+    b, plan = plan_training(model, params, X, y, client_offsets, rows, *args)
     ids, ep, steps = _selection(plan.offsets.shape[0] - 1, clients, epochs, max_steps)
-    _check_steps(plan.offsets, ids, ep, plan.common[0])
+    check_steps(plan.offsets, ids, ep, plan.common[0])
     out, bad = plan.run(b.params, ids, ep, steps)
     plan.raise_bad(bad)
     diverged = np.flatnonzero(~np.isfinite(out).all(axis=1))

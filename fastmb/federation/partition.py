@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _validation as V
+from .. import _validation as V
 
 
 class Partition:

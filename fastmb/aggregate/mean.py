@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _validation as V
+from .. import _device
+from .. import _validation as V
+from ..compress import QuantizedUpdate, SparseUpdate
+from ..kernels import aggregation as KA
+from ..kernels import compress as KC
+from ..kernels import quantize as KQ
 
 
-def _as_updates(updates):
-    U = V._as_numeric("updates", updates)
-    if U.ndim != 2:
-        raise ValueError(f"updates must be 2-D (n_clients, n_params), got shape {U.shape}")
-    if U.shape[0] == 0 or U.shape[1] == 0:
-        raise ValueError(f"updates is empty: got shape {U.shape}")
-    return np.ascontiguousarray(U, dtype=V.float_dtype(U))
+def nonfinite_rows(U):
+    """Boolean mask of the rows of a (K, P) stack that hold a NaN or Inf: the one test every
+    rule, the streaming mean and the simulation use to find (and name) broken updates."""
+    bad = np.empty(U.shape[0], np.bool_)
+    KA.rows_nonfinite(U, bad)
+    return bad
+
+
+def check_finite_rows(U, name="updates"):
+    """Raise, naming the clients, if a row of U holds a NaN or Inf."""
+    bad = np.flatnonzero(nonfinite_rows(U))
+    if bad.size:
+        raise ValueError(f"{name} contains NaN or Inf (clients {bad.tolist()})")
 
 
 def fedavg(updates, weights=None, device="cpu"):
@@ -50,24 +61,18 @@ def fedavg(updates, weights=None, device="cpu"):
     >>> fastmb.fedavg(np.array([[1.0, 2.0], [3.0, 6.0]]), weights=[3, 1])
     array([1.5, 3. ])
     """
-    gpu = V.gpu(device)
+    gpu = _device.gpu(device)
     if gpu:
         U, on_device = gpu.as_updates(updates)
         return gpu.finish(gpu.weighted_mean(U, _client_weights(weights, U.shape[0])), on_device)
-    U = _as_updates(updates)
+    U = V.as_updates(updates)
     w = _client_weights(weights, U.shape[0])
-    from .kernels import aggregation as K
-
     out = np.empty(U.shape[1], U.dtype)
     # Scale the weights so the largest is 1: the total then lies in [1, K] and its
     # reciprocal is exact enough and finite even for subnormal or huge weights.
     w = w / w.max()
-    if K.weighted_mean(U, w, 1.0 / float(np.sum(w)), out):
-        rows = np.empty(U.shape[0], np.bool_)
-        K.rows_nonfinite(U, rows)
-        bad = np.flatnonzero(rows).tolist()
-        if bad:
-            raise ValueError(f"updates contains NaN or Inf (clients {bad})")
+    if KA.weighted_mean(U, w, 1.0 / float(np.sum(w)), out):
+        check_finite_rows(U)
         raise ValueError("the weighted mean overflows the dtype of updates")
     return out
 
@@ -149,9 +154,7 @@ class WeightedMean:
         if w_max > 0 and (self._total == 0 or w_max > self._scale):
             new = _pow2_above(w_max)
             if self._total:  # else the sum is zero: only zero weights were added
-                from .kernels import aggregation as K
-
-                K.scale_inplace(self._sum, self._scale / new)
+                KA.scale_inplace(self._sum, self._scale / new)
                 self._total *= self._scale / new
             self._scale = new
         return self._scale
@@ -164,13 +167,11 @@ class WeightedMean:
                              f"got shape {u.shape}")
         w = V.check_number("weight", weight, low=0)
         u = np.ascontiguousarray(u, dtype=V.float_dtype(u))
-        from .kernels import aggregation as K
-
         # Check first, then accumulate: the state is never left half-updated.
-        if K.count_nonfinite(u):
+        if KA.count_nonfinite(u):
             raise ValueError("update contains NaN or Inf")
         scale = self._fit(w)
-        K.axpy(self._sum, w / scale, u)
+        KA.axpy(self._sum, w / scale, u)
         self._total += w / scale
         self.count += 1
 
@@ -190,18 +191,13 @@ class WeightedMean:
         >>> wm.result()
         array([1.5, 3. ], dtype=float32)
         """
-        U = _as_updates(updates)
+        U = V.as_updates(updates)
         if U.shape[1] != self.n_params:
             raise ValueError(f"updates must have {self.n_params} columns, got shape {U.shape}")
         K = U.shape[0]
         w = (np.ones(K) if weights is None
              else V.as_weights(weights, K, "weights", "client", allow_zero_sum=True))
-        from .kernels import aggregation as KA
-
-        bad = np.empty(K, np.bool_)
-        KA.rows_nonfinite(U, bad)
-        if bad.any():
-            raise ValueError(f"updates contains NaN or Inf (clients {np.flatnonzero(bad).tolist()})")
+        check_finite_rows(U)
         w = np.ascontiguousarray(w / self._fit(float(w.max())), np.float64)
         KA.accumulate_rows(self._sum, U, w)
         self._total += float(np.sum(w))
@@ -212,16 +208,12 @@ class WeightedMean:
 
         Costs O(k), not O(P): only the sent coordinates are touched.
         """
-        from .compress import SparseUpdate
-
         if not isinstance(sparse, SparseUpdate):
             raise TypeError(f"sparse must be a fastmb.SparseUpdate, got {type(sparse).__name__}")
         w = V.check_number("weight", weight, low=0)
         idx, val, n = sparse.checked("sparse")
         if n != self.n_params:
             raise ValueError(f"sparse has n_params={n}, expected {self.n_params}")
-        from .kernels import compress as KC
-
         scale = self._fit(w)
         KC.sparse_axpy(self._sum, w / scale, idx, val)
         self._total += w / scale
@@ -233,8 +225,6 @@ class WeightedMean:
         int8/QSGD and bf16 are decoded on the fly inside the accumulation (no dense
         copy); fp16 is widened first.
         """
-        from .compress import QuantizedUpdate
-
         if not isinstance(quantized, QuantizedUpdate):
             raise TypeError(f"quantized must be a fastmb.QuantizedUpdate, got "
                             f"{type(quantized).__name__}")
@@ -242,15 +232,13 @@ class WeightedMean:
         q = quantized.checked("quantized")
         if q.n_params != self.n_params:
             raise ValueError(f"quantized has n_params={q.n_params}, expected {self.n_params}")
-        from .kernels import aggregation as K, quantize as KQ
-
         ws = w / self._fit(w)
         if q.scheme in ("int8", "qsgd"):
             KQ.axpy_int8(self._sum, ws, q.codes, q.scales, q.block)
         elif q.scheme == "bf16":
             KQ.axpy_bf16(self._sum, ws, q.codes)
         else:
-            K.axpy(self._sum, ws, q.codes.astype(np.float32))
+            KA.axpy(self._sum, ws, q.codes.astype(np.float32))
         self._total += ws
         self.count += 1
 
@@ -260,12 +248,10 @@ class WeightedMean:
             raise TypeError(f"other must be a WeightedMean, got {type(other).__name__}")
         if other.n_params != self.n_params:
             raise ValueError(f"other has n_params={other.n_params}, expected {self.n_params}")
-        from .kernels import aggregation as K
-
         if other._total:
             # Both sums in the larger of the two scales (a power-of-two ratio: exact).
             scale = self._fit(other._scale)
-            K.axpy(self._sum, other._scale / scale, other._sum)
+            KA.axpy(self._sum, other._scale / scale, other._sum)
             self._total += other._total * (other._scale / scale)
         self.count += other.count
 
@@ -274,10 +260,8 @@ class WeightedMean:
         mean does not fit ``dtype``."""
         if self._total <= 0:
             raise ValueError("the mean is undefined: no update with a positive weight was added")
-        from .kernels import aggregation as K
-
         out = np.empty(self.n_params, self.dtype)
-        K.divide_into(self._sum, self._total, out)
+        KA.divide_into(self._sum, self._total, out)
         return V.finite_result(out, "the weighted mean")
 
     def state_dict(self):

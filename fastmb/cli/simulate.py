@@ -17,6 +17,13 @@ import os
 import sys
 import time
 
+from ..adapters.dask import DaskExecutor
+from ..federation import data as D
+from ..federation import partition as Pt
+from ..federation.data import TASKS
+from ..federation.simulation import Faults, Simulation, summary
+from ..models import MLP, Linear
+
 #: Every setting, its default and its help. The default run: digits, 100 clients with
 #: Dirichlet(0.5) label skew, an MLP 64-64-10, FedAvg, 30 rounds.
 SETTINGS = {
@@ -213,16 +220,12 @@ def settings(args):
         raise ConfigError(f"workers must be >= 0, got {cfg['workers']}")
     if not cfg["out"]:
         raise ConfigError("out must name a folder")
-    from .data import TASKS
-
     if cfg["task"] not in TASKS:
         raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {cfg['task']!r}")
     return cfg
 
 
 def load_data(cfg):
-    from . import data as D
-
     name = cfg["data"]
     if name == "digits":
         return D.digits(seed=cfg["seed"])
@@ -237,10 +240,6 @@ def load_data(cfg):
 
 def build(cfg, executor=None):
     """The model, data, partition and Simulation that ``cfg`` describes."""
-    import fastmb
-    from . import partition as Pt
-    from .simulation import Faults, Simulation
-
     data = load_data(cfg)
     d = data.X.shape[1]
     C = data.n_classes
@@ -249,9 +248,9 @@ def build(cfg, executor=None):
         raise ConfigError("the labels hold one class only; classification needs two or more")
     out = C if C else 1
     if cfg["model"] == "linear":
-        model = fastmb.Linear(d, out, loss=loss)
+        model = Linear(d, out, loss=loss)
     elif cfg["model"] == "mlp":
-        model = fastmb.MLP([d, *cfg["hidden"], out], activation=cfg["activation"], loss=loss)
+        model = MLP([d, *cfg["hidden"], out], activation=cfg["activation"], loss=loss)
     else:
         raise ConfigError(f"model must be mlp or linear, got {cfg['model']!r}")
     if cfg["partition"] == "dirichlet" and not C:
@@ -274,8 +273,6 @@ def build(cfg, executor=None):
 
 def _executor(cfg):
     if cfg["scheduler"] or cfg["workers"]:
-        from .distributed import DaskExecutor
-
         if cfg["scheduler"]:
             return DaskExecutor(address=cfg["scheduler"])
         return DaskExecutor(n_workers=cfg["workers"])
@@ -372,8 +369,6 @@ LOCK_FILE = ".fastmb.lock"
 
 
 def _run(cfg, folder, t0, echo):
-    from .simulation import summary
-
     executor = _executor(cfg)
     try:
         data, part, sim = build(cfg, executor)

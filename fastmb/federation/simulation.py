@@ -27,13 +27,16 @@ import time
 
 import numpy as np
 
-from . import _validation as V
-from . import robust as R
+from .. import _validation as V
+from ..kernels import aggregation as KA
+from ..aggregate import robust as R
+from ..aggregate.mean import nonfinite_rows
+from ..aggregate.server import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from ..learn.gradients import Batch, evaluate_batch
+from ..learn.training import MAX_STEPS, check_steps, plan_training
+from ..privacy import CentralDP
 from .data import Dataset
 from .partition import Partition
-from .privacy import CentralDP
-from .server import FedAdagrad, FedAdam, FedAvgM, FedYogi
-from .training import MAX_STEPS, _check_steps, _plan
 
 #: name -> (default options). Options not listed here are a config error.
 AGGREGATORS = {
@@ -143,11 +146,7 @@ def _deltas(out, bad, params, attack, kind, scale):
 
 def bad_rows(D):
     """Mask of the updates (rows of D) holding a NaN or Inf."""
-    from .kernels import aggregation as KA
-
-    bad = np.empty(D.shape[0], np.bool_)
-    KA.rows_nonfinite(D, bad)
-    return bad
+    return nonfinite_rows(D)
 
 
 def shard_partials(D, weights, shard_size):
@@ -156,8 +155,6 @@ def shard_partials(D, weights, shard_size):
     Updates with NaN or Inf are rejected: their rows (the round's own buffer, never the
     caller's) are zeroed and weighted 0, so the shard sum adds exact zeros in their place.
     """
-    from .kernels import aggregation as KA
-
     K = D.shape[0]
     bad = bad_rows(D)
     w = np.ascontiguousarray(weights, np.float64)
@@ -238,7 +235,7 @@ class LocalExecutor:
     """Run every round in this process: one kernel call trains all of a round's clients."""
 
     def prepare(self, sim):
-        self._plan = sim._plan
+        self.plan_training = sim.plan_training
 
     def close(self):
         pass
@@ -253,7 +250,7 @@ class LocalExecutor:
 
     def updates(self, task):
         """The round's (K, P) stack of updates, corrupted ones included."""
-        out, bad = self._plan.run(task.params, task.ids, task.epochs, task.steps, task.seed)
+        out, bad = self.plan_training.run(task.params, task.ids, task.epochs, task.steps, task.seed)
         return _deltas(out, bad, task.params, task.attack, task.kind, task.scale)
 
     def coordinate_rule(self, task, name, opts):
@@ -370,23 +367,21 @@ class Simulation:
         if partition.rows.size and partition.rows.max() >= n_rows:
             raise ValueError(f"partition refers to row {partition.rows.max()} but X has "
                              f"{n_rows} rows")
-        self._batch, self._plan = _plan(model, p0, X, y, partition.offsets, partition.rows,
+        self._batch, self.plan_training = plan_training(model, p0, X, y, partition.offsets, partition.rows,
                                         batch_size, lr, momentum, 0.0, prox_mu, shuffle, 0,
                                         None, "constant", 0.5, None, 0.0)
-        _check_steps(self._plan.offsets, np.arange(n_clients), np.full(n_clients, self.epochs),
-                     self._plan.common[0])
+        check_steps(self.plan_training.offsets, np.arange(n_clients), np.full(n_clients, self.epochs),
+                     self.plan_training.common[0])
         if not np.isfinite(self._batch.X).all():
             bad = int(np.flatnonzero(~np.isfinite(self._batch.X).all(1))[0])
             raise ValueError(f"X contains NaN or Inf (first at row {bad})")
-        from .gradients import _Batch
-
-        self._test = _Batch(model, p0, X_test, y_test)
+        self._test = Batch(model, p0, X_test, y_test)
         if self._test.n == 0:
             raise ValueError("the test split (X_test) is empty; the server needs held-out data")
         bad_test = np.flatnonzero(~np.isfinite(self._test.X).all(1))
         if bad_test.size:
             raise ValueError(f"X_test contains NaN or Inf (first at row {int(bad_test[0])})")
-        self.batch_size = self._plan.common[0]
+        self.batch_size = self.plan_training.common[0]
         self.lr, self.momentum, self.prox_mu = lr, momentum, prox_mu
         self.shuffle = bool(shuffle)
         self._planned_steps = self.epochs * -(-partition.sizes // self.batch_size)
@@ -636,10 +631,8 @@ class Simulation:
     def evaluate(self):
         """``{"loss", "accuracy"}`` of the current parameters on the test split
         (accuracy is None for regression)."""
-        from .gradients import _evaluate
-
         self._test.params = self._params
-        return _evaluate(self._test)
+        return evaluate_batch(self._test)
 
     def run(self, rounds, *, checkpoint=None, callback=None):
         """Run until ``rounds`` rounds are done in all (a resumed run continues).

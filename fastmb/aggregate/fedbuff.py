@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _validation as V
-from .aggregation import WeightedMean
+from .. import _validation as V
+from ..compress import QuantizedUpdate, SparseUpdate
+from .mean import WeightedMean
 from .server import FedAvgM, ServerOptimizer
 
 STALENESS = ("constant", "sqrt", "polynomial")
@@ -123,8 +124,6 @@ class FedBuff:
 
         A bad update raises and leaves the buffer and the model as they were.
         """
-        from .compress import QuantizedUpdate, SparseUpdate
-
         v = V.check_number("version", version, low=0, integer=True)
         if v > self.version:
             raise ValueError(f"version must be <= the current version {self.version} (a "

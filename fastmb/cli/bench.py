@@ -26,7 +26,11 @@ import warnings
 
 import numpy as np
 
+import numba
+
 import fastmb
+
+from ..kernels.roofline import triad
 
 # ----------------------------------------------------------------------------- timing
 
@@ -45,8 +49,6 @@ def best_time(func, repeat=5, warmup=1):
 
 def bandwidth(n_bytes=400_000_000, repeat=5):
     """STREAM triad ``a = b + s c`` over three float32 arrays; returns bytes/second."""
-    from .kernels.aggregation import triad
-
     n = n_bytes // 12
     a, b, c = np.empty(n, np.float32), np.ones(n, np.float32), np.ones(n, np.float32)
     t = best_time(lambda: triad(a, b, c, np.float32(3.0)), repeat)
@@ -434,8 +436,6 @@ def _rows(kernel, size, fast, peers, data, repeat, limit_bytes, bw, echo, limit_
 
 def run(quick=False, compile=False, scale=1.0, echo=print):
     """Run every benchmark and return ``(rows, extra)``; ``echo`` receives progress lines."""
-    import numba
-
     repeat = 3 if quick else 7
 
     def sz(v):
