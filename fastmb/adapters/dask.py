@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import operator
 
+import numba
 import numpy as np
 
 from ..federation.simulation import (apply_rule, bad_rows, merge_means, shard_bounds,
@@ -41,8 +42,6 @@ def _limit_threads():
         n = get_worker().state.nthreads
     except (ImportError, ValueError, AttributeError):
         return
-    import numba
-
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 

@@ -20,6 +20,7 @@ as the single-process run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -677,8 +678,6 @@ class Simulation:
 def _digest(*arrays):
     """SHA-256 of the arrays' dtypes, shapes and bytes (so no two differ and collide by
     concatenation), as 16 hex digits."""
-    import hashlib
-
     h = hashlib.sha256()
     for a in arrays:
         a = np.ascontiguousarray(a)
