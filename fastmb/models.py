@@ -7,6 +7,8 @@ shape ``(n_in, n_out)``) followed by ``b_l`` (``n_out``) when the model has bias
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 LOSSES = {"squared": 0, "huber": 1, "logistic": 2, "hinge": 3, "softmax": 4}
@@ -28,10 +30,29 @@ def _check_int(name, value, minimum=1):
     return int(value)
 
 
+class Layout(NamedTuple):
+    """A model as the kernels see it: the flat parameter layout and the codes of its functions.
+
+    ``sizes`` (L+1,) units per layer (features first, outputs last); ``w_off`` (L,) offset of
+    each layer's weights (row-major ``(n_in, n_out)``); ``b_off`` (L,) offset of each bias,
+    -1 without one; ``u_off`` (L+1,) offset of each layer's units in a sample's workspace;
+    ``act`` and ``loss`` the codes of :data:`ACTIVATIONS` and :data:`LOSSES`; ``hdelta`` the
+    Huber threshold. The kernels unpack it (``kernels/_model.py``); it is one argument.
+    """
+
+    sizes: np.ndarray
+    w_off: np.ndarray
+    b_off: np.ndarray
+    u_off: np.ndarray
+    act: np.int64
+    loss: np.int64
+    hdelta: np.float64
+
+
 class _Model:
     """Shared machinery of Linear and MLP; subclasses set the layer sizes."""
 
-    __slots__ = ("_sizes", "_loss", "_activation", "_fit_intercept", "_huber_delta", "_spec",
+    __slots__ = ("_sizes", "_loss", "_activation", "_fit_intercept", "_huber_delta", "_layout",
                  "_w_off", "_b_off", "_n_params")
 
     def _build(self, sizes, loss, activation, fit_intercept, huber_delta):
@@ -67,16 +88,22 @@ class _Model:
         self._b_off = tuple(b_off)
         self._n_params = pos
         u_off = np.concatenate([[0], np.cumsum(self._sizes[1:])]).astype(np.int64)
-        self._spec = (np.asarray(self._sizes, np.int64), np.asarray(w_off, np.int64),
-                      np.asarray(b_off, np.int64), u_off, np.int64(ACTIVATIONS[activation]),
-                      np.int64(LOSSES[loss]), np.float64(huber_delta))
+        self._layout = Layout(np.asarray(self._sizes, np.int64), np.asarray(w_off, np.int64),
+                              np.asarray(b_off, np.int64), u_off,
+                              np.int64(ACTIVATIONS[activation]), np.int64(LOSSES[loss]),
+                              np.float64(huber_delta))
 
     def __setattr__(self, name, value):
-        if hasattr(self, "_spec"):
+        if hasattr(self, "_layout"):
             raise AttributeError(f"{type(self).__name__} is immutable")
         object.__setattr__(self, name, value)
 
     # -- description -------------------------------------------------------
+    @property
+    def layout(self):
+        """The model as the kernels take it: a :class:`Layout` record."""
+        return self._layout
+
     @property
     def sizes(self):
         """Units per layer: ``(n_features, hidden..., n_outputs)``."""

@@ -50,8 +50,7 @@ def lr_at(lr_schedule, lr, power_t, t, total):
 
 @jit
 def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, e_lo, e_hi,
-               batch, lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu,
-               batched, clip, noise_std, p, v):
+               opts, p, v):
     """Train on rows ``lo:hi`` starting from ``params0``; the result is written to ``p``.
 
     With a non-empty ``idx`` the rows are ``idx[lo:hi]`` (a partition's permutation, read
@@ -67,12 +66,16 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
     caller's (P,) momentum buffer when the training is split into chunks; any other
     length means "allocate one here" (a training done in one call).
 
-    ``batched`` computes each mini-batch's gradient layer by layer with matrix products
+    ``spec`` is the model's layout and ``opts`` the training options, both small typed
+    records (``fastmb.models.Layout``, ``fastmb.learn.options.TrainRecord``). ``batched``
+    computes each mini-batch's gradient layer by layer with matrix products
     (required for ``clip < inf``, DP-SGD); otherwise sample by sample. Returns -1, or
     the first row whose forward pass or loss was not finite (a bad input row, or
     parameters that diverged).
     """
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+    (batch, lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu, batched, clip,
+     noise_std) = opts
     P = params0.shape[0]
     zs, hs, ds = workspace(u_off, params0)
     g = np.empty(P, params0.dtype)
@@ -97,7 +100,7 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
         A0 = np.empty((bmax, nf), params0.dtype)
         rows = np.empty(bmax, np.int64)
         scale = np.empty(bmax if has_w else 0, params0.dtype)
-        nbuf = bmax * spec[3][spec[3].shape[0] - 1]
+        nbuf = bmax * u_off[u_off.shape[0] - 1]
         Zb = np.empty(nbuf, params0.dtype)
         Hb = np.empty(nbuf, params0.dtype)
         Db = np.empty(nbuf, params0.dtype)
@@ -189,8 +192,7 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
 
 @jit(parallel=True)
 def train_clients(params0, X, yc, yr, sw, spec, idx, starts, ends, ids, seed, epochs, max_steps,
-                  e_lo, e_stop, batch, lr_schedule, shuffle, lr, power_t, momentum,
-                  weight_decay, prox_mu, batched, clip, noise_std, out, V, bad):
+                  e_lo, e_stop, opts, out, V, bad):
     """Output row k trains client ``ids[k]`` on rows ``starts[k]:ends[k]`` (through ``idx``
     when it is non-empty) for ``epochs[k]`` epochs, at most ``max_steps[k]`` steps (< 0:
     no limit), into ``out[k]``. The client's stream is ``hash2(seed, ids[k])``: a client
@@ -202,6 +204,5 @@ def train_clients(params0, X, yc, yr, sw, spec, idx, starts, ends, ids, seed, ep
     K = out.shape[0]
     for k in prange(K):
         bad[k] = sgd_client(params0, X, yc, yr, sw, spec, idx, starts[k], ends[k],
-                            hash2(seed, ids[k]), epochs[k], max_steps[k], e_lo, e_stop[k], batch,
-                            lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu,
-                            batched, clip, noise_std, out[k], V[k])
+                            hash2(seed, ids[k]), epochs[k], max_steps[k], e_lo, e_stop[k], opts,
+                            out[k], V[k])

@@ -31,7 +31,7 @@ def _cases():
         for model in (fastmb.MLP([5, 7, 3]), fastmb.Linear(5, loss="logistic")):
             p = e(model.n_params, dt)
             X = e((4, 5), dt)
-            meta = pack(model._spec)
+            meta = pack(model.layout)
             yc, yr, sw = e(4, np.int64), e((0, model.n_outputs), dt), e(0, np.float64)
             for out, totals in ((e((4, model.n_params), dt), e((0, 2))),
                                 (e((4, model.n_params)), e((4, 2)))):

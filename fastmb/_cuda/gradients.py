@@ -36,7 +36,7 @@ def _linear1_launch(b, mode, out, totals, nb):
     T = threads()
     bad = empty(nb * T, np.int64)
     KG.linear1[nb, T, 0, KG.shared_bytes_linear1(T, b.dtype.itemsize)](
-        b.params, b.X, b.yc, b.yr, b.sw, int(b.model._spec[5]), b.model.huber_delta,
+        b.params, b.X, b.yc, b.yr, b.sw, int(b.model.layout.loss), b.model.huber_delta,
         b.model.fit_intercept, mode, KG.group_size(T), out, totals, bad)
     b.check(bad.copy_to_host())
 

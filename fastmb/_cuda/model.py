@@ -132,7 +132,7 @@ def _first_bad_row(b, out, rows_per_item=1):
 def _meta(model):
     from ..kernels.cuda._model import pack
 
-    return pack(model._spec)
+    return pack(model.layout)
 
 
 def _linear1(model):
@@ -140,7 +140,7 @@ def _linear1(model):
 
 
 def _units(model):
-    return int(model._spec[3][-1])
+    return int(model.layout.u_off[-1])
 
 
 def _shared(model, nbytes):

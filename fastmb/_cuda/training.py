@@ -12,7 +12,7 @@ from .model import _shared, _units
 # ----------------------------------------------------------------------------- training
 
 
-def train_clients(b, idx, offsets, opts, clip, noise_std, ids, epochs, steps):
+def train_clients(b, idx, offsets, options, ids, epochs, steps):
     """Local SGD of the clients ``ids`` on the GPU (arguments checked by the caller)."""
     from ..kernels.cuda import training as KT
 
@@ -24,17 +24,18 @@ def train_clients(b, idx, offsets, opts, clip, noise_std, ids, epochs, steps):
     perm_off = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
     out = empty((K, P), b.dtype)
     gbuf = empty((K, P), b.dtype)
-    vbuf = empty((K, P) if opts["momentum"] else (K, 0), b.dtype)
+    r = options.record(model)  # the CUDA kernel takes the record's fields as scalars
+    vbuf = empty((K, P) if r.momentum else (K, 0), b.dtype)
     perm = empty(int(perm_off[-1]), np.int64)
     bad = empty(K, np.int64)
     T = threads()
     shared = _shared(model, KT.shared_bytes(_units(model), b.dtype.itemsize))
     KT.train_clients[min(K, 65535), T, 0, shared](
         b.params, b.X, b.yc, b.yr, b.sw, b.meta, model.huber_delta, to_device(idx),
-        to_device(starts), to_device(ends), to_device(ids), np.uint64(opts["seed"]),
-        to_device(epochs), to_device(steps), opts["batch"], opts["lr_schedule"],
-        opts["shuffle"], opts["lr"], opts["power_t"], opts["momentum"], opts["weight_decay"],
-        opts["prox_mu"], float(clip), float(noise_std), perm, to_device(perm_off), gbuf, vbuf,
+        to_device(starts), to_device(ends), to_device(ids), np.uint64(options.seed),
+        to_device(epochs), to_device(steps), r.batch, r.lr_schedule, r.shuffle, r.lr,
+        r.power_t, r.momentum, r.weight_decay, r.prox_mu, float(r.clip), float(r.noise_std),
+        perm, to_device(perm_off), gbuf, vbuf,
         out, bad)
     bad = bad.copy_to_host()
     flagged = bad[bad >= 0]

@@ -1,7 +1,10 @@
 """Scale-out on Dask: a simulation's clients sharded across the workers of a Dask cluster.
 
 The adapter between :class:`fastmb.Simulation` and ``dask.distributed`` (an optional
-dependency: ``pip install "fastmb[dask]"``; imported only here).
+dependency: ``pip install "fastmb[dask]"``; imported only here). It implements the four
+primitives of :class:`fastmb.federation.rounds.Executor` on a Dask client (scatter, submit,
+gather, close); the round's phases are the protocol's own, so a round runs as it does in
+one process:
 
 * FedAvg: a round's clients are cut into the simulation's fixed shards; each worker
   trains its shards with the same kernel as the single-process run and returns each
@@ -25,13 +28,9 @@ differently).
 
 from __future__ import annotations
 
-import operator
-
 import numba
-import numpy as np
 
-from ..federation.simulation import (apply_rule, bad_rows, merge_means, shard_bounds,
-                                     train_shard, tree_reduce)
+from ..federation.rounds import Executor
 
 
 def _limit_threads():
@@ -45,24 +44,12 @@ def _limit_threads():
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
-def _train(plan, params, seed, ids, epochs, steps, attack, kind, scale, weights, mean):
+def _on_worker(fn, *args):
     _limit_threads()
-    return train_shard(plan, params, seed, ids, epochs, steps, attack, kind, scale, weights,
-                       mean)
+    return fn(*args)
 
 
-def _columns(D, bounds):
-    return tuple(np.ascontiguousarray(D[:, lo:hi]) for lo, hi in bounds)
-
-
-def _block_rule(name, opts, blocks, keeps, weights):
-    _limit_threads()
-    U = np.concatenate([b[k] for b, k in zip(blocks, keeps)])
-    agg, _, _ = apply_rule(name, opts, U, weights)
-    return agg
-
-
-class DaskExecutor:
+class DaskExecutor(Executor):
     """Run a :class:`fastmb.Simulation`'s rounds on a Dask cluster.
 
     Parameters
@@ -81,7 +68,7 @@ class DaskExecutor:
     Examples
     --------
     >>> import fastmb
-    >>> from fastmb.distributed import DaskExecutor
+    >>> from fastmb.adapters.dask import DaskExecutor
     >>> data = fastmb.data.digits()
     >>> part = fastmb.partition.iid(len(data.y), 40, seed=0)
     >>> model = fastmb.Linear(64, 10, loss="softmax")
@@ -116,7 +103,16 @@ class DaskExecutor:
         self.block_size = int(block_size)
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
-        self.plan_training = None
+
+    # -- the executor protocol's primitives (the phases are Executor's) ----------
+    def scatter(self, obj):
+        return self.client.scatter(obj, broadcast=True, hash=False)
+
+    def submit(self, fn, *args):
+        return self.client.submit(_on_worker, fn, *args, pure=False)
+
+    def gather(self, handles):
+        return self.client.gather(list(handles))
 
     def describe(self):
         info = self.client.scheduler_info()
@@ -125,54 +121,8 @@ class DaskExecutor:
         return (f"Dask at {self.client.scheduler.address} ({len(workers)} workers, "
                 f"{threads} threads)")
 
-    def prepare(self, sim):
-        # Data, partition and options travel once, to every worker.
-        self.plan_training = self.client.scatter(sim.plan_training, broadcast=True, hash=False)
-
-    def _shards(self, task, mean):
-        params = self.client.scatter(task.params, broadcast=True, hash=False)
-        futs = []
-        for lo, hi in shard_bounds(task.ids.shape[0], task.shard_size):
-            futs.append(self.client.submit(
-                _train, self.plan_training, params, task.seed, task.ids[lo:hi], task.epochs[lo:hi],
-                task.steps[lo:hi], task.attack[lo:hi], task.kind, task.scale,
-                task.weights[lo:hi], mean, pure=False))
-        return futs
-
-    def mean(self, task):
-        futs = self._shards(task, True)
-        root = tree_reduce(futs, lambda a, b: self.client.submit(merge_means, a, b, pure=False))
-        return root.result()
-
-    def updates(self, task):
-        return np.concatenate(self.client.gather(self._shards(task, False)))
-
-    def coordinate_rule(self, task, name, opts):
-        futs = self._shards(task, False)
-        bad = np.concatenate(self.client.gather(
-            [self.client.submit(bad_rows, f, pure=False) for f in futs]))
-        if bad.all():
-            return None, np.empty(0, np.int64), np.arange(bad.shape[0])
-        P = task.params.shape[0]
-        bounds = [(lo, min(P, lo + self.block_size)) for lo in range(0, P, self.block_size)]
-        cols = [self.client.submit(_columns, f, bounds, pure=False) for f in futs]
-        keeps = [~bad[lo:hi] for lo, hi in shard_bounds(bad.shape[0], task.shard_size)]
-        blocks = []
-        for j in range(len(bounds)):
-            parts = [self.client.submit(operator.getitem, c, j, pure=False) for c in cols]
-            blocks.append(self.client.submit(_block_rule, name, opts, parts, keeps,
-                                             task.weights[~bad], pure=False))
-        delta = np.concatenate(self.client.gather(blocks))
-        return delta, np.flatnonzero(~bad), np.flatnonzero(bad)
-
     def close(self):
         if self._own:
             self.client.close()
             if self._cluster is not None:
                 self._cluster.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

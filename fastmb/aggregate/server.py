@@ -207,3 +207,29 @@ class FedYogi(ServerOptimizer):
 
     def __init__(self, params, lr=0.01, beta1=0.9, beta2=0.99, tau=1e-3):
         super().__init__(params, lr, beta1, beta2, tau)
+
+
+#: Server optimizers by name (what the simulation and ``fastmb simulate`` accept), with their
+#: option defaults; ``"none"`` applies the aggregate as it is.
+OPTIMIZERS = {
+    "none": (None, {}),
+    "fedavgm": (FedAvgM, {"lr": 1.0, "momentum": 0.9}),
+    "fedadagrad": (FedAdagrad, {"lr": 0.1, "beta1": 0.9, "tau": 1e-3}),
+    "fedadam": (FedAdam, {"lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}),
+    "fedyogi": (FedYogi, {"lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}),
+}
+
+
+def optimizer_options(name, given):
+    """The optimizer ``name`` and ``given`` over its defaults: ``(class or None, options)``;
+    an unknown name or option raises, listing the valid ones."""
+    if not isinstance(name, str) or name not in OPTIMIZERS:
+        raise ValueError(f"unknown server optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    cls, defaults = OPTIMIZERS[name]
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        valid = ", ".join(defaults) or "none"
+        raise ValueError(f"unknown option(s) {unknown} for server optimizer {name!r}; valid: "
+                         f"{valid}")
+    return cls, {**defaults, **given}

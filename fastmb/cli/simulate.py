@@ -18,6 +18,8 @@ import sys
 import time
 
 from ..adapters.dask import DaskExecutor
+from ..aggregate import rules
+from ..aggregate.server import OPTIMIZERS
 from ..federation import data as D
 from ..federation import partition as Pt
 from ..federation.data import TASKS
@@ -48,10 +50,9 @@ SETTINGS = {
     "lr": (0.1, "local learning rate"),
     "momentum": (0.9, "local momentum"),
     "prox_mu": (0.0, "FedProx proximal term"),
-    "aggregator": ("fedavg", "fedavg, median, trimmed_mean, krum, multi_krum, bulyan, "
-                   "geometric_median, centered_clipping, norm_bounded or central_dp"),
+    "aggregator": ("fedavg", "one of " + ", ".join(rules.names())),
     "aggregator_options": ({}, "options of the aggregator, KEY=VALUE (e.g. beta=0.2)"),
-    "server": ("none", "server optimizer: none, fedavgm, fedadagrad, fedadam or fedyogi"),
+    "server": ("none", "server optimizer: " + ", ".join(OPTIMIZERS)),
     "server_options": ({}, "options of the server optimizer, KEY=VALUE (e.g. lr=0.5)"),
     "dropout": (0.0, "probability that a sampled client never reports back"),
     "straggler": (0.0, "probability that a client completes only part of its local steps"),

@@ -29,58 +29,18 @@ import time
 import numpy as np
 
 from .. import _validation as V
-from ..kernels import aggregation as KA
-from ..aggregate import robust as R
-from ..aggregate.mean import nonfinite_rows
-from ..aggregate.server import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from .. import privacy  # noqa: F401 - its central_dp rule joins the registry
+from ..aggregate import rules
+from ..aggregate.server import optimizer_options
 from ..learn.gradients import Batch, evaluate_batch
-from ..learn.training import MAX_STEPS, check_steps, plan_training
-from ..privacy import CentralDP
+from ..learn.options import MAX_STEPS, TrainOptions
+from ..learn.training import check_steps, plan_training
+from .rounds import ATTACKS, Attack, LocalExecutor, RoundTask
 from .data import Dataset
 from .partition import Partition
 
-#: name -> (default options). Options not listed here are a config error.
-AGGREGATORS = {
-    "fedavg": {},
-    "median": {},
-    "trimmed_mean": {"beta": 0.1},
-    "krum": {"n_byzantine": 1},
-    "multi_krum": {"n_byzantine": 1, "m": None},
-    "bulyan": {"n_byzantine": 1},
-    "geometric_median": {"nu": 1e-6, "max_iter": 100, "tol": 1e-6},
-    "centered_clipping": {"tau": 1.0, "n_iter": 1},
-    "norm_bounded": {"max_norm": 1.0},
-    "central_dp": {"clip_norm": 1.0, "noise_multiplier": 1.0, "target_quantile": None,
-                   "clip_lr": 0.2, "count_noise_multiplier": None},
-}
-#: Rules whose every coordinate depends on that coordinate only: sharded by coordinate blocks.
-COORDINATE_WISE = ("median", "trimmed_mean")
-#: Rules that take per-client weights (the clients' example counts, as FedAvg).
-_WEIGHTED = ("geometric_median", "centered_clipping", "norm_bounded")
-
-SERVER_OPTIMIZERS = {
-    "none": (None, {}),
-    "fedavgm": (FedAvgM, {"lr": 1.0, "momentum": 0.9}),
-    "fedadagrad": (FedAdagrad, {"lr": 0.1, "beta1": 0.9, "tau": 1e-3}),
-    "fedadam": (FedAdam, {"lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}),
-    "fedyogi": (FedYogi, {"lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}),
-}
-ATTACKS = ("nan", "scale", "sign_flip")
 _ROUND_TAG, _MALICIOUS_TAG = 0x5EED_0001, 0x5EED_0002
 _CHECKPOINT_VERSION = 1
-
-
-def _options(kind, name, table, given):
-    """Merge ``given`` over the defaults of ``table[name]``; unknown keys are errors."""
-    if not isinstance(name, str) or name not in table:
-        raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(table)}")
-    defaults = table[name] if kind == "aggregator" else table[name][1]
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        valid = ", ".join(defaults) or "none"
-        raise ValueError(f"unknown option(s) {unknown} for {kind} {name!r}; valid: {valid}")
-    return {**defaults, **given}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,155 +86,6 @@ class Faults:
         V.check_number("attack_scale", self.attack_scale, low=0, low_open=True)
 
 
-# ---------------------------------------------------------------- shard work
-# Module-level functions: a Dask worker runs exactly these on its shard.
-
-
-def _deltas(out, bad, params, attack, kind, scale):
-    """Turn trained parameters into updates ``p_k - params`` in place, and corrupt them.
-
-    A client whose training diverged (``bad >= 0``) sends NaN: the server rejects it.
-    """
-    out -= params
-    out[bad >= 0] = np.nan
-    if attack.any():
-        if kind == "nan":
-            out[attack] = np.nan
-        else:
-            out[attack] *= np.float32(scale if kind == "scale" else -scale).astype(out.dtype)
-    return out
-
-
-def bad_rows(D):
-    """Mask of the updates (rows of D) holding a NaN or Inf."""
-    return nonfinite_rows(D)
-
-
-def shard_partials(D, weights, shard_size):
-    """Each fixed shard's partial FedAvg sum: ``[(float64 sum, weight, rejected rows)]``.
-
-    Updates with NaN or Inf are rejected: their rows (the round's own buffer, never the
-    caller's) are zeroed and weighted 0, so the shard sum adds exact zeros in their place.
-    """
-    K = D.shape[0]
-    bad = bad_rows(D)
-    w = np.ascontiguousarray(weights, np.float64)
-    if bad.any():
-        D[bad] = 0
-        w = np.where(bad, 0.0, w)
-    bounds = shard_bounds(K, shard_size)
-    sums = np.empty((len(bounds), D.shape[1]), np.float64)
-    KA.shard_sums(D, w, shard_size, sums)
-    return [(sums[s], float(w[lo:hi].sum()), np.flatnonzero(bad[lo:hi]) + lo)
-            for s, (lo, hi) in enumerate(bounds)]
-
-
-def train_shard(plan, params, seed, ids, epochs, steps, attack, kind, scale, weights, mean):
-    """Train one shard of clients; return its partial sum (``mean``) or its updates."""
-    out, bad = plan.run(params, ids, epochs, steps, seed)
-    D = _deltas(out, bad, params, attack, kind, scale)
-    if not mean:
-        return D
-    total, weight, rejected = shard_partials(D, weights, D.shape[0])[0]
-    return total, weight, ids[rejected]
-
-
-def merge_means(a, b):
-    """A tree node: partial sums ``a`` and ``b`` (``(sum, weight, rejected ids)``) added into
-    a new partial; the inputs are left as they are (Dask may hand them to a retry)."""
-    return a[0] + b[0], a[1] + b[1], np.concatenate([a[2], b[2]])
-
-
-def tree_reduce(parts, merge):
-    """Merge ``parts`` pairwise, level by level: a fixed tree for a given number of parts."""
-    parts = list(parts)
-    while len(parts) > 1:
-        nxt = [merge(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
-        if len(parts) % 2:
-            nxt.append(parts[-1])
-        parts = nxt
-    return parts[0]
-
-
-def shard_bounds(K, shard_size):
-    """Boundaries of the fixed client shards of a round: ``[(lo, hi), ...]``."""
-    return [(lo, min(K, lo + shard_size)) for lo in range(0, K, shard_size)]
-
-
-_RULES = {"median": R.coordinate_median, "trimmed_mean": R.trimmed_mean, "krum": R.krum,
-          "multi_krum": R.multi_krum, "bulyan": R.bulyan, "geometric_median": R.geometric_median,
-          "centered_clipping": R.centered_clipping, "norm_bounded": R.norm_bounded_mean}
-
-
-def apply_rule(name, opts, D, weights, dp=None):
-    """A robust rule (or central DP) on the stacked updates: ``(delta, used, rejected)``.
-
-    ``used`` and ``rejected`` index the rows of ``D``. If no update is usable the delta
-    is None (the round keeps the parameters).
-    """
-    bad = bad_rows(D)
-    if bad.all():
-        return None, np.empty(0, np.int64), np.arange(D.shape[0])
-    if name == "central_dp":
-        res = dp.aggregate(D)
-        used = np.setdiff1d(np.arange(D.shape[0]), res.rejected)
-        return res.aggregate, used, res.rejected
-    fn = _RULES[name]
-    kw = dict(opts)
-    if name in _WEIGHTED:
-        kw["weights"] = weights
-    try:
-        res = fn(D, **kw)
-    except (R.TooFewClients, V.ResultOverflow):
-        # too few usable clients this round for the rule, or an aggregate beyond the dtype
-        # (rejected as a whole, as an overflowing FedAvg is): the round keeps the parameters
-        return None, np.empty(0, np.int64), np.flatnonzero(bad)
-    return res.aggregate, np.asarray(res.used), np.asarray(res.rejected)
-
-
-class LocalExecutor:
-    """Run every round in this process: one kernel call trains all of a round's clients."""
-
-    def prepare(self, sim):
-        self.plan_training = sim.plan_training
-
-    def close(self):
-        pass
-
-    def mean(self, task):
-        """FedAvg: ``(float64 sum, weight, rejected ids)``, the fixed shards' partial sums
-        merged in the fixed tree."""
-        D = self.updates(task)
-        parts = [(t, w, task.ids[rej]) for t, w, rej in
-                 shard_partials(D, task.weights, task.shard_size)]
-        return tree_reduce(parts, merge_means)
-
-    def updates(self, task):
-        """The round's (K, P) stack of updates, corrupted ones included."""
-        out, bad = self.plan_training.run(task.params, task.ids, task.epochs, task.steps, task.seed)
-        return _deltas(out, bad, task.params, task.attack, task.kind, task.scale)
-
-    def coordinate_rule(self, task, name, opts):
-        D = self.updates(task)
-        return apply_rule(name, opts, D, task.weights)
-
-
-@dataclasses.dataclass
-class RoundTask:
-    """What the server sends out in one round (and a Dask worker receives in part)."""
-
-    params: np.ndarray
-    seed: np.uint64
-    ids: np.ndarray
-    epochs: np.ndarray
-    steps: np.ndarray
-    attack: np.ndarray
-    kind: str
-    scale: float
-    weights: np.ndarray
-    shard_size: int
-
-
 class Simulation:
     """Federated training of simulated edge clients, round by round.
 
@@ -292,8 +103,9 @@ class Simulation:
     epochs, batch_size, lr, momentum, prox_mu, shuffle
         Local training, as in :func:`fastmb.train_clients`.
     aggregator : str, default "fedavg"
-        One of :data:`AGGREGATORS`: FedAvg weighted by the clients' example counts, a
-        robust rule, or ``"central_dp"`` (:class:`fastmb.CentralDP`).
+        A rule of the registry (:func:`fastmb.aggregate.rules.names`): FedAvg weighted by
+        the clients' example counts, a robust rule, or ``"central_dp"``
+        (:class:`fastmb.CentralDP`).
     aggregator_options : dict, optional
         Options of the rule (``beta`` of ``trimmed_mean``, ``n_byzantine`` of ``krum``...).
     server : str, default "none"
@@ -310,8 +122,13 @@ class Simulation:
         Evaluate every this many rounds (and always after the last).
     shard_size : int, default 64
         Clients per shard of the FedAvg sum (see the module notes on reproducibility).
-    executor : optional
-        Where rounds run: this process (default) or :class:`fastmb.distributed.DaskExecutor`.
+    executor : fastmb.federation.rounds.Executor, optional
+        Where rounds run: this process (default) or
+        :class:`fastmb.adapters.dask.DaskExecutor`.
+    transforms : sequence of callables, optional
+        Applied in order to every shard's updates where they are, after the simulated attack
+        (:mod:`fastmb.federation.rounds`): ``transform(updates, client_ids, round_seed)``
+        returns the updates. Picklable (module-level) for a Dask executor.
 
     Examples
     --------
@@ -329,7 +146,7 @@ class Simulation:
                  epochs=1, batch_size=16, lr=0.05, momentum=0.0, prox_mu=0.0, shuffle=True,
                  aggregator="fedavg", aggregator_options=None, server="none",
                  server_options=None, faults=None, seed=0, params=None, eval_every=1,
-                 shard_size=64, executor=None):
+                 shard_size=64, executor=None, transforms=()):
         if isinstance(data, Dataset):
             X, y, X_test, y_test = data.X, data.y, data.X_test, data.y_test
         else:
@@ -356,23 +173,26 @@ class Simulation:
         self.faults = Faults() if faults is None else faults
         if not isinstance(self.faults, Faults):
             raise TypeError(f"faults must be a fastmb.Faults, got {type(self.faults).__name__}")
+        self.aggregator_options = rules.options(aggregator, aggregator_options)
         self.aggregator = aggregator
-        self.aggregator_options = _options("aggregator", aggregator, AGGREGATORS,
-                                           aggregator_options)
+        self._optimizer, self.server_options = optimizer_options(server, server_options)
         self.server = server
-        self.server_options = _options("server optimizer", server, SERVER_OPTIMIZERS,
-                                       server_options)
+        self.transforms = tuple(transforms)
+        for t in self.transforms:
+            if not callable(t):
+                raise TypeError(f"transforms must be callables, got {type(t).__name__}")
         p0 = model.init(seed=self.seed) if params is None else params
         # Data, options and partition are checked once here; rounds call the kernel directly.
         n_rows = np.asarray(X).shape[0] if np.ndim(X) else 0
         if partition.rows.size and partition.rows.max() >= n_rows:
             raise ValueError(f"partition refers to row {partition.rows.max()} but X has "
                              f"{n_rows} rows")
-        self._batch, self.plan_training = plan_training(model, p0, X, y, partition.offsets, partition.rows,
-                                        batch_size, lr, momentum, 0.0, prox_mu, shuffle, 0,
-                                        None, "constant", 0.5, None, 0.0)
-        check_steps(self.plan_training.offsets, np.arange(n_clients), np.full(n_clients, self.epochs),
-                     self.plan_training.common[0])
+        options = TrainOptions(batch_size=batch_size, lr=lr, momentum=momentum,
+                               prox_mu=prox_mu, shuffle=shuffle)
+        self._batch, self._plan = plan_training(model, p0, X, y, partition.offsets,
+                                                partition.rows, options)
+        check_steps(self._plan.offsets, np.arange(n_clients), np.full(n_clients, self.epochs),
+                    options.batch_size)
         if not np.isfinite(self._batch.X).all():
             bad = int(np.flatnonzero(~np.isfinite(self._batch.X).all(1))[0])
             raise ValueError(f"X contains NaN or Inf (first at row {bad})")
@@ -382,7 +202,7 @@ class Simulation:
         bad_test = np.flatnonzero(~np.isfinite(self._test.X).all(1))
         if bad_test.size:
             raise ValueError(f"X_test contains NaN or Inf (first at row {int(bad_test[0])})")
-        self.batch_size = self.plan_training.common[0]
+        self.batch_size = options.batch_size
         self.lr, self.momentum, self.prox_mu = lr, momentum, prox_mu
         self.shuffle = bool(shuffle)
         self._planned_steps = self.epochs * -(-partition.sizes // self.batch_size)
@@ -390,43 +210,23 @@ class Simulation:
         n_mal = int(round(self.faults.malicious * n_clients))
         mrng = np.random.default_rng([self.seed, _MALICIOUS_TAG])
         self.malicious = np.sort(mrng.choice(n_clients, n_mal, replace=False)).astype(np.int64)
-        self._dp = None
-        if aggregator == "central_dp":
-            o = self.aggregator_options
-            self._dp = CentralDP(o["clip_norm"], o["noise_multiplier"],
-                                 target_quantile=o["target_quantile"], clip_lr=o["clip_lr"],
-                                 count_noise_multiplier=o["count_noise_multiplier"],
-                                 expected_clients=self.clients_per_round, seed=self.seed)
-        self._check_rule()
+        rule = rules.get(aggregator)
+        # A rule with state across rounds (central DP) keeps it here, in the server.
+        self._rule_state = (None if rule.make is None else
+                            rule.make(self.aggregator_options, self.clients_per_round, self.seed))
+        rules.check(aggregator, self.aggregator_options, self.clients_per_round,
+                    self._batch.params.dtype)
+        self._attack = Attack(self.faults.attack, self.faults.attack_scale, self.malicious)
         self._params = self._batch.params.copy()
-        self._opt = self._new_optimizer(self._params)
+        self._opt = (None if self._optimizer is None else
+                     self._optimizer(self._params, **self.server_options))
         self._fingerprint = None
         self.round = 0
         self.history = []
         self.executor = LocalExecutor() if executor is None else executor
-        self.executor.prepare(self)
-
-    def _check_rule(self):
-        """Run the robust rule once on zeros of a full round's shape: a bad option (a type,
-        a range) or a rule that needs more clients than a round ever has is an error now,
-        not a round that silently keeps its parameters."""
-        if self.aggregator not in _RULES:
-            return
-        K = self.clients_per_round
-        kw = dict(self.aggregator_options)
-        if self.aggregator in _WEIGHTED:
-            kw["weights"] = np.ones(K)
-        try:
-            _RULES[self.aggregator](np.zeros((K, 1), self._batch.params.dtype), **kw)
-        except R.TooFewClients as exc:
-            raise ValueError(f"aggregator {self.aggregator!r} cannot run on the "
-                             f"clients_per_round={K} clients of a round: {exc}") from None
+        self.executor.prepare(self._plan)
 
     # -- state ------------------------------------------------------------
-    def _new_optimizer(self, params):
-        cls, _ = SERVER_OPTIMIZERS[self.server]
-        return None if cls is None else cls(params, **self.server_options)
-
     @property
     def params(self):
         """A copy of the current global parameters."""
@@ -456,6 +256,7 @@ class Simulation:
             "aggregator_options": self.aggregator_options, "server": self.server,
             "server_options": self.server_options, "faults": dataclasses.asdict(self.faults),
             "seed": self.seed, "eval_every": self.eval_every, "shard_size": self.shard_size,
+            "transforms": [_describe_transform(t) for t in self.transforms],
         }
 
     def save(self, path):
@@ -468,8 +269,8 @@ class Simulation:
         if self._opt is not None:
             for k, v in self._opt.state_dict().items():
                 state["opt." + k] = np.asarray(v)
-        if self._dp is not None:
-            state["dp"] = np.array(json.dumps(self._dp.state_dict(), default=lambda v: v.item()))
+        if self._rule_state is not None:
+            state["dp"] = np.array(json.dumps(self._rule_state.state_dict(), default=lambda v: v.item()))
         path = os.fspath(path)
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
@@ -504,7 +305,7 @@ class Simulation:
 
         need = {"version", "round", "params", "config", "history"}
         opt_keys = {"opt." + k for k in self._opt.state_dict()} if self._opt else set()
-        want = need | opt_keys | ({"dp"} if self._dp is not None else set())
+        want = need | opt_keys | ({"dp"} if self._rule_state is not None else set())
         if set(z) != want:
             fail(f"holds {sorted(z)}; a checkpoint of this run holds {sorted(want)}")
         version = _scalar(z["version"], int)
@@ -540,10 +341,10 @@ class Simulation:
             if opt._x.dtype != params.dtype or not np.array_equal(opt._x, params):
                 fail("holds server optimizer parameters that differ from its params")
         dp = None
-        if self._dp is not None:
+        if self._rule_state is not None:
             dp = _json(z["dp"], dict, fail, "dp")
             try:
-                self._dp.load_state_dict(dp)  # validated before it changes anything
+                self._rule_state.load_state_dict(dp)  # validated before it changes anything
             except (TypeError, ValueError) as exc:
                 fail(f"holds a bad central DP state: {exc}")
         if opt is not None:
@@ -552,7 +353,8 @@ class Simulation:
         return self
 
     # -- rounds -----------------------------------------------------------
-    def _task(self, r):
+    def _select(self, r):
+        """Phase 1, select: the round's clients, who drops out or straggles, their task."""
         ss = np.random.SeedSequence([self.seed, r, _ROUND_TAG])
         rng = np.random.default_rng(ss)
         n_clients = self.partition.n_clients
@@ -570,45 +372,39 @@ class Simulation:
         planned = self._planned_steps[ids[slow]]
         limit = np.maximum(1, np.floor(f.straggler_work * planned)).astype(np.int64)
         steps[slow] = np.where(limit < planned, limit, -1)  # a full share is no limit
-        attack = (np.isin(ids, self.malicious) if self.malicious.size
-                  else np.zeros(ids.shape[0], np.bool_))
         # The clients' shuffling streams change every round.
         key = ss.generate_state(1, np.uint64)[0]
         task = RoundTask(self._params, key, ids, np.full(ids.shape[0], self.epochs, np.int64),
-                         steps, attack, f.attack, f.attack_scale, self._weights[ids],
-                         self.shard_size)
+                         steps, self._weights[ids], self.shard_size,
+                         (self._attack, *self.transforms))
         return task, sampled, sampled[dropped], ids[slow]
 
+    def _server_step(self, delta):
+        """Phase 5, server step: the aggregate applied through the server optimizer (an
+        aggregate whose sum with the parameters overflows is rejected as a whole)."""
+        if delta is None:
+            return
+        new = (self._params.astype(np.float64) + delta).astype(self._params.dtype)
+        if np.isfinite(new).all():
+            self._params = new if self._opt is None else self._opt.step(new)
+
     def step(self):
-        """Run one round; returns its history record (also appended to :attr:`history`)."""
+        """Run one round; returns its history record (also appended to :attr:`history`).
+
+        The phases (module :mod:`fastmb.federation.rounds`): select here; train, transform
+        and aggregate on the executor; the server step and the evaluation here; the
+        checkpoint in :meth:`run`.
+        """
         t0 = time.perf_counter()
-        r = self.round
-        task, sampled, dropped, stragglers = self._task(r)
+        task, sampled, dropped, stragglers = self._select(self.round)
         delta, used, rejected = None, np.empty(0, np.int64), np.empty(0, np.int64)
         ids = task.ids
         if ids.shape[0]:
-            if self.aggregator == "fedavg":
-                total, weight, rejected_ids = self.executor.mean(task)
-                if weight > 0:
-                    delta = total / weight
-                rejected = np.sort(rejected_ids)
-                used = ids[~np.isin(ids, rejected)] if rejected.size else ids
-            else:
-                if self.aggregator in COORDINATE_WISE:
-                    delta, u_idx, r_idx = self.executor.coordinate_rule(
-                        task, self.aggregator, self.aggregator_options)
-                else:
-                    D = self.executor.updates(task)
-                    delta, u_idx, r_idx = apply_rule(self.aggregator, self.aggregator_options,
-                                                     D, task.weights, self._dp)
-                used, rejected = ids[u_idx], ids[r_idx]
-        if delta is not None:
-            new = (self._params.astype(np.float64) + delta).astype(self._params.dtype)
-            if not np.isfinite(new).all():
-                new = None  # an aggregate that overflows is rejected as a whole
-            if new is not None:
-                self._params = new if self._opt is None else self._opt.step(new)
-        self.round = r + 1
+            shards = self.executor.train(task)
+            delta, used, rejected = self.executor.aggregate(
+                self.aggregator, self.aggregator_options, task, shards, self._rule_state)
+        self._server_step(delta)
+        self.round += 1
         train_s = time.perf_counter() - t0
         record = {"round": self.round}
         last = self.round % self.eval_every == 0
@@ -622,7 +418,8 @@ class Simulation:
             "bytes_down": int(sampled.shape[0] * P * itemsize),
             "bytes_up": int(ids.shape[0] * P * itemsize),
             "dropped": dropped.tolist(), "stragglers": stragglers.tolist(),
-            "malicious": ids[task.attack].tolist(), "rejected": rejected.tolist(),
+            "malicious": ids[np.isin(ids, self.malicious)].tolist(),
+            "rejected": rejected.tolist(),
             "rejected_by_rule": ([] if used.shape[0] + rejected.shape[0] == ids.shape[0] else
                                  np.setdiff1d(np.setdiff1d(ids, used), rejected).tolist()),
         })
@@ -673,6 +470,14 @@ class Simulation:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _describe_transform(t):
+    """A transform's stable name for the fingerprint (a function's ``module.qualname``; an
+    object's repr, which for a dataclass shows its settings)."""
+    if hasattr(t, "__qualname__") and hasattr(t, "__module__"):
+        return f"{t.__module__}.{t.__qualname__}"
+    return repr(t)
 
 
 def _digest(*arrays):

@@ -46,7 +46,7 @@ def loss_grad_batch(b, want_grad):
     acc = np.empty((nc, m.n_params if want_grad else 0), np.float64)
     totals = np.empty((nc, 2), np.float64)
     g = np.empty(m.n_params if want_grad else 0, b.params.dtype)
-    value, row = K.loss_grad(b.params, b.X, b.yc, b.yr, b.sw, m._spec, want_grad, acc, totals, g)
+    value, row = K.loss_grad(b.params, b.X, b.yc, b.yr, b.sw, m.layout, want_grad, acc, totals, g)
     b.check(row)
     V.finite_result(np.float64(value), "the mean loss")
     return float(value), V.finite_result(g, "the mean gradient")
@@ -54,7 +54,7 @@ def loss_grad_batch(b, want_grad):
 
 def evaluate_batch(b):
     totals = np.empty((_n_chunks(b.n, 0), 2), np.float64)
-    lsum, right = K.loss_correct(b.params, b.X, b.yc, b.yr, b.model._spec, totals)
+    lsum, right = K.loss_correct(b.params, b.X, b.yc, b.yr, b.model.layout, totals)
     return {"loss": lsum / b.n, "accuracy": right / b.n if b.model.is_classifier else None}
 
 
@@ -201,7 +201,7 @@ def per_sample_grad(model, params, X, y, microbatch=1, out=None, device="cpu"):
         if not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError("out must be a writeable C-contiguous array")
         V.no_overlap("out", out, params=b.params, X=b.X, y=b.yr)
-    b.check(K.per_sample_grad(b.params, b.X, b.yc, b.yr, model._spec, m, out))
+    b.check(K.per_sample_grad(b.params, b.X, b.yc, b.yr, model.layout, m, out))
     return out
 
 
@@ -229,7 +229,7 @@ def per_sample_grad_norm(model, params, X, y, device="cpu"):
         return gpu.per_sample_grad_norm(model, params, X, y)
     b = Batch(model, params, X, y)
     out = np.empty(b.n, b.params.dtype)
-    b.check(K.per_sample_norm(b.params, b.X, b.yc, b.yr, model._spec, out))
+    b.check(K.per_sample_norm(b.params, b.X, b.yc, b.yr, model.layout, out))
     return out
 
 
@@ -245,7 +245,7 @@ def decision_function(model, params, X):
     """
     b = Batch(model, params, X, labels=False)
     out = np.empty((b.n, model.n_outputs), b.params.dtype)
-    b.check(K.decision(b.params, b.X, model._spec, out))
+    b.check(K.decision(b.params, b.X, model.layout, out))
     return out[:, 0] if model.n_outputs == 1 else out
 
 

@@ -11,55 +11,13 @@ from .. import _validation as V
 from ..kernels import _rng
 from ..kernels import training as K_
 from .gradients import Batch
+from .options import MAX_STEPS, TrainOptions
 
-SCHEDULES = {"constant": 0, "invscaling": 1, "cosine": 2}
-# From this batch size on, a mini-batch's gradient is computed with matrix products, one
-# per layer and pass (BLAS), instead of sample by sample; a one-output linear model keeps
-# its dedicated per-sample loop. Measured on a 2-core AVX2 machine: at batch 8 the
-# batched path is 1.5x faster for MLP([16, 8, 2]) and [128, 256, 256, 10], at batch 4
-# it is slower for the larger one (BLAS call overhead on 4-row products).
-BATCHED_MIN_BATCH = 8
-# Steps, epochs and batch sizes stay below 2**62 so that no product or sum of them in the
-# kernels (epochs * batches per epoch, rows + batch - 1) can wrap around int64.
-MAX_STEPS = 2**62
 # Work of one kernel call, in row-visits weighted by (P + 64) (the 64 stands for the
 # per-row cost that does not grow with the model: shuffling, indexing, the loss). Longer
 # trainings run as several calls, split by groups of clients and ranges of epochs, so
 # that Python regains control (Ctrl-C) every 0.1 s or so; the split changes no bit.
 CHUNK_WORK = 1 << 27
-
-
-def _privacy(clip_norm, noise_multiplier, sample_weight):
-    """``(clip, noise_std)`` for the kernel: ``(inf, 0)`` when DP-SGD is off."""
-    z = V.check_number("noise_multiplier", noise_multiplier, low=0)
-    if clip_norm is None:
-        if z > 0:
-            raise ValueError("noise_multiplier > 0 needs clip_norm: the noise is calibrated to "
-                             "the clipping norm (standard deviation noise_multiplier * clip_norm)")
-        return np.inf, 0.0
-    c = V.check_number("clip_norm", clip_norm, low=0, low_open=True)
-    if sample_weight is not None:
-        raise ValueError("sample_weight cannot be combined with clip_norm: weights change "
-                         "each sample's sensitivity, which DP-SGD's clipping bounds")
-    return c, z * c
-
-
-def _options(batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule, power_t):
-    if not isinstance(schedule, str) or schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
-    if not isinstance(shuffle, (bool, np.bool_)):
-        raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
-    return dict(
-        batch=V.check_number("batch_size", batch_size, low=1, high=MAX_STEPS, integer=True),
-        lr_schedule=SCHEDULES[schedule],
-        shuffle=bool(shuffle),
-        lr=V.check_number("lr", lr, low=0, low_open=True),
-        power_t=V.check_number("power_t", power_t, low=0),
-        momentum=V.check_number("momentum", momentum, low=0, high=1),
-        weight_decay=V.check_number("weight_decay", weight_decay, low=0),
-        prox_mu=V.check_number("prox_mu", prox_mu, low=0),
-        seed=V.check_number("seed", seed, low=0, high=2**64 - 1, integer=True),
-    )
 
 
 def _as_epochs(epochs, K):
@@ -153,17 +111,13 @@ class TrainPlan:
     and then only passes the round's parameters, clients, epochs and step limits.
     """
 
-    __slots__ = ("model", "X", "yc", "yr", "sw", "idx", "offsets", "seed", "common")
+    __slots__ = ("model", "X", "yc", "yr", "sw", "idx", "offsets", "seed", "options", "record")
 
-    def __init__(self, model, b, idx, offsets, opts, clip, noise_std):
+    def __init__(self, model, b, idx, offsets, options):
         self.model, self.X, self.yc, self.yr, self.sw = model, b.X, b.yc, b.yr, b.sw
-        self.idx, self.offsets, self.seed = idx, offsets, np.uint64(opts["seed"])
-        one_output_linear = len(model.sizes) == 2 and model.sizes[1] == 1
-        batched = bool(clip < np.inf
-                       or (not one_output_linear and opts["batch"] >= BATCHED_MIN_BATCH))
-        self.common = (opts["batch"], opts["lr_schedule"], opts["shuffle"], opts["lr"],
-                       opts["power_t"], opts["momentum"], opts["weight_decay"],
-                       opts["prox_mu"], batched, float(clip), float(noise_std))
+        self.idx, self.offsets, self.seed = idx, offsets, np.uint64(options.seed)
+        self.options = options
+        self.record = options.record(model)
 
     def run(self, params, clients, epochs, max_steps, seed=None):
         """Train ``clients`` (int64 ids) from ``params``: ``(out, bad)``; no checks here.
@@ -191,16 +145,16 @@ class TrainPlan:
                     continue  # flagged in an earlier chunk: it stops where it is
                 key = np.uint64(_rng.hash2(seed, np.uint64(clients[g0])))
                 bad[g0] = K_.sgd_client(params, self.X, self.yc, self.yr, self.sw,
-                                        self.model._spec, self.idx, starts[g0], ends[g0], key,
-                                        epochs[g0], max_steps[g0], e_lo, e_hi, *self.common,
+                                        self.model.layout, self.idx, starts[g0], ends[g0], key,
+                                        epochs[g0], max_steps[g0], e_lo, e_hi, self.record,
                                         out[g0], mom[0])
                 continue
             # Clients flagged in an earlier chunk stop where they are.
             e_stop = np.where(bad[g0:g1] >= 0, e_lo, e_hi).astype(np.int64)
             got = np.empty(g1 - g0, np.int64)
-            K_.train_clients(params, self.X, self.yc, self.yr, self.sw, self.model._spec,
+            K_.train_clients(params, self.X, self.yc, self.yr, self.sw, self.model.layout,
                              self.idx, starts[g0:g1], ends[g0:g1], clients[g0:g1], seed,
-                             epochs[g0:g1], max_steps[g0:g1], e_lo, e_stop, *self.common,
+                             epochs[g0:g1], max_steps[g0:g1], e_lo, e_stop, self.record,
                              out[g0:g1], mom, got)
             bad[g0:g1] = np.where(bad[g0:g1] >= 0, bad[g0:g1], got)
         return out, bad
@@ -208,7 +162,7 @@ class TrainPlan:
     def _momentum(self, G, P, dtype, split):
         """Momentum rows for a group of ``G`` clients: carried between the chunks of a split
         training, none (zero columns) for one done in a single call."""
-        return np.empty((G, P if split and self.common[5] != 0.0 else 0), dtype)
+        return np.empty((G, P if split and self.record.momentum != 0.0 else 0), dtype)
 
     def chunks(self, rows, epochs, max_steps, P):
         """Kernel calls ``(g0, g1, e_lo, e_hi)``: clients ``g0:g1`` run epochs ``e_lo:e_hi``.
@@ -220,8 +174,7 @@ class TrainPlan:
         epochs per call. Every client's result is the same bits whatever the cut.
         """
         K = rows.shape[0]
-        batch = self.common[0]
-        n_batches = -(-rows // batch)
+        n_batches = -(-rows // self.record.batch)
         full = np.where(max_steps >= 0, np.minimum(epochs, -(-max_steps // n_batches)), epochs)
         per_epoch = rows.astype(np.float64) * (P + 64)
         work = per_epoch * full
@@ -259,9 +212,8 @@ class TrainPlan:
                         f"at row {row}; lower lr or scale the inputs")
 
 
-def _plan_args(n, client_offsets, rows, batch_size, lr, momentum, weight_decay, prox_mu,
-               shuffle, seed, sample_weight, schedule, power_t, clip_norm, noise_multiplier):
-    """Checked ``(idx, offsets, opts, clip, noise_std)`` for a data set of ``n`` rows."""
+def _rows_and_offsets(n, client_offsets, rows):
+    """Checked ``(idx, offsets)`` for a data set of ``n`` rows (``idx`` empty without rows)."""
     if rows is None:
         idx = np.empty(0, np.int64)
         n_rows = n
@@ -269,17 +221,19 @@ def _plan_args(n, client_offsets, rows, batch_size, lr, momentum, weight_decay, 
         idx = V.as_index_array("rows", rows, high=n)
         n_rows = idx.shape[0]
     what = "the rows of X" if rows is None else "the entries of rows"
-    off = V.as_offsets("client_offsets", client_offsets, n_rows, what)
-    opts = _options(batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule,
-                    power_t)
-    clip, noise_std = _privacy(clip_norm, noise_multiplier, sample_weight)
-    return idx, off, opts, clip, noise_std
+    return idx, V.as_offsets("client_offsets", client_offsets, n_rows, what)
 
 
-def plan_training(model, params, X, y, client_offsets, rows, *args):
-    b = Batch(model, params, X, y, args[7])  # args: as _plan_args after rows
-    idx, off, opts, clip, noise_std = _plan_args(b.n, client_offsets, rows, *args)
-    return b, TrainPlan(model, b, idx, off, opts, clip, noise_std)
+def plan_training(model, params, X, y, client_offsets, rows, options, sample_weight=None):
+    """Check a training's data and options once: ``(Batch, TrainPlan)``.
+
+    ``options`` is a :class:`TrainOptions`. The federation engine builds one plan per
+    simulation and runs it round after round.
+    """
+    options.check_sample_weight(sample_weight)
+    b = Batch(model, params, X, y, sample_weight)
+    idx, off = _rows_and_offsets(b.n, client_offsets, rows)
+    return b, TrainPlan(model, b, idx, off, options)
 
 
 def _selection(n_clients, clients, epochs, max_steps):
@@ -375,18 +329,21 @@ clip_norm, noise_multiplier
     >>> Q.shape
     (2, 5)
     """
-    args = (batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, sample_weight,
-            schedule, power_t, clip_norm, noise_multiplier)
+    options = TrainOptions(batch_size=batch_size, lr=lr, momentum=momentum,
+                           weight_decay=weight_decay, prox_mu=prox_mu, shuffle=shuffle, seed=seed,
+                           schedule=schedule, power_t=power_t, clip_norm=clip_norm,
+                           noise_multiplier=noise_multiplier)
+    options.check_sample_weight(sample_weight)
     gpu = _device.gpu(device)
     if gpu:
         b = gpu.Batch(model, params, X, y, sample_weight)
-        idx, off, opts, clip, noise_std = _plan_args(b.n, client_offsets, rows, *args)
+        idx, off = _rows_and_offsets(b.n, client_offsets, rows)
         ids, ep, steps = _selection(off.shape[0] - 1, clients, epochs, max_steps)
-        check_steps(off, ids, ep, opts["batch"])
-        return gpu.train_clients(b, idx, off, opts, clip, noise_std, ids, ep, steps)
-    b, plan = plan_training(model, params, X, y, client_offsets, rows, *args)
+        check_steps(off, ids, ep, options.batch_size)
+        return gpu.train_clients(b, idx, off, options, ids, ep, steps)
+    b, plan = plan_training(model, params, X, y, client_offsets, rows, options, sample_weight)
     ids, ep, steps = _selection(plan.offsets.shape[0] - 1, clients, epochs, max_steps)
-    check_steps(plan.offsets, ids, ep, plan.common[0])
+    check_steps(plan.offsets, ids, ep, options.batch_size)
     out, bad = plan.run(b.params, ids, ep, steps)
     plan.raise_bad(bad)
     diverged = np.flatnonzero(~np.isfinite(out).all(axis=1))

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _validation as V
+from ..aggregate import rules
 from ..aggregate.mean import nonfinite_rows
 from ..aggregate.norms import clip_factors, row_distances
 from ..kernels import _rng
@@ -205,3 +206,18 @@ class CentralDP:
         r = V.check_number("state['round']", state["round"], low=0, integer=True)
         self._clip, self.round = c, r
         return self
+
+
+def _make(options, expected_clients, seed):
+    """Central DP as a rule of the registry: its state lives across rounds."""
+    return CentralDP(options["clip_norm"], options["noise_multiplier"],
+                     target_quantile=options["target_quantile"], clip_lr=options["clip_lr"],
+                     count_noise_multiplier=options["count_noise_multiplier"],
+                     expected_clients=expected_clients, seed=seed)
+
+
+rules.register(rules.Rule(
+    "central_dp", rules.ALL_UPDATES,
+    {"clip_norm": 1.0, "noise_multiplier": 1.0, "target_quantile": None, "clip_lr": 0.2,
+     "count_noise_multiplier": None},
+    make=_make, summary="DP-FedAvg: clipped mean plus Gaussian noise (CentralDP)"))
