@@ -39,38 +39,44 @@ def _block(buf, b, lo, hi):
     return buf[b * lo:b * hi].reshape((b, hi - lo))
 
 
-@jit
-def batch_grad(params, A0, rows, yc, yr, spec, scale, clip, Zb, Hb, Db, sq, g):
-    """Sum of (clipped, weighted) per-sample gradients of one mini-batch, written to ``g``.
+@jit(inline="always")
+def batch_input_affine(A0, W, Z):
+    """``Z = A0 @ W`` for the first layer, on the batch's model inputs (the input seam)."""
+    np.dot(A0, W, Z)
 
-    ``A0`` (b, n_features) holds the batch's inputs and ``rows`` (b,) their row numbers
-    in the label arrays. ``scale`` (b,) weights each sample (or is empty: weight 1).
-    Each sample's gradient is first clipped to L2 norm ``clip`` (``inf``: no clipping).
-    ``Zb``, ``Hb``, ``Db`` are flat buffers of at least ``b * u_off[L]`` values and
-    ``sq`` (b,) float64 receives the squared per-sample norms (before clipping and
-    weighting). Returns ``(first bad row or -1, number of samples clipped)``.
-    """
-    sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+
+@jit(inline="always")
+def batch_input_grad(A0, D, G):
+    """``G = A0^T D``: the first layer's weight gradient, from the model inputs."""
+    np.dot(A0.T, D, G)
+
+
+@jit(inline="always")
+def batch_forward(params, A0, rows, lo, hi, sizes, w_off, b_off, u_off, act, Zb, Hb):
+    """Forward pass of layers ``[lo, hi)`` for the ``b`` rows of ``A0`` (their input to layer
+    ``lo``); returns the first row (of ``rows``) whose layer-``lo`` outputs are not finite, or
+    -1. Hidden layers (all but the model's last) apply ``act``."""
     L = sizes.shape[0] - 1
     b = A0.shape[0]
-    has_w = scale.shape[0] > 0
     bad = -1
-    # Forward: Z_l = A_l W_l + b_l, then the activation into H.
-    for l in range(L):
+    for l in range(lo, hi):
         nin = sizes[l]
         nout = sizes[l + 1]
-        A = A0 if l == 0 else _block(Hb, b, u_off[l - 1], u_off[l])
+        A = A0 if l == lo else _block(Hb, b, u_off[l - 1], u_off[l])
         W = params[w_off[l]:w_off[l] + nin * nout].reshape((nin, nout))
         Z = _block(Zb, b, u_off[l], u_off[l + 1])
-        np.dot(A, W, Z)
+        if l == 0:
+            batch_input_affine(A, W, Z)
+        else:
+            np.dot(A, W, Z)
         if b_off[l] >= 0:
             bias = params[b_off[l]:b_off[l] + nout]
             for i in range(b):
                 z = Z[i]
                 for j in range(nout):
                     z[j] += bias[j]
-        if l == 0:
-            # A NaN/Inf input always reaches its row of Z_0 (see _model.forward).
+        if l == lo:
+            # A NaN/Inf input always reaches its row of Z (see _model.forward_range).
             for i in range(b):
                 if bad < 0:
                     for j in range(nout):
@@ -82,7 +88,71 @@ def batch_grad(params, A0, rows, yc, yr, spec, scale, clip, Zb, Hb, Db, sq, g):
             for i in range(b):
                 for j in range(nout):
                     H[i, j] = _activate(Z[i, j], act)
-    # Output deltas, row by row (the losses are per-sample functions).
+    return bad
+
+
+@jit(inline="always")
+def batch_backward(params, lo, hi, sizes, w_off, u_off, act, Zb, Hb, Db, b):
+    """Deltas of layers ``[lo, hi)`` from the deltas at the output of layer ``hi - 1`` (in
+    ``Db``): ``D_{l-1} = (D_l W_l^T) * act'(Z_{l-1})``, down to layer ``lo``."""
+    for l in range(hi - 1, lo, -1):
+        nin = sizes[l]
+        nout = sizes[l + 1]
+        W = params[w_off[l]:w_off[l] + nin * nout].reshape((nin, nout))
+        D = _block(Db, b, u_off[l], u_off[l + 1])
+        Dp = _block(Db, b, u_off[l - 1], u_off[l])
+        np.dot(D, W.T, Dp)
+        Zp = _block(Zb, b, u_off[l - 1], u_off[l])
+        Hp = _block(Hb, b, u_off[l - 1], u_off[l])
+        for i in range(b):
+            for j in range(nin):
+                Dp[i, j] *= _act_deriv(Zp[i, j], Hp[i, j], act)
+
+
+@jit(inline="always")
+def batch_weight_grads(A0, lo, hi, sizes, w_off, b_off, u_off, Hb, Db, g):
+    """Weight and bias gradients of layers ``[lo, hi)``: ``G_W_l = A_l^T D_l`` (one GEMM each),
+    the bias gradient the column sums of ``D_l``."""
+    b = A0.shape[0]
+    for l in range(lo, hi):
+        nin = sizes[l]
+        nout = sizes[l + 1]
+        A = A0 if l == lo else _block(Hb, b, u_off[l - 1], u_off[l])
+        D = _block(Db, b, u_off[l], u_off[l + 1])
+        G = g[w_off[l]:w_off[l] + nin * nout].reshape((nin, nout))
+        if l == 0:
+            batch_input_grad(A, D, G)
+        else:
+            np.dot(A.T, D, G)
+        if b_off[l] >= 0:
+            gb = g[b_off[l]:b_off[l] + nout]
+            gb[:] = 0
+            for i in range(b):
+                d = D[i]
+                for j in range(nout):
+                    gb[j] += d[j]
+
+
+@jit
+def batch_grad(params, A0, rows, yc, yr, spec, scale, clip, Zb, Hb, Db, sq, g):
+    """Sum of (clipped, weighted) per-sample gradients of one mini-batch, written to ``g``.
+
+    ``A0`` (b, n_features) holds the batch's inputs and ``rows`` (b,) their row numbers
+    in the label arrays. ``scale`` (b,) weights each sample (or is empty: weight 1).
+    Each sample's gradient is first clipped to L2 norm ``clip`` (``inf``: no clipping).
+    ``Zb``, ``Hb``, ``Db`` are flat buffers of at least ``b * u_off[L]`` values and
+    ``sq`` (b,) float64 receives the squared per-sample norms (before clipping and
+    weighting). Returns ``(first bad row or -1, number of samples clipped)``.
+
+    The model runs as the layer range ``[0, L)`` (forward, the loss head, backward, the
+    weight gradients), the same pieces a part of a model would run on its own.
+    """
+    sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+    L = sizes.shape[0] - 1
+    b = A0.shape[0]
+    has_w = scale.shape[0] > 0
+    bad = batch_forward(params, A0, rows, 0, L, sizes, w_off, b_off, u_off, act, Zb, Hb)
+    # The loss head: output deltas, row by row (the losses are per-sample functions).
     lo = u_off[L - 1]
     F = _block(Zb, b, lo, u_off[L])
     DL = _block(Db, b, lo, u_off[L])
@@ -95,19 +165,7 @@ def batch_grad(params, A0, rows, yc, yr, spec, scale, clip, Zb, Hb, Db, sq, g):
             bad = rows[i]
     if bad >= 0:
         return bad, 0
-    # Backward: D_{l-1} = (D_l W_l^T) * act'(Z_{l-1}).
-    for l in range(L - 1, 0, -1):
-        nin = sizes[l]
-        nout = sizes[l + 1]
-        W = params[w_off[l]:w_off[l] + nin * nout].reshape((nin, nout))
-        D = _block(Db, b, u_off[l], u_off[l + 1])
-        Dp = _block(Db, b, u_off[l - 1], u_off[l])
-        np.dot(D, W.T, Dp)
-        Zp = _block(Zb, b, u_off[l - 1], u_off[l])
-        Hp = _block(Hb, b, u_off[l - 1], u_off[l])
-        for i in range(b):
-            for j in range(nin):
-                Dp[i, j] *= _act_deriv(Zp[i, j], Hp[i, j], act)
+    batch_backward(params, 0, L, sizes, w_off, u_off, act, Zb, Hb, Db, b)
     # Ghost norms: |a (x) d|^2 = |a|^2 |d|^2 per layer, plus |d|^2 for the bias.
     # Not needed (and left at 0) without clipping.
     for i in range(b):
@@ -138,18 +196,5 @@ def batch_grad(params, A0, rows, yc, yr, spec, scale, clip, Zb, Hb, Db, sq, g):
                 d = D[i]
                 for j in range(d.shape[0]):
                     d[j] = d[j] * c
-    # Weight gradients: G_W_l = A_l^T D_l (one GEMM), bias gradients: column sums of D_l.
-    for l in range(L):
-        nin = sizes[l]
-        nout = sizes[l + 1]
-        A = A0 if l == 0 else _block(Hb, b, u_off[l - 1], u_off[l])
-        D = _block(Db, b, u_off[l], u_off[l + 1])
-        np.dot(A.T, D, g[w_off[l]:w_off[l] + nin * nout].reshape((nin, nout)))
-        if b_off[l] >= 0:
-            gb = g[b_off[l]:b_off[l] + nout]
-            gb[:] = 0
-            for i in range(b):
-                d = D[i]
-                for j in range(nout):
-                    gb[j] += d[j]
+    batch_weight_grads(A0, 0, L, sizes, w_off, b_off, u_off, Hb, Db, g)
     return -1, n_clipped

@@ -17,6 +17,13 @@ accumulated in that dtype too: there are at most a few thousand terms, and keepi
 float32 lets the loops run at full SIMD width. Sums over samples (loss, mean
 gradient) are the caller's business and are done in float64.
 
+Two seams shape this module. The model's input is read through the ``input_*`` helpers
+only (a dense row today; a sparse CSR row can plug in there), and the passes run over a
+range of layers ``[lo, hi)`` (``forward_range``, ``backward_range``) apart from the loss
+head (``loss_and_delta``), so part of a model can run on its own: a range that starts past
+layer 0 reads its input, the activations at the cut, where the model's input would be.
+A whole model is the range ``[0, L)``.
+
 Loops are ordered so the innermost one runs over contiguous memory: the forward
 pass adds ``a_i * W[i, :]`` row by row, the backward pass takes dot products with
 rows of W, and the weight gradient is written row by row as ``a_i * delta``. A
@@ -76,55 +83,107 @@ def workspace(u_off, like):
     return np.empty(U, like.dtype), np.empty(U, like.dtype), np.empty(U, like.dtype)
 
 
+# ---------------------------------------------------------------- the model's input
+# Every read of a sample's features goes through these helpers (and ``input_row``): the one
+# place where another input format plugs in. Each is the dense loop of any layer, inlined.
+
+
 @jit(inline="always")
-def layer_input(l, x, hs, u_off, nin):
-    """The input of layer ``l``: the sample itself, or the previous layer's activations."""
-    if l == 0:
+def input_row(X, r):
+    """Sample ``r``'s features (a view of row r of X)."""
+    return X[r]
+
+
+@jit(inline="always")
+def input_copy(X, r, dst):
+    """Copy sample ``r``'s features into the dense row ``dst`` (the batched path's block)."""
+    x = input_row(X, r)
+    for i in range(dst.shape[0]):
+        dst[i] = x[i]
+
+
+@jit(inline="always")
+def input_axpy(x, a, out):
+    """``out += a * x`` over the input's features (a one-output linear model's gradient)."""
+    for i in range(out.shape[0]):
+        out[i] += x[i] * a
+
+
+@jit(inline="always")
+def input_scaled(x, a, out):
+    """``out = a * x`` over the input's features; returns how many entries are finite
+    (counted in the writing loop: one pass over a row still in cache)."""
+    cnt = 0
+    for i in range(out.shape[0]):
+        v = x[i] * a
+        out[i] = v
+        cnt += abs(v) < np.inf
+    return cnt
+
+
+@jit(inline="always")
+def layer_input(l, lo, x, hs, u_off, nin):
+    """The input of layer ``l`` in a pass over layers ``[lo, ...)``: ``x`` (the model's input,
+    or the activations at the cut) for the first layer of the range, else the previous
+    layer's activations."""
+    if l == lo:
         return x
     return hs[u_off[l - 1]:u_off[l - 1] + nin]
 
 
 @jit(inline="always")
-def forward(params, x, sizes, w_off, b_off, u_off, act, zs, hs):
-    """Forward pass of one sample ``x``; returns False if the first layer is not finite.
+def affine(a, params, wo, bo, nin, nout, z):
+    """``z = a @ W + b`` for one layer (``W`` row-major ``(nin, nout)`` at ``wo``, the bias at
+    ``bo`` or none when ``bo < 0``), adding ``a_i * W[i, :]`` row by row."""
+    W = params[wo:wo + nin * nout]
+    if nout == 1:
+        # Start from z[0] so that s keeps the parameters' dtype (a literal 0 would
+        # promote a float32 sum to float64 and halve the SIMD width).
+        z[0] = params[bo] if bo >= 0 else 0
+        s = z[0]
+        for i in range(nin):
+            s += a[i] * W[i]
+        z[0] = s
+    else:
+        if bo >= 0:
+            bias = params[bo:bo + nout]
+            for j in range(nout):
+                z[j] = bias[j]
+        else:
+            for j in range(nout):
+                z[j] = 0
+        for i in range(nin):
+            ai = a[i]
+            row = W[i * nout:(i + 1) * nout]
+            for j in range(nout):
+                z[j] += ai * row[j]
 
-    A NaN or Inf in ``x`` always reaches the first layer's pre-activations (the
-    weights are finite, and 0 * Inf is NaN), so checking those few values detects a
-    bad input row at no extra memory traffic.
+
+input_affine = affine  # the first layer, on the model's input (the input seam)
+
+
+@jit(inline="always")
+def forward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs):
+    """Forward pass of layers ``[lo, hi)`` for one sample whose input to layer ``lo`` is ``x``;
+    returns False if that first layer's pre-activations are not finite.
+
+    A NaN or Inf in ``x`` always reaches the first layer's pre-activations (the weights
+    are finite, and 0 * Inf is NaN), so checking those few values detects a bad input row
+    at no extra memory traffic. Hidden layers (all but the model's last) apply ``act``.
     """
     L = sizes.shape[0] - 1
     ok = True
-    for l in range(L):
+    for l in range(lo, hi):
         nin = sizes[l]
         nout = sizes[l + 1]
         zo = u_off[l]
-        wo = w_off[l]
-        bo = b_off[l]
-        a = layer_input(l, x, hs, u_off, nin)
         z = zs[zo:zo + nout]
-        W = params[wo:wo + nin * nout]
-        if nout == 1:
-            # Start from z[0] so that s keeps the parameters' dtype (a literal 0 would
-            # promote a float32 sum to float64 and halve the SIMD width).
-            z[0] = params[bo] if bo >= 0 else 0
-            s = z[0]
-            for i in range(nin):
-                s += a[i] * W[i]
-            z[0] = s
-        else:
-            if bo >= 0:
-                bias = params[bo:bo + nout]
-                for j in range(nout):
-                    z[j] = bias[j]
-            else:
-                for j in range(nout):
-                    z[j] = 0
-            for i in range(nin):
-                ai = a[i]
-                row = W[i * nout:(i + 1) * nout]
-                for j in range(nout):
-                    z[j] += ai * row[j]
         if l == 0:
+            input_affine(x, params, w_off[l], b_off[l], nin, nout, z)
+        else:
+            affine(layer_input(l, lo, x, hs, u_off, nin), params, w_off[l], b_off[l], nin,
+                   nout, z)
+        if l == lo:
             for j in range(nout):
                 if not math.isfinite(z[j]):
                     ok = False
@@ -133,6 +192,13 @@ def forward(params, x, sizes, w_off, b_off, u_off, act, zs, hs):
             for j in range(nout):
                 h[j] = _activate(z[j], act)
     return ok
+
+
+@jit(inline="always")
+def forward(params, x, sizes, w_off, b_off, u_off, act, zs, hs):
+    """Forward pass of the whole model for one sample ``x`` (:func:`forward_range` ``[0, L)``)."""
+    return forward_range(params, x, 0, sizes.shape[0] - 1, sizes, w_off, b_off, u_off, act, zs,
+                         hs)
 
 
 @jit(inline="always")
@@ -240,6 +306,15 @@ MODE_WRITE, MODE_ADD, MODE_NORM, MODE_NONE = 0, 1, 2, 3
 
 
 @jit(inline="always")
+def input_absmax(x):
+    """``max |x_i|`` of the model's input, in float64."""
+    m = 0.0
+    for i in range(x.shape[0]):
+        m = max(m, abs(np.float64(x[i])))
+    return m
+
+
+@jit(inline="always")
 def grad_fits(x, sizes, b_off, u_off, hs, ds, tmp):
     """True when no entry of the sample's gradient can have overflowed the dtype of ``tmp``.
 
@@ -253,11 +328,14 @@ def grad_fits(x, sizes, b_off, u_off, hs, ds, tmp):
     for l in range(L):
         nin = sizes[l]
         nout = sizes[l + 1]
-        a = layer_input(l, x, hs, u_off, nin)
         d = ds[u_off[l]:u_off[l] + nout]
         ma = 1.0 if b_off[l] >= 0 else 0.0
-        for i in range(nin):
-            ma = max(ma, abs(np.float64(a[i])))
+        if l == 0:
+            ma = max(ma, input_absmax(x))
+        else:
+            a = layer_input(l, 0, x, hs, u_off, nin)
+            for i in range(nin):
+                ma = max(ma, abs(np.float64(a[i])))
         md = 0.0
         for j in range(nout):
             md = max(md, abs(np.float64(d[j])))
@@ -268,69 +346,91 @@ def grad_fits(x, sizes, b_off, u_off, hs, ds, tmp):
 
 
 @jit(inline="always")
-def backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, mode):
-    """Backward pass of one sample whose output delta is already in ``ds``.
+def layer_norms(a, dl, bo, nin, nout):
+    """``(|a|^2 + 1, |delta|^2)`` of one layer (no 1 without a bias): the squared norm of the
+    layer's part of the sample's gradient is their product. Squares in float64: |a|^2 of a
+    float32 row overflows from |a_i| ~ 1e19 on, while the norm itself may be representable."""
+    na = 1.0 if bo >= 0 else 0.0
+    for i in range(nin):
+        na += np.float64(a[i]) * a[i]
+    nd = 0.0
+    for j in range(nout):
+        nd += np.float64(dl[j]) * dl[j]
+    return na, nd
+
+
+
+@jit(inline="always")
+def layer_grad(a, dl, g, wo, bo, nin, nout, mode):
+    """One layer's part of a sample's gradient: the outer product ``a (x) delta`` (and
+    ``delta`` for the bias) written to (MODE_WRITE) or added into (MODE_ADD) ``g``."""
+    if nout == 1:
+        d0 = dl[0]
+        gw = g[wo:wo + nin]
+        if mode == MODE_WRITE:
+            for i in range(nin):
+                gw[i] = a[i] * d0
+            if bo >= 0:
+                g[bo] = d0
+        else:
+            for i in range(nin):
+                gw[i] += a[i] * d0
+            if bo >= 0:
+                g[bo] += d0
+        return
+    for i in range(nin):
+        ai = a[i]
+        gr = g[wo + i * nout:wo + (i + 1) * nout]
+        if mode == MODE_WRITE:
+            for j in range(nout):
+                gr[j] = ai * dl[j]
+        else:
+            for j in range(nout):
+                gr[j] += ai * dl[j]
+    if bo >= 0:
+        gb = g[bo:bo + nout]
+        if mode == MODE_WRITE:
+            for j in range(nout):
+                gb[j] = dl[j]
+        else:
+            for j in range(nout):
+                gb[j] += dl[j]
+
+
+input_outer = layer_grad  # the first layer's gradient, from the model's input (the input seam)
+
+
+@jit(inline="always")
+def backward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, mode):
+    """Backward pass of layers ``[lo, hi)`` of one sample whose delta at the output of layer
+    ``hi - 1`` is already in ``ds`` and whose input to layer ``lo`` was ``x``.
 
     ``mode`` MODE_WRITE stores the gradient into ``g`` (length P),
     MODE_ADD adds it, MODE_NORM writes nothing and returns the squared L2 norm of the
     gradient, layer by layer as (|a|^2 + 1) |delta|^2: the norm of an outer product
     is the product of the norms, so the per-sample gradient is never formed.
-    MODE_NONE returns at once (loss only).
+    MODE_NONE returns at once (loss only). Deltas are carried down to layer ``lo``.
     Returns the squared norm in MODE_NORM and 0.0 otherwise.
     """
     if mode == MODE_NONE:
         return 0.0
-    L = sizes.shape[0] - 1
     sq = 0.0
-    for l in range(L - 1, -1, -1):
+    for l in range(hi - 1, lo - 1, -1):
         nin = sizes[l]
         nout = sizes[l + 1]
         wo = w_off[l]
         bo = b_off[l]
-        a = layer_input(l, x, hs, u_off, nin)
         dl = ds[u_off[l]:u_off[l] + nout]
         if mode == MODE_NORM:
-            # Squares in float64: |a|^2 of a float32 row overflows from |a_i| ~ 1e19 on,
-            # while the norm itself (|a| |delta|) may still be representable.
-            na = 1.0 if bo >= 0 else 0.0
-            for i in range(nin):
-                na += np.float64(a[i]) * a[i]
-            nd = 0.0
-            for j in range(nout):
-                nd += np.float64(dl[j]) * dl[j]
+            # One loop for every layer, its input from layer_input (the model's input for the
+            # first): a float64 reduction vectorizes into one fixed order, as it always has.
+            na, nd = layer_norms(layer_input(l, lo, x, hs, u_off, nin), dl, bo, nin, nout)
             sq += na * nd
-        elif nout == 1:
-            d0 = dl[0]
-            gw = g[wo:wo + nin]
-            if mode == MODE_WRITE:
-                for i in range(nin):
-                    gw[i] = a[i] * d0
-                if bo >= 0:
-                    g[bo] = d0
-            else:
-                for i in range(nin):
-                    gw[i] += a[i] * d0
-                if bo >= 0:
-                    g[bo] += d0
+        elif l == 0:
+            input_outer(x, dl, g, wo, bo, nin, nout, mode)
         else:
-            for i in range(nin):
-                ai = a[i]
-                gr = g[wo + i * nout:wo + (i + 1) * nout]
-                if mode == MODE_WRITE:
-                    for j in range(nout):
-                        gr[j] = ai * dl[j]
-                else:
-                    for j in range(nout):
-                        gr[j] += ai * dl[j]
-            if bo >= 0:
-                gb = g[bo:bo + nout]
-                if mode == MODE_WRITE:
-                    for j in range(nout):
-                        gb[j] = dl[j]
-                else:
-                    for j in range(nout):
-                        gb[j] += dl[j]
-        if l > 0:
+            layer_grad(layer_input(l, lo, x, hs, u_off, nin), dl, g, wo, bo, nin, nout, mode)
+        if l > lo:
             # delta_{l-1} = (W_l delta_l) * act'(z_{l-1}); W_l rows are contiguous.
             po = u_off[l - 1]
             W = params[wo:wo + nin * nout]
@@ -344,6 +444,13 @@ def backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, mode):
                     s += row[j] * dl[j]
                 dprev[i] = s * _act_deriv(zprev[i], hprev[i], act)
     return sq
+
+
+@jit(inline="always")
+def backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, mode):
+    """Backward pass of the whole model (:func:`backward_range` ``[0, L)``)."""
+    return backward_range(params, x, 0, sizes.shape[0] - 1, sizes, w_off, b_off, u_off, act,
+                          zs, hs, ds, g, mode)
 
 
 @jit(inline="always")

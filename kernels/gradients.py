@@ -15,8 +15,8 @@ from numba import prange
 
 from ._jit import jit
 from ._model import (LOSS_HINGE, LOSS_LOGISTIC, LOSS_SOFTMAX, MODE_ADD, MODE_NONE, MODE_NORM,
-                     MODE_WRITE, forward, grad_fits, is_linear1, linear1_delta, loss_and_delta,
-                     sample_grad, workspace)
+                     MODE_WRITE, forward, grad_fits, input_row, input_scaled, is_linear1,
+                     linear1_delta, loss_and_delta, sample_grad, workspace)
 
 ROWS_PER_TASK = 64
 
@@ -67,14 +67,10 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
             w = params[:d]
             z0 = params[d] if has_b else 0.0
             for r in range(t * groups_per_task, g_hi):
-                x = X[r]
+                x = input_row(X, r)
                 dl, ok = linear1_delta(x, w, z0, zs, loss, hdelta, yc, yr, r, 1.0)
                 o = out[r]
-                cnt = 0  # finite entries, counted in the writing loop (one pass)
-                for i in range(d):
-                    v = x[i] * dl
-                    o[i] = v
-                    cnt += abs(v) < np.inf
+                cnt = input_scaled(x, dl, o[:d])
                 if has_b:
                     o[d] = dl
                 if (not ok or cnt != d) and first_bad < 0:
@@ -86,11 +82,11 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
             hi = min(n, lo + microbatch)
             row = out[grp]
             if hi - lo == 1:
-                _, _, ok = sample_grad(params, X[lo], yc, yr, lo, sizes, w_off, b_off, u_off,
+                _, _, ok = sample_grad(params, input_row(X, lo), yc, yr, lo, sizes, w_off, b_off, u_off,
                                        act, loss, hdelta, zs, hs, ds, row, 1.0, MODE_WRITE, False)
                 # The bound on the layers' units settles almost every row; only a row near
                 # the dtype's range is scanned entry by entry.
-                if ok and not grad_fits(X[lo], sizes, b_off, u_off, hs, ds, tmp):
+                if ok and not grad_fits(input_row(X, lo), sizes, b_off, u_off, hs, ds, tmp):
                     ok = finite_row(row)
                 if not ok and first_bad < 0:
                     first_bad = lo
@@ -98,7 +94,7 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
                 row[:] = 0
                 inv = 1.0 / (hi - lo)
                 for r in range(lo, hi):
-                    _, _, ok = sample_grad(params, X[r], yc, yr, r, sizes, w_off, b_off,
+                    _, _, ok = sample_grad(params, input_row(X, r), yc, yr, r, sizes, w_off, b_off,
                                            u_off, act, loss, hdelta, zs, hs, ds, row, inv,
                                            MODE_ADD, False)
                     if not ok and first_bad < 0:
@@ -124,7 +120,7 @@ def per_sample_norm(params, X, yc, yr, spec, out):
         zs, hs, ds = workspace(u_off, params)
         first_bad = -1
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            _, sq, ok = sample_grad(params, X[r], yc, yr, r, sizes, w_off, b_off, u_off,
+            _, sq, ok = sample_grad(params, input_row(X, r), yc, yr, r, sizes, w_off, b_off, u_off,
                                     act, loss, hdelta, zs, hs, ds, dummy, 1.0, MODE_NORM, False)
             out[r] = np.sqrt(sq)
             # sq is float64; a norm beyond the dtype of out (or an overflowing square)
@@ -162,7 +158,7 @@ def loss_grad(params, X, yc, yr, sw, spec, want_grad, acc, totals, grad_out):
         first_bad = -1
         for r in range(c * per, min(n, (c + 1) * per)):
             w = sw[r] if has_w else 1.0
-            lv, _, ok = sample_grad(params, X[r], yc, yr, r, sizes, w_off, b_off, u_off,
+            lv, _, ok = sample_grad(params, input_row(X, r), yc, yr, r, sizes, w_off, b_off, u_off,
                                     act, loss, hdelta, zs, hs, ds, g, w, mode, True)
             lsum += w * lv
             wsum += w
@@ -199,7 +195,7 @@ def decision(params, X, spec, out):
         zs, hs, _ = workspace(u_off, params)
         first_bad = -1
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            ok = forward(params, X[r], sizes, w_off, b_off, u_off, act, zs, hs)
+            ok = forward(params, input_row(X, r), sizes, w_off, b_off, u_off, act, zs, hs)
             for j in range(k):
                 out[r, j] = zs[lo + j]
                 ok = ok and np.isfinite(zs[lo + j])
@@ -231,7 +227,7 @@ def loss_correct(params, X, yc, yr, spec, totals):
         lsum = 0.0
         right = 0.0
         for r in range(c * per, min(n, (c + 1) * per)):
-            forward(params, X[r], sizes, w_off, b_off, u_off, act, zs, hs)
+            forward(params, input_row(X, r), sizes, w_off, b_off, u_off, act, zs, hs)
             f = zs[lo:lo + k]
             lsum += loss_and_delta(f, d, loss, hdelta, yc, yr, r, True)
             if loss == LOSS_SOFTMAX:

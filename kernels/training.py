@@ -29,7 +29,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
-from ._model import MODE_ADD, is_linear1, linear1_delta, sample_grad, workspace
+from ._model import (MODE_ADD, input_axpy, input_copy, input_row, is_linear1,
+                     linear1_delta, sample_grad, workspace)
 from ._layers import batch_grad
 from ._rng import add_normal, hash2, shuffle as shuffle_inplace
 
@@ -132,7 +133,7 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
                     if has_idx:
                         r = idx[r]
                     rows[s] = r
-                    A[s] = X[r]
+                    input_copy(X, r, A[s])
                     w = sw[r] if has_w else 1.0
                     if has_w:
                         scale[s] = w
@@ -151,12 +152,11 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
                     if has_idx:
                         r = idx[r]
                     w = sw[r] if has_w else 1.0
-                    x = X[r]
+                    x = input_row(X, r)
                     dl, ok = linear1_delta(x, pw, z0, zs, loss, hdelta, yc, yr, r, w)
                     if not ok:
                         return r
-                    for i in range(nf):
-                        gw[i] += x[i] * dl
+                    input_axpy(x, dl, gw)
                     if has_b:
                         g[nf] += dl
                     wsum += w
@@ -166,7 +166,7 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
                     if has_idx:
                         r = idx[r]
                     w = sw[r] if has_w else 1.0
-                    _, _, ok = sample_grad(p, X[r], yc, yr, r, sizes, w_off, b_off, u_off,
+                    _, _, ok = sample_grad(p, input_row(X, r), yc, yr, r, sizes, w_off, b_off, u_off,
                                            act, loss, hdelta, zs, hs, ds, g, w, MODE_ADD, False)
                     if not ok:
                         return r
