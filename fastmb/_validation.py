@@ -150,6 +150,18 @@ def as_weights(weights, n, name, unit, allow_zero_sum=False):
     return w
 
 
+def relative_weights(w):
+    """``(w / max(w), 1 / sum(w / max(w)))``: the weights of a mean ``sum_k w_k u_k / sum_k w_k``
+    relative to the largest, and the reciprocal of their total.
+
+    With the largest weight 1 the total lies in [1, K], so its reciprocal is exact enough
+    and finite for any positive finite weights, subnormal or near 1e308, whose raw sum
+    could underflow to zero or overflow. ``w`` is non-negative, not all zero.
+    """
+    rel = w / w.max()
+    return rel, 1.0 / float(np.sum(rel))
+
+
 def as_sample_weight(sample_weight, n, name="sample_weight"):
     """float64 weights scaled so the largest lies in (0.5, 1], or an empty array meaning
     'all ones'.

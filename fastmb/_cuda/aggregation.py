@@ -39,11 +39,11 @@ def weighted_mean(U, w):
 
     P = U.shape[1]
     T = threads()
-    w = w / w.max()
+    rel, inv_total = V.relative_weights(w)
     out = empty(P, U.dtype)
     nb = blocks_for(P, T)
     nbad = empty(nb * T, np.int64)
-    KA.weighted_mean[nb, T](U, to_device(w), 1.0 / float(np.sum(w)), out, nbad)
+    KA.weighted_mean[nb, T](U, to_device(rel), inv_total, out, nbad)
     if nbad.copy_to_host().sum():
         bad = np.flatnonzero(rows_nonfinite(U)).tolist()
         if bad:

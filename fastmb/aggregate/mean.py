@@ -68,10 +68,7 @@ def fedavg(updates, weights=None, device="cpu"):
     U = V.as_updates(updates)
     w = _client_weights(weights, U.shape[0])
     out = np.empty(U.shape[1], U.dtype)
-    # Scale the weights so the largest is 1: the total then lies in [1, K] and its
-    # reciprocal is exact enough and finite even for subnormal or huge weights.
-    w = w / w.max()
-    if KA.weighted_mean(U, w, 1.0 / float(np.sum(w)), out):
+    if KA.weighted_mean(U, *V.relative_weights(w), out):
         check_finite_rows(U)
         raise ValueError("the weighted mean overflows the dtype of updates")
     return out

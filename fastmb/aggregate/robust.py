@@ -114,9 +114,7 @@ def _check_f(n_byzantine):
 def _weighted_mean(U, w, dtype=None):
     """sum_k w_k U_k / sum_k w_k with the fedavg kernel (float64 sums)."""
     out = np.empty(U.shape[1], U.dtype if dtype is None else dtype)
-    scale = w.max()
-    w = w / scale
-    KA.weighted_mean(U, w, 1.0 / float(w.sum()), out)
+    KA.weighted_mean(U, *V.relative_weights(w), out)
     return out
 
 
@@ -402,7 +400,8 @@ def norm_bounded_mean(updates, max_norm, weights=None):
     norms = row_distances(U, np.zeros(U.shape[1]))
     scale = clip_factors(norms, c)
     out = np.empty(U.shape[1], U.dtype)
-    KA.weighted_mean(U, w * scale / w.max(), w.max() / float(w.sum()), out)
+    rel, inv_total = V.relative_weights(w)
+    KA.weighted_mean(U, rel * scale, inv_total, out)
     return _result(out, kept, rejected)
 
 

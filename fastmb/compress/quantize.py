@@ -278,6 +278,7 @@ def mean_compressed(updates, weights=None, dtype=np.float32):
     if dtype not in V.FLOATS:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     out = np.empty(n, dtype)
-    KQ.mean_int8(List([q.codes for q in qs]), List([q.scales for q in qs]),
-                 w / w.max(), block, w.max() / float(w.sum()), out)
+    rel, inv_total = V.relative_weights(w)
+    KQ.mean_int8(List([q.codes for q in qs]), List([q.scales for q in qs]), rel, block,
+                 inv_total, out)
     return out
