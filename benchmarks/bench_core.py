@@ -117,7 +117,7 @@ class StreamingMean:
     """WeightedMean.add of one P=1,000,000 float32 update."""
 
     def setup(self):
-        U, w = B.fedavg_data(K=1)
+        U, _ = B.fedavg_data(K=1)
         self.u = U[0]
         self.wm = fastmb.WeightedMean(U.shape[1])
         self.wm.add(self.u, 2.0)

@@ -10,7 +10,7 @@ from fastmb.cli import bench as B
 
 from .bench_core import _peer, _prepared
 
-_DP_PEERS = {label: factory for label, factory in B.PEERS["dp_step"]}
+_DP_PEERS = dict(B.PEERS["dp_step"])
 
 
 class DPSGDStep:

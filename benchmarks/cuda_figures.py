@@ -122,7 +122,7 @@ def run(scale="full", repeat=5, threads=None, echo=print):
     moved = U.nbytes + 4 * P
     rows.append(dict(name="fedavg", size=f"K={K} P={P:,}", seconds=t,
                      fraction_of_copy=moved / t / bw, target=0.70))
-    del U
+    U = None  # the device stack is freed before the next one is made
 
     # MLP per-sample gradients vs torch.func.vmap.
     tiny = scale == "tiny"

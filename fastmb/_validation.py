@@ -109,10 +109,10 @@ def as_y(model, y, n, dtype, name="y"):
     k = model.n_outputs
     if model.is_classifier:
         if y.ndim != 1 or y.shape[0] != n:
-            raise ValueError(f"{name} must be a 1-D array of {n} class indices, got shape {y.shape}")
-        if y.dtype.kind == "f":
-            if not np.isfinite(y).all() or not np.array_equal(y, np.round(y)):
-                raise ValueError(f"{name} must hold integer class indices; got non-integer values")
+            raise ValueError(f"{name} must be a 1-D array of {n} class indices, got shape "
+                             f"{y.shape}")
+        if y.dtype.kind == "f" and not (np.isfinite(y).all() and np.array_equal(y, np.round(y))):
+            raise ValueError(f"{name} must hold integer class indices; got non-integer values")
         C = model.n_classes
         if n and (y.min() < 0 or y.max() >= C):
             raise ValueError(f"{name} must hold class indices in [0, {C}) for loss "

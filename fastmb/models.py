@@ -52,8 +52,17 @@ class Layout(NamedTuple):
 class _Model:
     """Shared machinery of Linear and MLP; subclasses set the layer sizes."""
 
-    __slots__ = ("_sizes", "_loss", "_activation", "_fit_intercept", "_huber_delta", "_layout",
-                 "_w_off", "_b_off", "_n_params")
+    __slots__ = (
+        "_activation",
+        "_b_off",
+        "_fit_intercept",
+        "_huber_delta",
+        "_layout",
+        "_loss",
+        "_n_params",
+        "_sizes",
+        "_w_off",
+    )
 
     def _build(self, sizes, loss, activation, fit_intercept, huber_delta):
         if not isinstance(loss, str) or loss not in LOSSES:
@@ -157,7 +166,7 @@ class _Model:
         return type(self) is type(other) and self._key() == other._key()
 
     def __hash__(self):
-        return hash((type(self).__name__,) + self._key())
+        return hash((type(self).__name__, *self._key()))
 
     def _key(self):
         return (self._sizes, self._loss, self._activation, self._fit_intercept, self._huber_delta)
@@ -165,7 +174,7 @@ class _Model:
     def __reduce__(self):
         # Pickled by its description (for Dask workers and checkpoints): rebuilt through the
         # checked constructor, never by setting the slots of an immutable object.
-        return (_rebuild, (type(self).__name__,) + self._key())
+        return (_rebuild, (type(self).__name__, *self._key()))
 
     # -- parameters --------------------------------------------------------
     def layers(self, params):

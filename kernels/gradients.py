@@ -14,9 +14,24 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
-from ._model import (LOSS_HINGE, LOSS_LOGISTIC, LOSS_SOFTMAX, MODE_ADD, MODE_NONE, MODE_NORM,
-                     MODE_WRITE, forward, grad_fits, input_row, input_scaled, is_linear1,
-                     linear1_delta, loss_and_delta, sample_grad, workspace)
+from ._model import (
+    LOSS_HINGE,
+    LOSS_LOGISTIC,
+    LOSS_SOFTMAX,
+    MODE_ADD,
+    MODE_NONE,
+    MODE_NORM,
+    MODE_WRITE,
+    forward,
+    grad_fits,
+    input_row,
+    input_scaled,
+    is_linear1,
+    linear1_delta,
+    loss_and_delta,
+    sample_grad,
+    workspace,
+)
 
 ROWS_PER_TASK = 64
 
@@ -82,7 +97,8 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
             hi = min(n, lo + microbatch)
             row = out[grp]
             if hi - lo == 1:
-                _, _, ok = sample_grad(params, input_row(X, lo), yc, yr, lo, sizes, w_off, b_off, u_off,
+                _, _, ok = sample_grad(params, input_row(X, lo), yc, yr, lo, sizes, w_off, b_off,
+                                       u_off,
                                        act, loss, hdelta, zs, hs, ds, row, 1.0, MODE_WRITE, False)
                 # The bound on the layers' units settles almost every row; only a row near
                 # the dtype's range is scanned entry by entry.
@@ -183,8 +199,9 @@ def loss_grad(params, X, yc, yr, sw, spec, want_grad, acc, totals, grad_out):
 
 @jit(parallel=True)
 def decision(params, X, spec, out):
-    """Raw model outputs ``out`` (n, k) for each row of X; returns the first non-finite row or -1."""
-    sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+    """Raw model outputs ``out`` (n, k) for each row of X; returns the first non-finite row,
+    or -1."""
+    sizes, w_off, b_off, u_off, act, _, _ = spec
     n = X.shape[0]
     L = sizes.shape[0] - 1
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK

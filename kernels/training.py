@@ -29,10 +29,19 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
-from ._model import (MODE_ADD, input_axpy, input_copy, input_row, is_linear1,
-                     linear1_delta, sample_grad, workspace)
 from ._layers import batch_grad
-from ._rng import add_normal, hash2, shuffle as shuffle_inplace
+from ._model import (
+    MODE_ADD,
+    input_axpy,
+    input_copy,
+    input_row,
+    is_linear1,
+    linear1_delta,
+    sample_grad,
+    workspace,
+)
+from ._rng import add_normal, hash2
+from ._rng import shuffle as shuffle_inplace
 
 SCHED_CONSTANT, SCHED_INVSCALING, SCHED_COSINE = 0, 1, 2
 # Separates the noise stream from the shuffling stream that uses the same client key.
@@ -166,7 +175,8 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
                     if has_idx:
                         r = idx[r]
                     w = sw[r] if has_w else 1.0
-                    _, _, ok = sample_grad(p, input_row(X, r), yc, yr, r, sizes, w_off, b_off, u_off,
+                    _, _, ok = sample_grad(p, input_row(X, r), yc, yr, r, sizes, w_off, b_off,
+                                           u_off,
                                            act, loss, hdelta, zs, hs, ds, g, w, MODE_ADD, False)
                     if not ok:
                         return r

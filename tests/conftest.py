@@ -6,10 +6,10 @@ import os
 # (NUMBA_ENABLE_CUDASIM=0 runs them on a real GPU). Read when numba.cuda is imported.
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-import fastmb  # noqa: E402
+import fastmb
 
 MODEL_CASES = {
     "linear-squared": lambda: fastmb.Linear(5, loss="squared"),

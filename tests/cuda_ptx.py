@@ -18,8 +18,11 @@ def _cases():
     import numba
 
     import fastmb
-    from fastmb.kernels.cuda import aggregation as KA, compress as KC, gradients as KG
-    from fastmb.kernels.cuda import robust as KR, training as KT
+    from fastmb.kernels.cuda import aggregation as KA
+    from fastmb.kernels.cuda import compress as KC
+    from fastmb.kernels.cuda import gradients as KG
+    from fastmb.kernels.cuda import robust as KR
+    from fastmb.kernels.cuda import training as KT
     from fastmb.kernels.cuda._model import pack
 
     def sig(*args):

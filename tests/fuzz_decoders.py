@@ -79,7 +79,7 @@ def _guard(fn):
 
 def _use_sparse(s):
     assert isinstance(s.indices, np.ndarray) and s.indices.dtype == np.int64
-    assert s.indices.size == 0 or (0 <= s.indices.min() and s.indices.max() < s.n_params)
+    assert s.indices.size == 0 or (s.indices.min() >= 0 and s.indices.max() < s.n_params)
     if s.n_params <= 1 << 20:
         d = s.densify()
         wm = fastmb.WeightedMean(s.n_params, np.float64)
@@ -275,7 +275,7 @@ def fuzz_checkpoints():
         @given(st.integers(0, 1), st.data())
         def hostile_entry(i, data):
             arrays = ck.arrays(i)
-            key = data.draw(st.sampled_from(sorted(arrays) + ["extra"]))
+            key = data.draw(st.sampled_from([*sorted(arrays), "extra"]))
             if data.draw(st.booleans()) and key in arrays:
                 del arrays[key]
             else:
@@ -349,7 +349,7 @@ def fuzz_states():
 
     def mutate(state, data):
         state = dict(state)
-        key = data.draw(st.sampled_from(sorted(state) + ["extra"]))
+        key = data.draw(st.sampled_from([*sorted(state), "extra"]))
         if isinstance(state.get(key), dict):
             state[key] = mutate(state[key], data)
         elif data.draw(st.booleans()) and key in state:

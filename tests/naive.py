@@ -366,10 +366,8 @@ def bulyan(U, f):
     chosen = []
     for _ in range(theta):
         sub = U[left]
-        if len(left) > 2 * f + 2:
-            scores = krum_scores(sub, f)
-        else:
-            scores = sq_distances(sub).sum(axis=1)
+        scores = (krum_scores(sub, f) if len(left) > 2 * f + 2
+                  else sq_distances(sub).sum(axis=1))
         best = left[min(range(len(left)), key=lambda i: (scores[i], i))]
         chosen.append(best)
         left.remove(best)

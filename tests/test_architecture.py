@@ -125,3 +125,10 @@ def test_import_fastmb_is_light():
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=False)
     assert res.returncode == 0, res.stderr
+
+
+def test_ruff_is_clean():
+    """The lint configuration in pyproject.toml holds for the whole tree."""
+    res = subprocess.run([sys.executable, "-m", "ruff", "check", ROOT], capture_output=True,
+                         text=True, check=False)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]

@@ -87,7 +87,7 @@ def test_bad_labels(func):
                        (y.reshape(-1, 1), "1-D")]:
         with pytest.raises(ValueError, match=match):
             func(LOGIT, p, X, bad)
-    ps, Xs, ys = _data(SOFT)
+    ps, Xs, _ = _data(SOFT)
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         func(SOFT, ps, Xs, np.full(12, 3))
     pr, Xr, yr = _data(REG)
@@ -98,7 +98,8 @@ def test_bad_labels(func):
         func(REG, pr, Xr, yr)
 
 
-@pytest.mark.parametrize("func", [fastmb.loss, fastmb.grad, fastmb.sgd], ids=["loss", "grad", "sgd"])
+@pytest.mark.parametrize("func", [fastmb.loss, fastmb.grad, fastmb.sgd],
+                         ids=["loss", "grad", "sgd"])
 def test_bad_sample_weight(func):
     p, X, y = _data()
     for bad, match in [(-np.ones(12), "non-negative"), (np.zeros(12), "all zero"),
@@ -146,7 +147,8 @@ def test_inputs_never_modified():
 def test_bad_training_options():
     p, X, y = _data()
     cases = [
-        (dict(lr=0.0), ValueError, "lr must be > 0"), (dict(lr=np.nan), ValueError, "lr must be finite"),
+        (dict(lr=0.0), ValueError, "lr must be > 0"),
+        (dict(lr=np.nan), ValueError, "lr must be finite"),
         (dict(momentum=1.5), ValueError, "momentum must be <= 1"),
         (dict(batch_size=0), ValueError, "batch_size must be >= 1"),
         (dict(batch_size=2.5), TypeError, "batch_size must be an integer"),
@@ -167,7 +169,8 @@ def test_bad_client_offsets():
     p, X, y = _data()
     for bad, exc, match in [([0, 5, 5, 12], ValueError, "strictly increasing.*client 1"),
                             ([0, 7, 3, 12], ValueError, "strictly increasing"),
-                            ([0, 13], ValueError, r"\[0, 12\]"), ([-1, 12], ValueError, r"\[0, 12\]"),
+                            ([0, 13], ValueError, r"\[0, 12\]"),
+                            ([-1, 12], ValueError, r"\[0, 12\]"),
                             ([0], ValueError, "K\\+1"), ([[0, 12]], ValueError, "1-D"),
                             ([0, 5.5, 12], TypeError, "integers")]:
         with pytest.raises(exc, match=f"client_offsets.*{match}|{match}"):
@@ -194,7 +197,8 @@ def test_bad_fedavg_input():
     U = np.ones((3, 4))
     for args, exc, match in [((np.ones(4),), ValueError, "updates must be 2-D"),
                              ((np.ones((0, 4)),), ValueError, "updates is empty"),
-                             ((U, [1, -1, 1]), ValueError, "weights must be non-negative; client 1"),
+                             ((U, [1, -1, 1]), ValueError,
+                              "weights must be non-negative; client 1"),
                              ((U, [0, 0, 0]), ValueError, "weights are all zero"),
                              ((U, [1, 1]), ValueError, "weights must be a 1-D array of length 3"),
                              ((U, [1, np.nan, 1]), ValueError, "weights contains NaN"),

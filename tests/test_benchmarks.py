@@ -35,7 +35,8 @@ def test_bench_sgd_epoch(benchmark, logistic_data):
 def test_bench_mlp_per_sample_and_numpy_peer(benchmark):
     model = fastmb.MLP([16, 8, 4])
     rng = np.random.default_rng(1)
-    p, X, y = model.init(seed=0), rng.normal(size=(256, 16)).astype(np.float32), rng.integers(0, 4, 256)
+    p = model.init(seed=0)
+    X, y = rng.normal(size=(256, 16)).astype(np.float32), rng.integers(0, 4, 256)
     G = benchmark(fastmb.per_sample_grad, model, p, X, y)
     # the NumPy peer in `fastmb bench` computes the same thing
     peer = numpy_mlp_per_sample(model, p, X, y)()

@@ -80,7 +80,7 @@ def test_async_training_converges():
     C = rng.normal(size=(20, 5))
     fb = fastmb.FedBuff(np.zeros(5), buffer_size=5, server_lr=0.1)
     snapshots = {0: fb.params}
-    for t in range(3000):
+    for _ in range(3000):
         v = max(0, fb.version - int(rng.integers(0, 3)))
         x = snapshots[v]
         c = C[rng.integers(0, 20)]

@@ -111,7 +111,7 @@ def test_large_n_grad_is_accurate_in_float32():
 
 
 def test_decision_predict_proba(model):
-    params, X, y = make_data(model, 30, seed=11)
+    params, X, _ = make_data(model, 30, seed=11)
     f = fastmb.decision_function(model, params, X)
     ref = naive.decision_function(model, params, X)
     assert_allclose(f, ref[:, 0] if model.n_outputs == 1 else ref, **F64)

@@ -336,7 +336,8 @@ def test_server_state_checked_like_the_constructor():
     for change, match in [({"lr": -1}, "lr must be > 0"), ({"tau": 0.0}, "tau must be > 0"),
                           ({"beta1": 2.0}, "beta1 must be in"), ({"round": -3}, "round"),
                           ({"beta2": 1.5}, "beta2 must be in"), ({"lr": "0.1"}, "lr must be"),
-                          ({"m": np.full(3, np.nan)}, "finite"), ({"v": -np.ones(3)}, "non-negative"),
+                          ({"m": np.full(3, np.nan)}, "finite"),
+                          ({"v": -np.ones(3)}, "non-negative"),
                           ({"params": np.zeros(2)}, "shapes")]:
         with pytest.raises((ValueError, TypeError), match=match):
             fastmb.ServerOptimizer.from_state_dict({**good, **change})

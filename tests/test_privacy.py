@@ -1,6 +1,5 @@
 """DP-SGD, Gaussian noise, central DP and accounting against tests/naive.py and dp-accounting."""
 
-import os
 
 import numpy as np
 import pytest

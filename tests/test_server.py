@@ -29,7 +29,8 @@ def test_matches_naive(kind, dtype):
     for a in aggs:
         out = opt.step(a)
     assert out.dtype == dtype and opt.round == 4
-    ref = naive.server_steps(kind, x0[:300], [a[:300] for a in aggs], **_naive_args(kind, KINDS[kind]))
+    ref = naive.server_steps(kind, x0[:300], [a[:300] for a in aggs],
+                             **_naive_args(kind, KINDS[kind]))
     assert_allclose(out[:300], ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
 
 

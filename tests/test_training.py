@@ -18,8 +18,9 @@ F64 = dict(rtol=1e-9, atol=1e-11)
 
 
 def test_rng_matches_python_reference():
-    from fastmb.kernels import _rng
     from numba import njit
+
+    from fastmb.kernels import _rng
 
     @njit(cache=False)
     def draws(key, n):

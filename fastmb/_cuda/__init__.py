@@ -23,6 +23,20 @@ from .model import Batch
 from .robust import rank_mean
 from .training import train_clients
 
-__all__ = ["CUDAUnavailableError", "cuda", "threads", "finish", "Batch", "per_sample_grad",
-           "per_sample_grad_norm", "loss_grad", "train_clients", "as_updates", "rows_nonfinite",
-           "weighted_mean", "finite_rows", "rank_mean", "topk"]
+__all__ = [
+           "Batch",
+           "CUDAUnavailableError",
+           "as_updates",
+           "cuda",
+           "finish",
+           "finite_rows",
+           "loss_grad",
+           "per_sample_grad",
+           "per_sample_grad_norm",
+           "rank_mean",
+           "rows_nonfinite",
+           "threads",
+           "topk",
+           "train_clients",
+           "weighted_mean",
+]

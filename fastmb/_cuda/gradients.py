@@ -91,7 +91,8 @@ def per_sample_grad_norm(model, params, X, y):
 
 def loss_grad(model, params, X, y, sample_weight, want_grad):
     """``(mean loss, mean gradient)``: float64 sums per block, merged in block order."""
-    from ..kernels.cuda import aggregation as KA, gradients as KG
+    from ..kernels.cuda import aggregation as KA
+    from ..kernels.cuda import gradients as KG
 
     b = Batch(model, params, X, y, sample_weight)
     P = model.n_params

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _validation as V
-from .arrays import SHARED_LIMIT, device_view, empty, is_device_array, summary, to_device
 from .aggregation import rows_nonfinite
+from .arrays import SHARED_LIMIT, device_view, empty, is_device_array, summary, to_device
 
 # ----------------------------------------------------------------------------- model inputs
 
@@ -15,7 +15,7 @@ from .aggregation import rows_nonfinite
 class Batch:
     """``(params, X, y, sample_weight)`` on the GPU, the CUDA counterpart of ``Batch``."""
 
-    __slots__ = ("model", "params", "X", "yc", "yr", "sw", "n", "on_device", "meta", "dtype")
+    __slots__ = ("X", "dtype", "meta", "model", "n", "on_device", "params", "sw", "yc", "yr")
 
     def __init__(self, model, params, X, y=None, sample_weight=None):
         self.model = V.check_model(model)

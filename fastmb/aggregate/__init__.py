@@ -4,12 +4,39 @@ buffered aggregation (:mod:`.fedbuff`), and the one registry of rules (:mod:`.ru
 
 from .fedbuff import FedBuff
 from .mean import WeightedMean, fedavg
-from .robust import (RobustAggregate, TooFewClients, bulyan, centered_clipping,
-                     coordinate_median, geometric_median, krum, multi_krum, norm_bounded_mean,
-                     pairwise_sq_distances, trimmed_mean)
+from .robust import (
+                     RobustAggregate,
+                     TooFewClients,
+                     bulyan,
+                     centered_clipping,
+                     coordinate_median,
+                     geometric_median,
+                     krum,
+                     multi_krum,
+                     norm_bounded_mean,
+                     pairwise_sq_distances,
+                     trimmed_mean,
+)
 from .server import FedAdagrad, FedAdam, FedAvgM, FedYogi, ServerOptimizer
 
-__all__ = ["fedavg", "WeightedMean", "RobustAggregate", "TooFewClients", "coordinate_median",
-           "trimmed_mean", "krum", "multi_krum", "bulyan", "geometric_median",
-           "centered_clipping", "norm_bounded_mean", "pairwise_sq_distances", "ServerOptimizer",
-           "FedAvgM", "FedAdagrad", "FedAdam", "FedYogi", "FedBuff"]
+__all__ = [
+                     "FedAdagrad",
+                     "FedAdam",
+                     "FedAvgM",
+                     "FedBuff",
+                     "FedYogi",
+                     "RobustAggregate",
+                     "ServerOptimizer",
+                     "TooFewClients",
+                     "WeightedMean",
+                     "bulyan",
+                     "centered_clipping",
+                     "coordinate_median",
+                     "fedavg",
+                     "geometric_median",
+                     "krum",
+                     "multi_krum",
+                     "norm_bounded_mean",
+                     "pairwise_sq_distances",
+                     "trimmed_mean",
+]

@@ -199,7 +199,7 @@ def trimmed_mean(updates, beta=0.1, device="cpu"):
     if beta >= 0.5:
         raise ValueError(f"beta must be < 0.5 (a fraction trimmed at each end), got {beta}")
     def ranks(K):
-        t = int(math.floor(beta * K))
+        t = math.floor(beta * K)
         return t, K - t
 
     return _rank_rule(updates, device, ranks)

@@ -18,7 +18,8 @@ What a rule needs decides how an executor computes it:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 

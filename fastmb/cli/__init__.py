@@ -1,4 +1,5 @@
-"""The ``fastmb`` command line: ``fastmb simulate``, ``fastmb bench`` (also ``python -m fastmb``)."""
+"""The ``fastmb`` command line: ``fastmb simulate`` and ``fastmb bench`` (also
+``python -m fastmb``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def _positive(text):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="fastmb", description="fast micro-batch learning at the edge")
+    parser = argparse.ArgumentParser(prog="fastmb",
+                                     description="fast micro-batch learning at the edge")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     simulate = sub.add_parser(
         "simulate", help="simulate edge clients training and a server aggregating",

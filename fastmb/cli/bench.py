@@ -17,6 +17,7 @@ scikit-learn, PyTorch ``torch.func`` and a plain training loop, and Flower's leg
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import subprocess
 import sys
@@ -24,9 +25,8 @@ import tempfile
 import time
 import warnings
 
-import numpy as np
-
 import numba
+import numpy as np
 
 import fastmb
 
@@ -88,6 +88,13 @@ def fedavg_data(K=64, P=1_000_000, seed=3):
     rng = np.random.default_rng(seed)
     return (rng.normal(size=(K, P)).astype(np.float32),
             rng.integers(10, 1000, K).astype(np.float64))
+
+
+def int8_data(K=64, P=1_000_000):
+    """The updates of :func:`fedavg_data` quantized to int8 (block 256), and their weights;
+    the dense stack is not kept."""
+    U, w = fedavg_data(K, P)
+    return [fastmb.quantize_int8(u, 256) for u in U], w
 
 
 def robust_data(K=64, P=1_000_000, seed=4):
@@ -164,7 +171,8 @@ def torch_sgd_epoch(model, params, X, y, batch=32):
 
 
 def _numpy_mlp_per_sample(Ws, bs, X, y):
-    """Per-sample gradients of a ReLU/softmax MLP by batched NumPy backprop (einsum outer products)."""
+    """Per-sample gradients of a ReLU/softmax MLP by batched NumPy backprop (einsum outer
+    products)."""
     acts, zs = [X], []
     for i, (W, b) in enumerate(zip(Ws, bs)):
         z = acts[-1] @ W + b
@@ -355,7 +363,7 @@ def opacus_hooks_step(model, params, X, y):
 
 def mlp_step_flops(sizes, batch):
     """Flops of one training step: forward, input-side deltas (not for layer 0), weight grads."""
-    prods = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    prods = [a * b for a, b in itertools.pairwise(sizes)]
     return 2 * batch * (3 * sum(prods) - prods[0])
 
 
@@ -364,7 +372,8 @@ def numpy_int8_mean(codes, scales, w, block):
     P = codes[0].shape[0]
 
     def mean():
-        D = np.array([c.astype(np.float32) * np.repeat(s, block)[:P] for c, s in zip(codes, scales)])
+        D = np.array([c.astype(np.float32) * np.repeat(s, block)[:P]
+                      for c, s in zip(codes, scales)])
         return (w.astype(np.float32) @ D) / w.sum()
 
     return mean
@@ -510,14 +519,11 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
                   max(1, repeat // 2), 12 * u.size, bw, echo)
 
     # Streaming mean from int8: the limit counts the compressed bytes read (codes + scales)
-    U, w = fedavg_data(P=sz(1_000_000))
-    qs = [fastmb.quantize_int8(u, 256) for u in U]
-    del U
+    qs, w = int8_data(P=sz(1_000_000))
     rows += _rows("mean of int8 updates", f"K={len(qs)} x P={qs[0].n_params:,} block 256",
                   lambda: fastmb.mean_compressed(qs, w), "int8_mean",
                   ([q.codes for q in qs], [q.scales for q in qs], w, 256),
                   repeat, sum(q.nbytes for q in qs) + 4 * qs[0].n_params, bw, echo)
-    del qs
 
     # DP-SGD: one step (clip 1, noise 1) on a whole batch; limit = the step's flops at GEMM peak
     model, p, X, y = mlp_data(sizes=(128, 256, 256, 10), batch=sz(1024))

@@ -13,6 +13,7 @@ from ..kernels import quantize as KQ
 from . import wire
 from .wire import CODE_DTYPES, SCHEMES
 
+
 def _largest_scale():
     """The largest float32 scale whose product with any int8 code (computed in float64,
     rounded once) is still a finite float32: then every dequantized value of an int8 or

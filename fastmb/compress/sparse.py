@@ -18,6 +18,7 @@ from .. import _validation as V
 from ..kernels import compress as KC
 from . import wire
 
+
 class SparseUpdate(NamedTuple):
     """k (index, value) pairs of a length-``n_params`` update; indices ascending."""
 

@@ -5,4 +5,4 @@ runs them (:mod:`.simulation`)."""
 from . import data, partition
 from .simulation import Faults, Simulation
 
-__all__ = ["Simulation", "Faults", "data", "partition"]
+__all__ = ["Faults", "Simulation", "data", "partition"]

@@ -93,7 +93,7 @@ def synthetic(n=100_000, n_features=64, n_classes=10, *, n_test=None, noise=1.0,
     n = V.check_number("n", n, low=1, integer=True)
     d = V.check_number("n_features", n_features, low=1, integer=True)
     C = V.check_number("n_classes", n_classes, low=2, high=MAX_SYNTHETIC_CLASSES, integer=True)
-    if C > n:
+    if n < C:
         raise ValueError(f"n_classes={C} is more than the n={n} rows: most classes would have "
                          "no example")
     noise = V.check_number("noise", noise, low=0, high=1e6)  # beyond it, labels are noise
@@ -190,10 +190,7 @@ def _load(path, name, test_fraction, seed, task):
             if "X_test" in z.files and "y_test" in z.files:
                 return _finish(X, y, z["X_test"], z["y_test"], name, task)
     elif ext in (".npy", ".csv"):
-        if ext == ".npy":
-            A = np.load(path, allow_pickle=False)
-        else:
-            A = _read_csv(path)
+        A = np.load(path, allow_pickle=False) if ext == ".npy" else _read_csv(path)
         if A.ndim != 2 or A.shape[1] < 2:
             raise ValueError(f"{name} must be a 2-D table with the label in the last column, "
                              f"got shape {A.shape}")
@@ -204,7 +201,7 @@ def _load(path, name, test_fraction, seed, task):
     X = np.asarray(X)
     n = X.shape[0] if X.ndim else 0
     frac = V.check_number("test_fraction", test_fraction, low=0, high=1)
-    n_test = int(round(frac * n))
+    n_test = round(frac * n)
     if n - n_test < 1:
         raise ValueError(f"{name} has {n} rows: too few to hold out test_fraction={frac}")
     perm = np.random.default_rng(V.check_number("seed", seed, low=0, integer=True)).permutation(n)

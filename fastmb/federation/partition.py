@@ -34,7 +34,7 @@ class Partition:
     [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
     """
 
-    __slots__ = ("rows", "offsets")
+    __slots__ = ("offsets", "rows")
 
     def __init__(self, rows, offsets):
         r = V._as_numeric("rows", rows)

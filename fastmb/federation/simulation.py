@@ -35,9 +35,9 @@ from ..aggregate.server import optimizer_options
 from ..learn.gradients import Batch, evaluate_batch
 from ..learn.options import MAX_STEPS, TrainOptions
 from ..learn.training import check_steps, plan_training
-from .rounds import ATTACKS, Attack, LocalExecutor, RoundTask
 from .data import Dataset
 from .partition import Partition
+from .rounds import ATTACKS, Attack, LocalExecutor, RoundTask
 
 _ROUND_TAG, _MALICIOUS_TAG = 0x5EED_0001, 0x5EED_0002
 _CHECKPOINT_VERSION = 1
@@ -164,7 +164,7 @@ class Simulation:
         n_clients = partition.n_clients
         if clients_per_round is None:
             frac = V.check_number("fraction", fraction, low=0, high=1, low_open=True)
-            clients_per_round = max(1, int(round(frac * n_clients)))
+            clients_per_round = max(1, round(frac * n_clients))
         self.clients_per_round = V.check_number("clients_per_round", clients_per_round, low=1,
                                                 high=n_clients, integer=True)
         self.epochs = V.check_number("epochs", epochs, low=1, high=MAX_STEPS, integer=True)
@@ -207,7 +207,7 @@ class Simulation:
         self.shuffle = bool(shuffle)
         self._planned_steps = self.epochs * -(-partition.sizes // self.batch_size)
         self._weights = partition.sizes.astype(np.float64)
-        n_mal = int(round(self.faults.malicious * n_clients))
+        n_mal = round(self.faults.malicious * n_clients)
         mrng = np.random.default_rng([self.seed, _MALICIOUS_TAG])
         self.malicious = np.sort(mrng.choice(n_clients, n_mal, replace=False)).astype(np.int64)
         rule = rules.get(aggregator)
@@ -270,7 +270,8 @@ class Simulation:
             for k, v in self._opt.state_dict().items():
                 state["opt." + k] = np.asarray(v)
         if self._rule_state is not None:
-            state["dp"] = np.array(json.dumps(self._rule_state.state_dict(), default=lambda v: v.item()))
+            state["dp"] = np.array(json.dumps(self._rule_state.state_dict(),
+                                              default=lambda v: v.item()))
         path = os.fspath(path)
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
@@ -509,7 +510,7 @@ def _read_checkpoint(path):
     except _NotAnArchive:
         raise ValueError(f"checkpoint {path!r} is not a fastmb checkpoint (an .npy array, "
                          "not an .npz archive)") from None
-    except Exception as exc:  # noqa: BLE001 - every parse failure means the same here
+    except Exception as exc:
         raise ValueError(f"checkpoint {path!r} is not a readable fastmb checkpoint "
                          f"({type(exc).__name__}: {exc})") from None
 

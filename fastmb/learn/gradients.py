@@ -12,7 +12,7 @@ from ..kernels import gradients as K
 class Batch:
     """Validated, converted arguments of one call: params, X, labels, weights."""
 
-    __slots__ = ("model", "params", "X", "yc", "yr", "sw", "n")
+    __slots__ = ("X", "model", "n", "params", "sw", "yc", "yr")
 
     def __init__(self, model, params, X, y=None, sample_weight=None, labels=True):
         self.model = V.check_model(model)
@@ -197,7 +197,8 @@ def per_sample_grad(model, params, X, y, microbatch=1, out=None, device="cpu"):
         if out.shape != shape:
             raise ValueError(f"out must have shape {shape}, got {out.shape}")
         if out.dtype != b.params.dtype:
-            raise TypeError(f"out must have the dtype of params ({b.params.dtype}), got {out.dtype}")
+            raise TypeError(f"out must have the dtype of params ({b.params.dtype}), got "
+                            f"{out.dtype}")
         if not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError("out must be a writeable C-contiguous array")
         V.no_overlap("out", out, params=b.params, X=b.X, y=b.yr)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 import numba
+import numpy as np
 
 from .. import _device
 from .. import _validation as V
@@ -111,7 +110,7 @@ class TrainPlan:
     and then only passes the round's parameters, clients, epochs and step limits.
     """
 
-    __slots__ = ("model", "X", "yc", "yr", "sw", "idx", "offsets", "seed", "options", "record")
+    __slots__ = ("X", "idx", "model", "offsets", "options", "record", "seed", "sw", "yc", "yr")
 
     def __init__(self, model, b, idx, offsets, options):
         self.model, self.X, self.yc, self.yr, self.sw = model, b.X, b.yc, b.yr, b.sw

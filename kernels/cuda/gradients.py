@@ -25,8 +25,16 @@ import math
 from numba import cuda
 
 from ._jit import kernel
-from ._model import (backprop, clear, forward, layer_grads, loss_and_delta, output_delta, sq_norm,
-                     u_off)
+from ._model import (
+    backprop,
+    clear,
+    forward,
+    layer_grads,
+    loss_and_delta,
+    output_delta,
+    sq_norm,
+    u_off,
+)
 
 MODE_WRITE, MODE_NORM, MODE_ACCUM = 0, 1, 2
 
@@ -90,7 +98,7 @@ def samples(params, X, yc, yr, sw, meta, hdelta, microbatch, mode, out, totals, 
 def group_size(T):
     """Threads per row in :func:`linear1`: the largest power of two <= min(T, 32)."""
     G = 1
-    while G * 2 <= min(T, 32):
+    while min(T, 32) >= G * 2:
         G *= 2
     return G
 
@@ -156,9 +164,9 @@ def linear1(params, X, yc, yr, sw, loss, hdelta, has_b, mode, G, out, totals, ba
                 dl[s] = dl[s] * w
                 lsum += w * lv
                 wsum += w
-            if not (math.isfinite(fz[s]) and math.isfinite(dl[s]) and math.isfinite(lv)):
-                if first < 0:
-                    first = r
+            if first < 0 and not (math.isfinite(fz[s]) and math.isfinite(dl[s])
+                                  and math.isfinite(lv)):
+                first = r
             if mode == MODE_NORM:
                 out[r, 0] = abs(dl[s]) * math.sqrt(float(red2[tid]) + (1.0 if has_b else 0.0))
         cuda.syncthreads()

@@ -26,8 +26,18 @@ from numba import cuda
 from .. import training as CPU
 from ..training import NOISE_TAG
 from ._jit import device_twin, kernel
-from ._model import backprop, clear, forward, layer_grads, output_delta, scale_deltas, sq_norm, u_off
-from ._rng import hash2, normal, shuffle as shuffle_inplace
+from ._model import (
+    backprop,
+    clear,
+    forward,
+    layer_grads,
+    output_delta,
+    scale_deltas,
+    sq_norm,
+    u_off,
+)
+from ._rng import hash2, normal
+from ._rng import shuffle as shuffle_inplace
 
 lr_at = device_twin(CPU.lr_at)
 
