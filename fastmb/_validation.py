@@ -41,6 +41,21 @@ def _as_numeric(name, a):
     return arr
 
 
+def kernel_array(a, dtype):
+    """``a`` as a C-contiguous, writeable array of ``dtype``: the one form every kernel
+    argument takes (copied only when ``a`` is not that already).
+
+    A read-only array (``Partition.rows``, a memory-mapped file, ``np.broadcast_to``) is
+    copied even though no kernel writes into its inputs: Numba compiles a separate
+    specialization for read-only arrays, which would cost a first call its compile time
+    again (seconds) for every kernel that ever sees one.
+    """
+    out = np.ascontiguousarray(a, dtype=dtype)
+    if not out.flags.writeable:
+        out = out.copy()
+    return out
+
+
 def as_updates(updates, name="updates"):
     """A (K, P) stack of client updates, K, P >= 1, as a contiguous float array."""
     U = _as_numeric(name, updates)
@@ -48,7 +63,7 @@ def as_updates(updates, name="updates"):
         raise ValueError(f"{name} must be 2-D (n_clients, n_params), got shape {U.shape}")
     if U.shape[0] == 0 or U.shape[1] == 0:
         raise ValueError(f"{name} is empty: got shape {U.shape}")
-    return np.ascontiguousarray(U, dtype=float_dtype(U))
+    return kernel_array(U, dtype=float_dtype(U))
 
 
 def as_vector(update, name="update"):
@@ -56,7 +71,7 @@ def as_vector(update, name="update"):
     u = _as_numeric(name, update)
     if u.ndim != 1 or u.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array, got shape {u.shape}")
-    return np.ascontiguousarray(u, dtype=float_dtype(u))
+    return kernel_array(u, dtype=float_dtype(u))
 
 
 def as_residual(residual, u):
@@ -84,7 +99,7 @@ def as_params(model, params, name="params"):
     if p.ndim != 1 or p.shape[0] != model.n_params:
         raise ValueError(f"{name} must be a 1-D array of length model.n_params={model.n_params}, "
                          f"got shape {p.shape}")
-    p = np.ascontiguousarray(p, dtype=float_dtype(p))
+    p = kernel_array(p, dtype=float_dtype(p))
     if not np.isfinite(p).all():
         raise ValueError(f"{name} contains NaN or Inf")
     return p
@@ -100,7 +115,7 @@ def as_X(model, X, dtype, name="X"):
     if X.shape[1] != model.n_features:
         raise ValueError(f"{name} has {X.shape[1]} features but the model expects "
                          f"{model.n_features}")
-    return np.ascontiguousarray(X, dtype=dtype)
+    return kernel_array(X, dtype=dtype)
 
 
 def as_y(model, y, n, dtype, name="y"):
@@ -117,7 +132,7 @@ def as_y(model, y, n, dtype, name="y"):
         if n and (y.min() < 0 or y.max() >= C):
             raise ValueError(f"{name} must hold class indices in [0, {C}) for loss "
                              f"{model.loss!r}; got values in [{y.min()}, {y.max()}]")
-        yc = np.ascontiguousarray(y, dtype=np.int64)
+        yc = kernel_array(y, dtype=np.int64)
         return yc, np.empty((0, k), dtype)
     if y.ndim == 1 and k == 1:
         y = y.reshape(-1, 1)
@@ -125,7 +140,7 @@ def as_y(model, y, n, dtype, name="y"):
         want = f"({n},) or ({n}, 1)" if k == 1 else f"({n}, {k})"
         raise ValueError(f"{name} must have shape {want} for a model with {k} output(s), "
                          f"got {y.shape}")
-    yr = np.ascontiguousarray(y, dtype=dtype)
+    yr = kernel_array(y, dtype=dtype)
     if not np.isfinite(yr).all():
         raise ValueError(f"{name} contains NaN or Inf")
     return np.empty(0, np.int64), yr
@@ -138,7 +153,7 @@ def as_weights(weights, n, name, unit, allow_zero_sum=False):
     if w.ndim != 1 or w.shape[0] != n:
         raise ValueError(f"{name} must be a 1-D array of length {n} (one per {unit}), "
                          f"got shape {w.shape}")
-    w = np.ascontiguousarray(w, dtype=np.float64)
+    w = kernel_array(w, dtype=np.float64)
     if not np.isfinite(w).all():
         raise ValueError(f"{name} contains NaN or Inf")
     if (w < 0).any():
@@ -227,7 +242,7 @@ def as_index_array(name, a, *, high, low=0, length=None):
         lo, hi = int(arr.min()), int(arr.max())
         if lo < low or hi >= high:
             raise ValueError(f"{name} must lie in [{low}, {high}), got values in [{lo}, {hi}]")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return kernel_array(arr, dtype=np.int64)
 
 
 def as_offsets(name, offsets, n_rows, what):

@@ -126,7 +126,8 @@ def batch_weight_grads(A0, lo, hi, sizes, w_off, b_off, u_off, Hb, Db, g):
             np.dot(A.T, D, G)
         if b_off[l] >= 0:
             gb = g[b_off[l]:b_off[l] + nout]
-            gb[:] = 0
+            for j in range(nout):
+                gb[j] = 0
             for i in range(b):
                 d = D[i]
                 for j in range(nout):
@@ -157,7 +158,7 @@ def batch_grad(params, A0, rows, yc, yr, spec, scale, clip, Zb, Hb, Db, sq, g):
     F = _block(Zb, b, lo, u_off[L])
     DL = _block(Db, b, lo, u_off[L])
     for i in range(b):
-        lv = loss_and_delta(F[i], DL[i], loss, hdelta, yc, yr, rows[i], False)
+        lv = loss_and_delta(F[i], DL[i], loss, hdelta, yc, yr, rows[i], np.bool_(False))
         ok = math.isfinite(lv)
         for j in range(F.shape[1]):
             ok = ok and math.isfinite(F[i, j]) and math.isfinite(DL[i, j])

@@ -162,7 +162,7 @@ def affine(a, params, wo, bo, nin, nout, z):
 input_affine = affine  # the first layer, on the model's input (the input seam)
 
 
-@jit(inline="always")
+@jit
 def forward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs):
     """Forward pass of layers ``[lo, hi)`` for one sample whose input to layer ``lo`` is ``x``;
     returns False if that first layer's pre-activations are not finite.
@@ -197,8 +197,9 @@ def forward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs):
 @jit(inline="always")
 def forward(params, x, sizes, w_off, b_off, u_off, act, zs, hs):
     """Forward pass of the whole model for one sample ``x`` (:func:`forward_range` ``[0, L)``)."""
-    return forward_range(params, x, 0, sizes.shape[0] - 1, sizes, w_off, b_off, u_off, act, zs,
-                         hs)
+    # np.int64(0), not 0: a literal would compile forward_range once more (see sample_grad).
+    return forward_range(params, x, np.int64(0), sizes.shape[0] - 1, sizes, w_off, b_off,
+                         u_off, act, zs, hs)
 
 
 @jit(inline="always")
@@ -249,7 +250,7 @@ def linear1_delta(x, w, z0, tmp, loss, hdelta, yc, yr, r, scale):
     return dl, math.isfinite(z) and math.isfinite(dl)
 
 
-@jit(inline="always")
+@jit
 def loss_and_delta(f, d, loss, hdelta, yc, yr, r, want_loss):
     """Loss of one sample with outputs ``f`` and label row ``r``; writes dloss/df into ``d``.
 
@@ -400,7 +401,7 @@ def layer_grad(a, dl, g, wo, bo, nin, nout, mode):
 input_outer = layer_grad  # the first layer's gradient, from the model's input (the input seam)
 
 
-@jit(inline="always")
+@jit
 def backward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, mode):
     """Backward pass of layers ``[lo, hi)`` of one sample whose delta at the output of layer
     ``hi - 1`` is already in ``ds`` and whose input to layer ``lo`` was ``x``.
@@ -449,14 +450,21 @@ def backward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs, d
 @jit(inline="always")
 def backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, mode):
     """Backward pass of the whole model (:func:`backward_range` ``[0, L)``)."""
-    return backward_range(params, x, 0, sizes.shape[0] - 1, sizes, w_off, b_off, u_off, act,
-                          zs, hs, ds, g, mode)
+    return backward_range(params, x, np.int64(0), sizes.shape[0] - 1, sizes, w_off, b_off,
+                          u_off, act, zs, hs, ds, g, mode)
 
 
-@jit(inline="always")
+@jit
 def sample_grad(params, x, yc, yr, r, sizes, w_off, b_off, u_off, act, loss, hdelta,
                 zs, hs, ds, g, scale, mode, want_loss):
     """Forward, loss and backward for row ``r``.
+
+    This and the other large helpers (``forward_range``, ``backward_range``,
+    ``loss_and_delta``) are not inlined: each compiles once per dtype and every kernel
+    links that one copy, instead of Numba typing and lowering their code again inside
+    each caller (with them inlined, the first simulation compiled for 47 s, without 28 s).
+    Callers pass constant flags as ``np.int64(MODE_ADD)``, ``np.bool_(False)``: a literal
+    argument would compile a helper once more for each value.
 
     The gradient is multiplied by ``scale`` (a sample weight, or 1/m for a micro-batch
     mean). Returns ``(loss, sqnorm, ok)``; ``ok`` is False when the row's first layer or its

@@ -177,5 +177,6 @@ def shard_sums(U, w, shard, sums):
         r0 = s * shard
         r1 = min(K, r0 + shard)
         acc = sums[s, lo:hi]
-        acc[:] = 0.0
+        for j in range(hi - lo):
+            acc[j] = 0.0
         _fold_rows(U[r0:r1], w[r0:r1], lo, hi, acc)

@@ -34,6 +34,9 @@ from ._model import (
 )
 
 ROWS_PER_TASK = 64
+# These kernels run a model's forward (and backward) pass per row: much work per element,
+# so they go parallel from fewer elements than a memory-bound kernel (see ``_jit``).
+ROW_WORK_MIN_SIZE = 1 << 15
 
 
 @jit(inline="always")
@@ -56,7 +59,7 @@ def first_flagged(bad):
     return row
 
 
-@jit(parallel=True)
+@jit(parallel=True, min_size=ROW_WORK_MIN_SIZE)
 def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
     """``out[g]`` = mean gradient of rows ``g*m : (g+1)*m`` (the last group may be shorter).
 
@@ -99,7 +102,8 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
             if hi - lo == 1:
                 _, _, ok = sample_grad(params, input_row(X, lo), yc, yr, lo, sizes, w_off, b_off,
                                        u_off,
-                                       act, loss, hdelta, zs, hs, ds, row, 1.0, MODE_WRITE, False)
+                                       act, loss, hdelta, zs, hs, ds, row, 1.0,
+                                       np.int64(MODE_WRITE), np.bool_(False))
                 # The bound on the layers' units settles almost every row; only a row near
                 # the dtype's range is scanned entry by entry.
                 if ok and not grad_fits(input_row(X, lo), sizes, b_off, u_off, hs, ds, tmp):
@@ -107,12 +111,13 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
                 if not ok and first_bad < 0:
                     first_bad = lo
             else:
-                row[:] = 0
+                for j in range(row.shape[0]):
+                    row[j] = 0
                 inv = 1.0 / (hi - lo)
                 for r in range(lo, hi):
                     _, _, ok = sample_grad(params, input_row(X, r), yc, yr, r, sizes, w_off, b_off,
                                            u_off, act, loss, hdelta, zs, hs, ds, row, inv,
-                                           MODE_ADD, False)
+                                           np.int64(MODE_ADD), np.bool_(False))
                     if not ok and first_bad < 0:
                         first_bad = r
                 if not finite_row(row) and first_bad < 0:
@@ -121,7 +126,7 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
     return first_flagged(bad)
 
 
-@jit(parallel=True)
+@jit(parallel=True, min_size=ROW_WORK_MIN_SIZE)
 def per_sample_norm(params, X, yc, yr, spec, out):
     """``out[i]`` = L2 norm of sample i's gradient, without forming the gradient.
 
@@ -137,7 +142,8 @@ def per_sample_norm(params, X, yc, yr, spec, out):
         first_bad = -1
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
             _, sq, ok = sample_grad(params, input_row(X, r), yc, yr, r, sizes, w_off, b_off, u_off,
-                                    act, loss, hdelta, zs, hs, ds, dummy, 1.0, MODE_NORM, False)
+                                    act, loss, hdelta, zs, hs, ds, dummy, 1.0,
+                                    np.int64(MODE_NORM), np.bool_(False))
             out[r] = np.sqrt(sq)
             # sq is float64; a norm beyond the dtype of out (or an overflowing square)
             # is an overflow of this row, not a number to return.
@@ -147,7 +153,7 @@ def per_sample_norm(params, X, yc, yr, spec, out):
     return first_flagged(bad)
 
 
-@jit(parallel=True)
+@jit(parallel=True, min_size=ROW_WORK_MIN_SIZE)
 def loss_grad(params, X, yc, yr, sw, spec, want_grad, acc, totals, grad_out):
     """Weighted mean loss and (if ``want_grad``) weighted mean gradient.
 
@@ -168,14 +174,15 @@ def loss_grad(params, X, yc, yr, sw, spec, want_grad, acc, totals, grad_out):
     for c in prange(n_chunks):
         zs, hs, ds = workspace(u_off, params)
         g = acc[c]
-        g[:] = 0.0
+        for j in range(g.shape[0]):
+            g[j] = 0.0
         lsum = 0.0
         wsum = 0.0
         first_bad = -1
         for r in range(c * per, min(n, (c + 1) * per)):
             w = sw[r] if has_w else 1.0
             lv, _, ok = sample_grad(params, input_row(X, r), yc, yr, r, sizes, w_off, b_off, u_off,
-                                    act, loss, hdelta, zs, hs, ds, g, w, mode, True)
+                                    act, loss, hdelta, zs, hs, ds, g, w, mode, np.bool_(True))
             lsum += w * lv
             wsum += w
             if not ok and first_bad < 0:
@@ -197,7 +204,7 @@ def loss_grad(params, X, yc, yr, sw, spec, want_grad, acc, totals, grad_out):
     return lsum / wsum, first_flagged(bad)
 
 
-@jit(parallel=True)
+@jit(parallel=True, min_size=ROW_WORK_MIN_SIZE)
 def decision(params, X, spec, out):
     """Raw model outputs ``out`` (n, k) for each row of X; returns the first non-finite row,
     or -1."""
@@ -222,7 +229,7 @@ def decision(params, X, spec, out):
     return first_flagged(bad)
 
 
-@jit(parallel=True)
+@jit(parallel=True, min_size=ROW_WORK_MIN_SIZE)
 def loss_correct(params, X, yc, yr, spec, totals):
     """Evaluation in one pass: ``(sum of losses, number of correct predictions)``.
 
@@ -246,7 +253,7 @@ def loss_correct(params, X, yc, yr, spec, totals):
         for r in range(c * per, min(n, (c + 1) * per)):
             forward(params, input_row(X, r), sizes, w_off, b_off, u_off, act, zs, hs)
             f = zs[lo:lo + k]
-            lsum += loss_and_delta(f, d, loss, hdelta, yc, yr, r, True)
+            lsum += loss_and_delta(f, d, loss, hdelta, yc, yr, r, np.bool_(True))
             if loss == LOSS_SOFTMAX:
                 best = 0
                 for j in range(1, k):

@@ -1,4 +1,7 @@
-"""Local mini-batch SGD: one client (``sgd_client``) and many in one call (``train_clients``).
+"""Local mini-batch SGD of one client, compiled once per way of computing a mini-batch's
+gradient: ``sgd_sample`` (sample by sample), ``sgd_linear1`` (a one-output linear model,
+without per-sample views), ``sgd_batched`` (layer by layer with matrix products) and
+``sgd_dp`` (the same, clipped and noised: DP-SGD).
 
 The loop over epochs and mini-batches runs here, in compiled code. A mini-batch's
 gradient is the weighted mean of its samples' gradients, summed in the parameters'
@@ -26,7 +29,6 @@ product per layer. Step t's noise is drawn with key ``hash2(client key ^ NOISE_T
 import math
 
 import numpy as np
-from numba import prange
 
 from ._jit import jit
 from ._layers import batch_grad
@@ -35,7 +37,6 @@ from ._model import (
     input_axpy,
     input_copy,
     input_row,
-    is_linear1,
     linear1_delta,
     sample_grad,
     workspace,
@@ -58,9 +59,14 @@ def lr_at(lr_schedule, lr, power_t, t, total):
     return lr
 
 
-@jit
-def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, e_lo, e_hi,
-               opts, p, v):
+# The ways a mini-batch's gradient is computed; each is its own kernel. PATH_DP is
+# PATH_BATCHED with DP-SGD's noise (the Gaussian sampler compiles only there).
+PATH_SAMPLE, PATH_LINEAR1, PATH_BATCHED, PATH_DP = 0, 1, 2, 3
+
+
+@jit(inline="always")
+def _sgd(path, params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, e_lo, e_hi,
+         opts, p, v):
     """Train on rows ``lo:hi`` starting from ``params0``; the result is written to ``p``.
 
     With a non-empty ``idx`` the rows are ``idx[lo:hi]`` (a partition's permutation, read
@@ -77,14 +83,17 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
     length means "allocate one here" (a training done in one call).
 
     ``spec`` is the model's layout and ``opts`` the training options, both small typed
-    records (``fastmb.models.Layout``, ``fastmb.learn.options.TrainRecord``). ``batched``
-    computes each mini-batch's gradient layer by layer with matrix products
-    (required for ``clip < inf``, DP-SGD); otherwise sample by sample. Returns -1, or
-    the first row whose forward pass or loss was not finite (a bad input row, or
-    parameters that diverged).
+    records (``fastmb.models.Layout``, ``fastmb.learn.options.TrainRecord``). ``path`` is a
+    compile-time constant (one of ``PATH_*``): a kernel holds the code of one path only,
+    which roughly halves what a first call compiles. ``PATH_BATCHED`` computes each
+    mini-batch's gradient layer by layer with matrix products (required for
+    ``clip < inf``), ``PATH_DP`` the same and adds DP-SGD's noise; the others go sample
+    by sample. Returns -1, or the first row
+    whose forward pass or loss was not finite (a bad input row, or parameters that
+    diverged).
     """
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
-    (batch, lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu, batched, clip,
+    (batch, lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu, _, clip,
      noise_std) = opts
     P = params0.shape[0]
     zs, hs, ds = workspace(u_off, params0)
@@ -95,7 +104,6 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
     n = hi - lo
     perm = np.arange(n)
     nf = X.shape[1]
-    fast = is_linear1(sizes)
     has_b = b_off[0] >= 0
     pw = p[:nf]
     gw = g[:nf]
@@ -105,7 +113,7 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
             p[j] = params0[j]
         for j in range(v.shape[0]):
             v[j] = 0
-    if batched:
+    if path == PATH_BATCHED or path == PATH_DP:
         bmax = min(batch, hi - lo)
         A0 = np.empty((bmax, nf), params0.dtype)
         rows = np.empty(bmax, np.int64)
@@ -130,11 +138,12 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
         for b in range(n_batches):
             if t == max_steps:
                 break
-            g[:] = 0
+            for j in range(P):
+                g[j] = 0
             wsum = 0.0
             b_lo = b * batch
             b_hi = min(n, b_lo + batch)
-            if batched:
+            if path == PATH_BATCHED or path == PATH_DP:
                 nb = b_hi - b_lo
                 A = A0[:nb]
                 for s in range(nb):
@@ -151,9 +160,9 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
                                   clip, Zb, Hb, Db, sq[:nb], g)
                 if r >= 0:
                     return r
-                if noise_std > 0.0:
+                if path == PATH_DP and noise_std > 0.0:
                     add_normal(g, hash2(noise_key, t), noise_std)
-            elif fast:
+            elif path == PATH_LINEAR1:
                 # One layer, one output: g += w_r * delta_r * [x_r, 1], no views per row.
                 z0 = p[nf] if has_b else 0.0
                 for s in range(b_lo, b_hi):
@@ -177,7 +186,8 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
                     w = sw[r] if has_w else 1.0
                     _, _, ok = sample_grad(p, input_row(X, r), yc, yr, r, sizes, w_off, b_off,
                                            u_off,
-                                           act, loss, hdelta, zs, hs, ds, g, w, MODE_ADD, False)
+                                           act, loss, hdelta, zs, hs, ds, g, w,
+                                           np.int64(MODE_ADD), np.bool_(False))
                     if not ok:
                         return r
                     wsum += w
@@ -200,19 +210,37 @@ def sgd_client(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
     return -1
 
 
-@jit(parallel=True)
-def train_clients(params0, X, yc, yr, sw, spec, idx, starts, ends, ids, seed, epochs, max_steps,
-                  e_lo, e_stop, opts, out, V, bad):
-    """Output row k trains client ``ids[k]`` on rows ``starts[k]:ends[k]`` (through ``idx``
-    when it is non-empty) for ``epochs[k]`` epochs, at most ``max_steps[k]`` steps (< 0:
-    no limit), into ``out[k]``. The client's stream is ``hash2(seed, ids[k])``: a client
-    trains the same bits whichever call, thread or machine runs it.
+@jit
+def sgd_sample(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, e_lo, e_hi,
+               opts, p, v):
+    """``_sgd`` with each mini-batch's gradient summed sample by sample."""
+    return _sgd(PATH_SAMPLE, params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps,
+                e_lo, e_hi, opts, p, v)
 
-    This call runs epochs ``e_lo:e_stop[k]`` of client k (see ``sgd_client``); ``V`` holds
-    the clients' momentum rows when the training is split into such chunks, else it has
-    no columns."""
-    K = out.shape[0]
-    for k in prange(K):
-        bad[k] = sgd_client(params0, X, yc, yr, sw, spec, idx, starts[k], ends[k],
-                            hash2(seed, ids[k]), epochs[k], max_steps[k], e_lo, e_stop[k], opts,
-                            out[k], V[k])
+
+@jit
+def sgd_linear1(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, e_lo, e_hi,
+                opts, p, v):
+    """``_sgd`` for a one-layer, one-output model: ``g += w_r delta_r [x_r, 1]``."""
+    return _sgd(PATH_LINEAR1, params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs,
+                max_steps, e_lo, e_hi, opts, p, v)
+
+
+@jit
+def sgd_batched(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, e_lo, e_hi,
+                opts, p, v):
+    """``_sgd`` with each mini-batch's gradient from matrix products, layer by layer."""
+    return _sgd(PATH_BATCHED, params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs,
+                max_steps, e_lo, e_hi, opts, p, v)
+
+
+@jit
+def sgd_dp(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, e_lo, e_hi, opts,
+           p, v):
+    """``_sgd`` for DP-SGD: clipped per-sample gradients from matrix products, plus noise."""
+    return _sgd(PATH_DP, params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps,
+                e_lo, e_hi, opts, p, v)
+
+
+#: The kernel of each path, indexed by ``PATH_*``.
+SGD = (sgd_sample, sgd_linear1, sgd_batched, sgd_dp)

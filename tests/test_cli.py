@@ -29,3 +29,31 @@ def test_module_entry_point_and_errors():
         main(["bench", "--scale", "-1"])
     with pytest.raises(SystemExit):
         main(["frobnicate"])
+
+
+def test_compile_notice_speaks_only_when_numba_compiles():
+    import io
+
+    import numba
+    from numba.core import event
+
+    from fastmb.cli.simulate import CompileNotice
+
+    quiet = io.StringIO()
+    notice = CompileNotice(quiet, spin=True)  # not a terminal: no spinner, plain lines
+    with event.install_listener("numba:compile", notice):
+        sum(range(3))  # nothing compiles (a warm run: kernels load from the cache)
+    notice.stop()
+    assert quiet.getvalue() == ""
+
+    loud = io.StringIO()
+    notice = CompileNotice(loud, spin=True)
+    with event.install_listener("numba:compile", notice):
+        assert numba.njit(lambda x: x + 1)(1) == 2  # a real compile, two events
+        assert numba.njit(lambda x: x - 1)(1) == 0
+    notice.stop()
+    notice.stop()
+    lines = loud.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("compiling kernels (first run only")
+    assert lines[1].startswith("compiled kernels in ")

@@ -77,6 +77,13 @@ def test_partition_bad_input():
 def test_data_loaders(tmp_path):
     d = fastmb.data.digits(shuffle=False)
     assert d.X.shape == (1500, 64) and d.X_test.shape == (297, 64) and d.n_classes == 10
+    # Read from scikit-learn's file without importing it: the same values as load_digits.
+    from sklearn.datasets import load_digits
+
+    ref = load_digits()
+    np.testing.assert_array_equal(np.concatenate([d.X, d.X_test]),
+                                  (ref.data / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(np.concatenate([d.y, d.y_test]), ref.target)
     assert d.X.dtype == np.float32 and d.X.min() >= 0 and d.X.max() <= 1
     s = fastmb.data.synthetic(2000, 8, 3, seed=1)
     assert s.X.shape == (2000, 8) and s.X_test.shape == (200, 8) and set(s.y) == {0, 1, 2}

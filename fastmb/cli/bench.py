@@ -489,6 +489,8 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
                      limit=20 * U.shape[1] / bw / t_add))
     echo(format_row(rows[-1]))
 
+    rows += busy_machine(repeat, echo)
+
     data = robust_data(P=sz(1_000_000))
     (U,) = data
     size = f"K={len(U)} x P={U.shape[1]:,} f32"
@@ -540,6 +542,55 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
         echo(f"compile: cold {extra['cold_s']:.1f} s (fresh cache), warm start-up "
              f"{extra['warm_s']:.2f} s (import + first calls from the on-disk cache)")
     return rows, extra
+
+
+def mean_time(func, repeat=200, warmup=3):
+    """Mean wall time of ``func()`` over ``repeat`` runs: a busy machine's cost is in its
+    spikes, which a minimum hides."""
+    for _ in range(warmup):
+        func()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        func()
+    return (time.perf_counter() - t0) / repeat
+
+
+def busy_machine(repeat, echo):
+    """Small calls with one core kept busy by another process, against the same calls on
+    the quiet machine (the table's peer): a fedavg of 10 x 10,000 and one round of the
+    default simulation's training (20 clients of the digits, MLP 64-64-10, 5 epochs of
+    batches of 16). The busy loop is a process this benchmark starts and stops."""
+    U, w = fedavg_data(K=10, P=10_000)
+    try:
+        d = fastmb.data.digits()
+    except ImportError:  # without scikit-learn: data of the same shape
+        d = fastmb.data.synthetic(1500, 64, 10, seed=0)
+    part = fastmb.partition.dirichlet(d.y, 100, alpha=0.5, seed=0)
+    model = fastmb.MLP([64, 64, 10])
+    p0 = model.init(seed=0)
+    clients = np.arange(20)
+    calls = [
+        ("fedavg, a core busy", "K=10 x P=10,000 f32", lambda: fastmb.fedavg(U, w),
+         max(20, 40 * repeat)),
+        ("train round, a core busy", "20 clients, MLP 64-64-10",
+         lambda: fastmb.train_clients(model, p0, d.X, d.y, part.offsets, rows=part.rows,
+                                      clients=clients, epochs=5, batch_size=16, lr=0.05),
+         max(3, 2 * repeat)),
+    ]
+    quiet = [mean_time(f, n) for _, _, f, n in calls]
+    loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        busy = [mean_time(f, n) for _, _, f, n in calls]
+    finally:
+        loop.kill()
+        loop.wait()
+    rows = []
+    for (kernel, size, _, _), tq, tb in zip(calls, quiet, busy):
+        rows.append(dict(kernel=kernel, size=size, fastmb_s=tb, peer="same call, quiet machine",
+                         peer_s=tq, ratio=tq / tb, limit=None))
+        echo(format_row(rows[-1]))
+    return rows
 
 
 def compile_times(timeout=900):

@@ -15,7 +15,10 @@ import difflib
 import json
 import os
 import sys
+import threading
 import time
+
+from numba.core import event as numba_event
 
 from ..adapters.dask import DaskExecutor
 from ..aggregate import rules
@@ -287,6 +290,59 @@ def _fmt_bytes(n):
         n /= 1000
 
 
+class CompileNotice(numba_event.Listener):
+    """Says on ``stream``, once, that Numba is compiling kernels (a cold cache: the first
+    run on a machine), with a spinner and the seconds spent while it lasts (``spin``; a
+    stream that is not a terminal gets one line at the start and one at the end).
+
+    It listens to Numba's ``numba:compile`` events, which fire only when a kernel is
+    really compiled, not when it is loaded from the on-disk cache: a warm run says nothing.
+    """
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, stream, spin=True):
+        self.stream, self.spin = stream, spin and stream.isatty()
+        self.t0 = None
+        self.done = threading.Event()
+        self.thread = None
+
+    def on_start(self, event):
+        if self.t0 is not None or self.done.is_set():
+            return
+        self.t0 = time.perf_counter()
+        if self.spin:
+            self.thread = threading.Thread(target=self._spin, daemon=True)
+            self.thread.start()
+        else:
+            print("compiling kernels (first run only; cached for later runs) ...",
+                  file=self.stream, flush=True)
+
+    def on_end(self, event):
+        pass
+
+    def _spin(self):
+        i = 0
+        while not self.done.wait(0.125):
+            self.stream.write(f"\r{self.FRAMES[i % 4]} compiling kernels (first run only; "
+                              f"cached for later runs) {time.perf_counter() - self.t0:4.0f} s")
+            self.stream.flush()
+            i += 1
+
+    def stop(self):
+        """End the notice (at the end of the first round): later compiles stay silent."""
+        if self.done.is_set():
+            return
+        self.done.set()
+        if self.t0 is None:
+            return
+        if self.thread is not None:
+            self.thread.join()
+            self.stream.write("\r\033[K")
+        print(f"compiled kernels in {time.perf_counter() - self.t0:.1f} s (cached: later runs "
+              "start warm)", file=self.stream, flush=True)
+
+
 def round_line(h, rounds):
     acc = "   -  " if h["accuracy"] is None else f"{h['accuracy']:.4f}"
     loss = "   -  " if h["loss"] is None else f"{h['loss']:.4f}"
@@ -386,23 +442,30 @@ def _run(cfg, folder, t0, echo):
              f"{cfg['server']}; runs in {where}")
         rounds = cfg["rounds"]
         bar = None
-        if cfg["progress"] and sim.round < rounds:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=rounds, initial=sim.round, unit="round", leave=False,
-                       file=sys.stderr, dynamic_ncols=True)
+        notice = CompileNotice(sys.stderr, spin=cfg["progress"])
 
         def on_round(h):
+            nonlocal bar
+            notice.stop()
             line = round_line(h, rounds)
             if bar is not None:
                 bar.write(line, file=sys.stdout)
                 bar.update(1)
-            else:
-                echo(line)
+                return
+            echo(line)
+            if cfg["progress"] and sim.round < rounds:
+                # Started after this process's first round, so that its estimate leaves
+                # out the first round's compiling (or loading) of kernels.
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=rounds, initial=sim.round, unit="round", leave=False,
+                           file=sys.stderr, dynamic_ncols=True)
 
         try:
-            history = sim.run(rounds, checkpoint=ckpt, callback=on_round)
+            with numba_event.install_listener("numba:compile", notice):
+                history = sim.run(rounds, checkpoint=ckpt, callback=on_round)
         finally:
+            notice.stop()
             if bar is not None:
                 bar.close()
         write_history(history, folder)

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _validation as V
+from ..kernels import training as KT
 
 SCHEDULES = {"constant": 0, "invscaling": 1, "cosine": 2}
 # From this batch size on, a mini-batch's gradient is computed with matrix products, one
@@ -36,8 +37,10 @@ MAX_STEPS = 2**62
 class TrainRecord(NamedTuple):
     """The options as the training kernels take them: one typed record of scalars.
 
-    ``lr_schedule`` is the code of :data:`SCHEDULES`; ``batched`` picks the matrix-product
-    path (``kernels/_layers.py``); ``clip`` is ``inf`` and ``noise_std`` 0 without DP-SGD.
+    ``lr_schedule`` is the code of :data:`SCHEDULES`; ``path`` is how a mini-batch's gradient
+    is computed, one of ``kernels.training.PATH_*`` (sample by sample, the one-output linear
+    loop, matrix products: ``kernels/_layers.py``, or those with DP-SGD's clipping and
+    noise), which picks the kernel; ``clip`` is ``inf`` and ``noise_std`` 0 without DP-SGD.
     """
 
     batch: int
@@ -48,7 +51,7 @@ class TrainRecord(NamedTuple):
     momentum: float
     weight_decay: float
     prox_mu: float
-    batched: bool
+    path: int
     clip: float
     noise_std: float
 
@@ -63,8 +66,9 @@ class TrainOptions:
     --------
     >>> import fastmb
     >>> from fastmb.learn.options import TrainOptions
+    >>> from fastmb.kernels.training import PATH_BATCHED
     >>> opts = TrainOptions(batch_size=16, lr=0.1, momentum=0.9, schedule="cosine")
-    >>> opts.record(fastmb.MLP([4, 8, 3])).batched
+    >>> opts.record(fastmb.MLP([4, 8, 3])).path == PATH_BATCHED
     True
     >>> TrainOptions(lr=0)
     Traceback (most recent call last):
@@ -126,11 +130,17 @@ class TrainOptions:
                              "each sample's sensitivity, which DP-SGD's clipping bounds")
 
     def record(self, model):
-        """The kernels' :class:`TrainRecord` for ``model`` (which picks the batched path)."""
+        """The kernels' :class:`TrainRecord` for ``model`` (which picks the path)."""
         clip = np.inf if self.clip_norm is None else float(self.clip_norm)
         one_output_linear = len(model.sizes) == 2 and model.sizes[1] == 1
-        batched = bool(clip < np.inf
-                       or (not one_output_linear and self.batch_size >= BATCHED_MIN_BATCH))
+        if clip < np.inf:
+            path = KT.PATH_DP
+        elif not one_output_linear and self.batch_size >= BATCHED_MIN_BATCH:
+            path = KT.PATH_BATCHED
+        elif one_output_linear:
+            path = KT.PATH_LINEAR1
+        else:
+            path = KT.PATH_SAMPLE
         return TrainRecord(self.batch_size, SCHEDULES[self.schedule], self.shuffle, self.lr,
                            self.power_t, self.momentum, self.weight_decay, self.prox_mu,
-                           batched, clip, self.noise_multiplier * (0.0 if clip == np.inf else clip))
+                           path, clip, self.noise_multiplier * (0.0 if clip == np.inf else clip))
