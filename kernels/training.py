@@ -242,5 +242,13 @@ def sgd_dp(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, e_
                 e_lo, e_hi, opts, p, v)
 
 
+@jit
+def client_keys(seed, ids, out):
+    """``out[k] = hash2(seed, ids[k])``: each client's stream, for all clients of a call at
+    once (from Python, one ``hash2`` call costs more than a client's whole dispatch)."""
+    for k in range(ids.shape[0]):
+        out[k] = hash2(seed, np.uint64(ids[k]))
+
+
 #: The kernel of each path, indexed by ``PATH_*``.
 SGD = (sgd_sample, sgd_linear1, sgd_batched, sgd_dp)

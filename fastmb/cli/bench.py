@@ -575,7 +575,7 @@ def busy_machine(repeat, echo):
         ("train round, a core busy", "20 clients, MLP 64-64-10",
          lambda: fastmb.train_clients(model, p0, d.X, d.y, part.offsets, rows=part.rows,
                                       clients=clients, epochs=5, batch_size=16, lr=0.05),
-         max(3, 2 * repeat)),
+         max(10, 10 * repeat)),
     ]
     quiet = [mean_time(f, n) for _, _, f, n in calls]
     loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
