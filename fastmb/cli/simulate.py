@@ -14,6 +14,7 @@ import csv
 import difflib
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -367,28 +368,32 @@ def write_history(history, folder):
                         ("" if v is None else v) for v in (h[k] for k in keys)])
 
 
-def plot_history(history, path, title):
-    import matplotlib
+class Plotter:
+    """``history.png``, drawn by a helper process (``_plot.py``) started with the run, so
+    that importing matplotlib overlaps the rounds instead of following them: a warm default
+    run took 2.5 s with the plot drawn here at the end."""
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_plot.py")
 
-    ev = [h for h in history if h["loss"] is not None]
-    rounds = [h["round"] for h in ev]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    if ev and ev[0]["accuracy"] is not None:
-        a1.plot(rounds, [h["accuracy"] for h in ev], marker=".")
-        a1.set_ylabel("test accuracy")
-    a1.set_xlabel("round")
-    a2.plot(rounds, [h["loss"] for h in ev], marker=".", color="C1")
-    a2.set_ylabel("test loss")
-    a2.set_xlabel("round")
-    for ax in (a1, a2):
-        ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, self.SCRIPT], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+
+    def plot(self, history, path, title):
+        """Send the history and wait for the plot; raise with the helper's error if any."""
+        job = {"history": history, "path": path, "title": title}
+        _, err = self.proc.communicate(json.dumps(job, default=str))
+        if self.proc.returncode:
+            last = err.strip().splitlines()[-1] if err.strip() else ""
+            if "ModuleNotFoundError" in last:
+                raise ImportError(f"the plot needs matplotlib (pip install 'fastmb[sim]', or "
+                                  f"--no-plot): {last}")
+            raise RuntimeError(f"drawing {path} failed: {last}")
+
+    def cancel(self):
+        if self.proc.poll() is None:
+            self.proc.communicate("null")
 
 
 def run(args, echo=print):
@@ -427,6 +432,7 @@ LOCK_FILE = ".fastmb.lock"
 
 def _run(cfg, folder, t0, echo):
     executor = _executor(cfg)
+    plotter = Plotter() if cfg["plot"] else None
     try:
         data, part, sim = build(cfg, executor)
         ckpt = os.path.join(folder, "checkpoint.npz")
@@ -474,10 +480,11 @@ def _run(cfg, folder, t0, echo):
         s["settings"] = cfg
         with open(os.path.join(folder, "summary.json"), "w") as fh:
             json.dump(s, fh, indent=1, default=str)
-        if cfg["plot"]:
-            plot_history(history, os.path.join(folder, "history.png"),
+        if plotter is not None:
+            plotter.plot(history, os.path.join(folder, "history.png"),
                          f"{data.name}: {sim.model!r}, {part.n_clients} clients, "
                          f"{cfg['aggregator']}")
+            plotter = None
         acc = s["final_accuracy"]
         echo(f"done: {s['rounds']} rounds in {s['wall_s']:.1f} s wall "
              f"(median {s['median_round_s'] * 1e3:.1f} ms a round); final test "
@@ -488,5 +495,7 @@ def _run(cfg, folder, t0, echo):
              + (", history.png" if cfg["plot"] else "") + ", checkpoint.npz")
         return 0
     finally:
+        if plotter is not None:
+            plotter.cancel()
         if executor is not None:
             executor.close()
