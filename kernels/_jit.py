@@ -69,8 +69,9 @@ def _renamed(f, suffix):
 
 class Parallel:
     """A kernel compiled as threads (``.parallel``) and as one loop (``.serial``); a call
-    runs the serial one when its arrays hold fewer than ``min_size`` elements in all or
-    when Numba has one thread. Either compiles on its first use only."""
+    runs the serial one when its arrays hold fewer than ``min_size`` elements in all (the
+    size alone decides, never the thread count: see the module docstring). Either compiles
+    on its first use only."""
 
     def __init__(self, f, min_size=PARALLEL_MIN_SIZE):
         self.py_func, self.min_size = f, min_size
@@ -85,7 +86,7 @@ class Parallel:
         for a in args:
             if isinstance(a, np.ndarray):
                 size += a.size
-        if size < self.min_size or numba.get_num_threads() == 1:
+        if size < self.min_size:
             return self.serial
         return self.parallel
 

@@ -162,7 +162,7 @@ def affine(a, params, wo, bo, nin, nout, z):
 input_affine = affine  # the first layer, on the model's input (the input seam)
 
 
-@jit
+@jit(inline="always")
 def forward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs):
     """Forward pass of layers ``[lo, hi)`` for one sample whose input to layer ``lo`` is ``x``;
     returns False if that first layer's pre-activations are not finite.
@@ -197,9 +197,8 @@ def forward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs):
 @jit(inline="always")
 def forward(params, x, sizes, w_off, b_off, u_off, act, zs, hs):
     """Forward pass of the whole model for one sample ``x`` (:func:`forward_range` ``[0, L)``)."""
-    # np.int64(0), not 0: a literal would compile forward_range once more (see sample_grad).
-    return forward_range(params, x, np.int64(0), sizes.shape[0] - 1, sizes, w_off, b_off,
-                         u_off, act, zs, hs)
+    return forward_range(params, x, 0, sizes.shape[0] - 1, sizes, w_off, b_off, u_off, act,
+                         zs, hs)
 
 
 @jit(inline="always")
@@ -401,7 +400,7 @@ def layer_grad(a, dl, g, wo, bo, nin, nout, mode):
 input_outer = layer_grad  # the first layer's gradient, from the model's input (the input seam)
 
 
-@jit
+@jit(inline="always")
 def backward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, mode):
     """Backward pass of layers ``[lo, hi)`` of one sample whose delta at the output of layer
     ``hi - 1`` is already in ``ds`` and whose input to layer ``lo`` was ``x``.
@@ -450,21 +449,21 @@ def backward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs, d
 @jit(inline="always")
 def backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, mode):
     """Backward pass of the whole model (:func:`backward_range` ``[0, L)``)."""
-    return backward_range(params, x, np.int64(0), sizes.shape[0] - 1, sizes, w_off, b_off,
-                          u_off, act, zs, hs, ds, g, mode)
+    return backward_range(params, x, 0, sizes.shape[0] - 1, sizes, w_off, b_off, u_off, act,
+                          zs, hs, ds, g, mode)
 
 
-@jit
+@jit(inline="always")
 def sample_grad(params, x, yc, yr, r, sizes, w_off, b_off, u_off, act, loss, hdelta,
                 zs, hs, ds, g, scale, mode, want_loss):
     """Forward, loss and backward for row ``r``.
 
-    This and the other large helpers (``forward_range``, ``backward_range``,
-    ``loss_and_delta``) are not inlined: each compiles once per dtype and every kernel
-    links that one copy, instead of Numba typing and lowering their code again inside
-    each caller (with them inlined, the first simulation compiled for 47 s, without 28 s).
-    Callers pass constant flags as ``np.int64(MODE_ADD)``, ``np.bool_(False)``: a literal
-    argument would compile a helper once more for each value.
+    Kernels call it through ``sample_grad_write``, ``_add`` and ``_loss`` below:
+    one compiled copy per mode, which each kernel links instead of Numba typing and
+    lowering the whole forward and backward pass again inside every kernel (the first
+    simulation compiled for 47 s with everything inlined, 28 s without), while the mode
+    stays a constant inside each copy (a single copy for all modes made per-sample
+    gradients 5-10% slower).
 
     The gradient is multiplied by ``scale`` (a sample weight, or 1/m for a micro-batch
     mean). Returns ``(loss, sqnorm, ok)``; ``ok`` is False when the row's first layer or its
@@ -476,7 +475,7 @@ def sample_grad(params, x, yc, yr, r, sizes, w_off, b_off, u_off, act, loss, hde
     hi = u_off[L]
     dout = ds[lo:hi]
     f = zs[lo:hi]
-    lv = loss_and_delta(f, dout, loss, hdelta, yc, yr, r, want_loss)
+    lv = loss_and_delta(f, dout, loss, hdelta, yc, yr, r, np.bool_(want_loss))
     if not math.isfinite(lv):
         ok = False
     for j in range(hi - lo):
@@ -489,3 +488,33 @@ def sample_grad(params, x, yc, yr, r, sizes, w_off, b_off, u_off, act, loss, hde
             dout[j] = dout[j] * scale
     sq = backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, mode)
     return lv, sq, ok
+
+
+# The compiled copies of sample_grad, one per mode (see there). ``loss_and_delta`` is not
+# inlined either: the batched path and the evaluation share its one copy. Their flags are
+# passed as ``np.bool_(...)``: a literal argument would compile a helper once more per value.
+
+
+@jit
+def sample_grad_write(params, x, yc, yr, r, sizes, w_off, b_off, u_off, act, loss, hdelta,
+                      zs, hs, ds, g, scale):
+    """:func:`sample_grad` writing the gradient into ``g``."""
+    return sample_grad(params, x, yc, yr, r, sizes, w_off, b_off, u_off, act, loss, hdelta,
+                       zs, hs, ds, g, scale, MODE_WRITE, False)
+
+
+@jit
+def sample_grad_add(params, x, yc, yr, r, sizes, w_off, b_off, u_off, act, loss, hdelta,
+                    zs, hs, ds, g, scale):
+    """:func:`sample_grad` adding the gradient to ``g``."""
+    return sample_grad(params, x, yc, yr, r, sizes, w_off, b_off, u_off, act, loss, hdelta,
+                       zs, hs, ds, g, scale, MODE_ADD, False)
+
+
+@jit
+def sample_grad_loss(params, x, yc, yr, r, sizes, w_off, b_off, u_off, act, loss, hdelta,
+                     zs, hs, ds, g, scale, mode):
+    """:func:`sample_grad` with the loss; ``mode`` (``MODE_ADD`` or ``MODE_NONE``, known
+    only at run time) says whether the gradient is added to ``g``."""
+    return sample_grad(params, x, yc, yr, r, sizes, w_off, b_off, u_off, act, loss, hdelta,
+                       zs, hs, ds, g, scale, mode, True)

@@ -21,7 +21,6 @@ from ._model import (
     MODE_ADD,
     MODE_NONE,
     MODE_NORM,
-    MODE_WRITE,
     forward,
     grad_fits,
     input_row,
@@ -30,6 +29,9 @@ from ._model import (
     linear1_delta,
     loss_and_delta,
     sample_grad,
+    sample_grad_add,
+    sample_grad_loss,
+    sample_grad_write,
     workspace,
 )
 
@@ -100,10 +102,9 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
             hi = min(n, lo + microbatch)
             row = out[grp]
             if hi - lo == 1:
-                _, _, ok = sample_grad(params, input_row(X, lo), yc, yr, lo, sizes, w_off, b_off,
-                                       u_off,
-                                       act, loss, hdelta, zs, hs, ds, row, 1.0,
-                                       np.int64(MODE_WRITE), np.bool_(False))
+                _, _, ok = sample_grad_write(params, input_row(X, lo), yc, yr, lo, sizes,
+                                             w_off, b_off, u_off, act, loss, hdelta, zs, hs, ds,
+                                             row, 1.0)
                 # The bound on the layers' units settles almost every row; only a row near
                 # the dtype's range is scanned entry by entry.
                 if ok and not grad_fits(input_row(X, lo), sizes, b_off, u_off, hs, ds, tmp):
@@ -115,9 +116,9 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
                     row[j] = 0
                 inv = 1.0 / (hi - lo)
                 for r in range(lo, hi):
-                    _, _, ok = sample_grad(params, input_row(X, r), yc, yr, r, sizes, w_off, b_off,
-                                           u_off, act, loss, hdelta, zs, hs, ds, row, inv,
-                                           np.int64(MODE_ADD), np.bool_(False))
+                    _, _, ok = sample_grad_add(params, input_row(X, r), yc, yr, r, sizes,
+                                               w_off, b_off, u_off, act, loss, hdelta, zs, hs,
+                                               ds, row, inv)
                     if not ok and first_bad < 0:
                         first_bad = r
                 if not finite_row(row) and first_bad < 0:
@@ -135,15 +136,16 @@ def per_sample_norm(params, X, yc, yr, spec, out):
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
     n = X.shape[0]
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    dummy = np.empty(0, params.dtype)
     bad = np.empty(n_tasks, np.int64)
     for t in prange(n_tasks):
         zs, hs, ds = workspace(u_off, params)
         first_bad = -1
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            _, sq, ok = sample_grad(params, input_row(X, r), yc, yr, r, sizes, w_off, b_off, u_off,
-                                    act, loss, hdelta, zs, hs, ds, dummy, 1.0,
-                                    np.int64(MODE_NORM), np.bool_(False))
+            # Inlined here (the only kernel of this mode): a row's norm is little work, and
+            # a call per row to a linked copy cost 9%.
+            _, sq, ok = sample_grad(params, input_row(X, r), yc, yr, r, sizes, w_off, b_off,
+                                    u_off, act, loss, hdelta, zs, hs, ds, zs[:0], 1.0, MODE_NORM,
+                                    False)
             out[r] = np.sqrt(sq)
             # sq is float64; a norm beyond the dtype of out (or an overflowing square)
             # is an overflow of this row, not a number to return.
@@ -181,8 +183,9 @@ def loss_grad(params, X, yc, yr, sw, spec, want_grad, acc, totals, grad_out):
         first_bad = -1
         for r in range(c * per, min(n, (c + 1) * per)):
             w = sw[r] if has_w else 1.0
-            lv, _, ok = sample_grad(params, input_row(X, r), yc, yr, r, sizes, w_off, b_off, u_off,
-                                    act, loss, hdelta, zs, hs, ds, g, w, mode, np.bool_(True))
+            lv, _, ok = sample_grad_loss(params, input_row(X, r), yc, yr, r, sizes, w_off,
+                                         b_off, u_off, act, loss, hdelta, zs, hs, ds, g, w,
+                                         mode)
             lsum += w * lv
             wsum += w
             if not ok and first_bad < 0:

@@ -33,12 +33,11 @@ import numpy as np
 from ._jit import jit
 from ._layers import batch_grad
 from ._model import (
-    MODE_ADD,
     input_axpy,
     input_copy,
     input_row,
     linear1_delta,
-    sample_grad,
+    sample_grad_add,
     workspace,
 )
 from ._rng import add_normal, hash2
@@ -184,10 +183,8 @@ def _sgd(path, params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
                     if has_idx:
                         r = idx[r]
                     w = sw[r] if has_w else 1.0
-                    _, _, ok = sample_grad(p, input_row(X, r), yc, yr, r, sizes, w_off, b_off,
-                                           u_off,
-                                           act, loss, hdelta, zs, hs, ds, g, w,
-                                           np.int64(MODE_ADD), np.bool_(False))
+                    _, _, ok = sample_grad_add(p, input_row(X, r), yc, yr, r, sizes, w_off,
+                                               b_off, u_off, act, loss, hdelta, zs, hs, ds, g, w)
                     if not ok:
                         return r
                     wsum += w
