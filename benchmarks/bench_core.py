@@ -47,16 +47,18 @@ class _PerSampleGrad:
 class PerSampleGradLogistic(_PerSampleGrad):
     """Per-sample gradients of logistic regression, n=200,000 x d=128 float32."""
 
+    params = [["fastmb", "numpy", "torch.func", "jax"]]
     data = staticmethod(B.logistic_data)
-    peers = {"numpy": B.numpy_logistic_per_sample, "torch.func": B.torch_logistic_per_sample}
+    peers = {"numpy": B.numpy_logistic_per_sample, "torch.func": B.torch_logistic_per_sample,
+             "jax": B.jax_logistic_per_sample}
 
 
 class SGDEpochLogistic:
     """One epoch of SGD on logistic regression, n=200,000 x d=128."""
 
-    params = [["fastmb", "sklearn", "torch"]]
+    params = [["fastmb", "sklearn", "torch", "jax"]]
     param_names = ["impl"]
-    peers = {"sklearn": B.sklearn_sgd_epoch, "torch": B.torch_sgd_epoch}
+    peers = {"sklearn": B.sklearn_sgd_epoch, "torch": B.torch_sgd_epoch, "jax": B.jax_sgd_epoch}
     timeout = 180
 
     def setup(self, impl):

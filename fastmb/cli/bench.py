@@ -132,6 +132,53 @@ def torch_logistic_per_sample(model, params, X, y):
     return lambda: per_sample(w, b, Xt, yt)
 
 
+def jax_logistic_per_sample(model, params, X, y):
+    """JAX's ``jit(vmap(grad(loss)))`` over the samples (XLA on the CPU)."""
+    import jax
+    import jax.numpy as jnp
+
+    d = X.shape[1]
+    Xj, yj = jnp.asarray(X), jnp.asarray(y.astype(np.float32))
+    w, b = jnp.asarray(params[:d]), jnp.float32(params[d])
+
+    def sample_loss(w_, b_, x_, y_):
+        z = x_ @ w_ + b_
+        return jnp.logaddexp(0.0, z) - y_ * z  # binary cross-entropy with logits
+
+    per_sample = jax.jit(jax.vmap(jax.grad(sample_loss, argnums=(0, 1)),
+                                  in_axes=(None, None, 0, 0)))
+    return lambda: jax.block_until_ready(per_sample(w, b, Xj, yj))
+
+
+def jax_sgd_epoch(model, params, X, y, batch=32):
+    """One shuffled epoch of mini-batch SGD (batch 32, lr 0.01) as one compiled JAX call:
+    the permuted rows gathered, then ``lax.scan`` over the batches (the remainder dropped)."""
+    import jax
+    import jax.numpy as jnp
+
+    n, d = X.shape
+    nb = n // batch
+    Xj, yj = jnp.asarray(X), jnp.asarray(y.astype(np.float32))
+
+    def batch_loss(wb, xb, yb):
+        z = xb @ wb[:d] + wb[d]
+        return jnp.mean(jnp.logaddexp(0.0, z) - yb * z)
+
+    @jax.jit
+    def epoch(wb, key):
+        perm = jax.random.permutation(key, n)[:nb * batch]
+        xs = Xj[perm].reshape(nb, batch, d)
+        ys = yj[perm].reshape(nb, batch)
+
+        def step(w_, xy):
+            return w_ - 0.01 * jax.grad(batch_loss)(w_, *xy), None
+
+        return jax.lax.scan(step, wb, (xs, ys))[0]
+
+    w0, key = jnp.asarray(params), jax.random.PRNGKey(0)
+    return lambda: jax.block_until_ready(epoch(w0, key))
+
+
 def sklearn_sgd_epoch(model, params, X, y):
     """One epoch of ``SGDClassifier`` (batch 1, constant step, no penalty)."""
     from sklearn.exceptions import ConvergenceWarning
@@ -382,9 +429,11 @@ def numpy_int8_mean(codes, scales, w, block):
 #: Each benchmark's peers: (label, factory taking the same data as fastmb's call).
 PEERS = {
     "per_sample_logistic": [("NumPy (sigmoid(Xw)-y)[:,None]*X", numpy_logistic_per_sample),
-                            ("torch.func vmap(grad)", torch_logistic_per_sample)],
+                            ("torch.func vmap(grad)", torch_logistic_per_sample),
+                            ("JAX jit(vmap(grad))", jax_logistic_per_sample)],
     "sgd_epoch": [("sklearn SGDClassifier (batch 1)", sklearn_sgd_epoch),
-                  ("PyTorch loop (batch 32)", torch_sgd_epoch)],
+                  ("PyTorch loop (batch 32)", torch_sgd_epoch),
+                  ("JAX lax.scan (batch 32)", jax_sgd_epoch)],
     "mlp_per_sample": [("NumPy batched backprop + einsum", numpy_mlp_per_sample),
                        ("torch.func vmap(grad)", torch_mlp_per_sample)],
     "mlp_norms": [("materialize (fastmb) + np.linalg.norm", materialized_norms)],
