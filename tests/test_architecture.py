@@ -17,7 +17,7 @@ imports from its own layer or below, never above:
 Imports are read from the source (module level and inside functions alike). An import
 inside a function is allowed only for an optional dependency (numba.cuda and the CUDA
 kernels, scikit-learn, matplotlib, tqdm, filelock, TOML, Dask, dp-accounting, PyTorch,
-Flower, cryptography, and Opacus as a benchmark peer): never to dodge a cycle.
+Flower, cryptography, and Opacus and JAX as benchmark peers): never to dodge a cycle.
 """
 
 import ast
@@ -42,7 +42,7 @@ LAYERS = [
 ]
 OPTIONAL = ("numba.cuda", "fastmb.kernels.cuda", "sklearn", "matplotlib", "tqdm", "filelock",
             "tomllib", "tomli", "dask", "distributed", "dp_accounting", "torch", "flwr",
-            "cryptography", "scipy", "opacus")
+            "cryptography", "scipy", "opacus", "jax")
 
 
 def _layer(module):
