@@ -207,36 +207,52 @@ def _sgd(path, params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
     return -1
 
 
-@jit
-def sgd_sample(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, e_lo, e_hi,
-               opts, p, v):
-    """``_sgd`` with each mini-batch's gradient summed sample by sample."""
-    return _sgd(PATH_SAMPLE, params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps,
-                e_lo, e_hi, opts, p, v)
+@jit(inline="always")
+def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, epochs, max_steps,
+                 e_lo, e_hi, opts, out, V, bad, order, o_lo, o_hi):
+    """Clients ``order[o_lo:o_hi]`` one after the other: client k trains rows
+    ``starts[k]:ends[k]`` with stream ``keys[k]`` into ``out[k]`` (momentum row ``V[k]``),
+    epochs ``e_lo:e_hi`` of its ``epochs[k]``; ``bad[k]`` gets its flagged row. A client
+    already flagged (``bad[k] >= 0``, in an earlier chunk of epochs) stops where it is.
+    One call trains several small clients: a call from Python costs about 20 us, more
+    than a small client's whole training."""
+    for i in range(o_lo, o_hi):
+        k = order[i]
+        if bad[k] < 0:
+            bad[k] = _sgd(path, params0, X, yc, yr, sw, spec, idx, starts[k], ends[k], keys[k],
+                          epochs[k], max_steps[k], e_lo, e_hi, opts, out[k], V[k])
 
 
 @jit
-def sgd_linear1(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, e_lo, e_hi,
-                opts, p, v):
-    """``_sgd`` for a one-layer, one-output model: ``g += w_r delta_r [x_r, 1]``."""
-    return _sgd(PATH_LINEAR1, params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs,
-                max_steps, e_lo, e_hi, opts, p, v)
+def sgd_sample(params0, X, yc, yr, sw, spec, idx, starts, ends, keys, epochs, max_steps, e_lo,
+               e_hi, opts, out, V, bad, order, o_lo, o_hi):
+    """``_sgd_clients`` with each mini-batch's gradient summed sample by sample."""
+    _sgd_clients(PATH_SAMPLE, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, epochs,
+                 max_steps, e_lo, e_hi, opts, out, V, bad, order, o_lo, o_hi)
 
 
 @jit
-def sgd_batched(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, e_lo, e_hi,
-                opts, p, v):
-    """``_sgd`` with each mini-batch's gradient from matrix products, layer by layer."""
-    return _sgd(PATH_BATCHED, params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs,
-                max_steps, e_lo, e_hi, opts, p, v)
+def sgd_linear1(params0, X, yc, yr, sw, spec, idx, starts, ends, keys, epochs, max_steps, e_lo,
+                e_hi, opts, out, V, bad, order, o_lo, o_hi):
+    """``_sgd_clients`` for a one-layer, one-output model: ``g += w_r delta_r [x_r, 1]``."""
+    _sgd_clients(PATH_LINEAR1, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, epochs,
+                 max_steps, e_lo, e_hi, opts, out, V, bad, order, o_lo, o_hi)
 
 
 @jit
-def sgd_dp(params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, e_lo, e_hi, opts,
-           p, v):
-    """``_sgd`` for DP-SGD: clipped per-sample gradients from matrix products, plus noise."""
-    return _sgd(PATH_DP, params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps,
-                e_lo, e_hi, opts, p, v)
+def sgd_batched(params0, X, yc, yr, sw, spec, idx, starts, ends, keys, epochs, max_steps, e_lo,
+                e_hi, opts, out, V, bad, order, o_lo, o_hi):
+    """``_sgd_clients`` with each mini-batch's gradient from matrix products."""
+    _sgd_clients(PATH_BATCHED, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, epochs,
+                 max_steps, e_lo, e_hi, opts, out, V, bad, order, o_lo, o_hi)
+
+
+@jit
+def sgd_dp(params0, X, yc, yr, sw, spec, idx, starts, ends, keys, epochs, max_steps, e_lo,
+           e_hi, opts, out, V, bad, order, o_lo, o_hi):
+    """``_sgd_clients`` for DP-SGD: clipped per-sample gradients, plus noise."""
+    _sgd_clients(PATH_DP, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, epochs,
+                 max_steps, e_lo, e_hi, opts, out, V, bad, order, o_lo, o_hi)
 
 
 @jit

@@ -20,6 +20,29 @@ from .options import MAX_STEPS, TrainOptions
 CHUNK_WORK = 1 << 27
 
 
+# The work of one kernel call from a training thread, in the units of CHUNK_WORK (row
+# visits weighted by P + 64): small clients are trained several to a call, since a call
+# from Python costs about 20 us (its arguments' types), more than a client of 15 rows.
+TASK_WORK = 1 << 17
+
+
+def _tasks(work):
+    """Clients in order of decreasing work, cut into tasks of about ``TASK_WORK`` (a
+    larger client is a task of its own): ``(order, bounds)``, task t being
+    ``order[bounds[t]:bounds[t + 1]]``."""
+    order = np.argsort(-work, kind="stable")
+    bounds = [0]
+    acc = 0.0
+    for i, w in enumerate(work[order].tolist()):
+        acc += w
+        if acc >= TASK_WORK:
+            bounds.append(i + 1)
+            acc = 0.0
+    if bounds[-1] != order.shape[0]:
+        bounds.append(order.shape[0])
+    return order.astype(np.int64), bounds
+
+
 _POOL = {}  # threads started once per process, by count
 
 
@@ -182,18 +205,18 @@ class TrainPlan:
             if e_lo == 0:
                 mom = self._momentum(g1 - g0, P, params.dtype,
                                      e_hi < epochs[g0:g1].max())
+            work = ((ends[g0:g1] - starts[g0:g1]) * (np.minimum(epochs[g0:g1], e_hi) - e_lo)
+                    * (P + 64.0))
+            order, bounds = _tasks(work)
+            group = (params, self.X, self.yc, self.yr, self.sw, self.model.layout, self.idx,
+                     starts[g0:g1], ends[g0:g1], keys[g0:g1], epochs[g0:g1], max_steps[g0:g1],
+                     e_lo, e_hi, self.record, out[g0:g1], mom, bad[g0:g1], order)
 
-            def client(k, g0=g0, e_lo=e_lo, e_hi=e_hi, mom=mom):
-                # A client flagged in an earlier chunk stops where it is.
-                if bad[k] < 0:
-                    bad[k] = kernel(params, self.X, self.yc, self.yr, self.sw,
-                                    self.model.layout, self.idx, starts[k], ends[k], keys[k],
-                                    epochs[k], max_steps[k], e_lo, e_hi, self.record, out[k],
-                                    mom[k - g0])
+            def task(t, group=group, bounds=bounds):
+                kernel(*group, bounds[t], bounds[t + 1])
 
-            work = (ends[g0:g1] - starts[g0:g1]) * (np.minimum(epochs[g0:g1], e_hi) - e_lo)
-            run_threads(lambda i, client=client, g0=g0: client(g0 + i), work,
-                        numba.get_num_threads())
+            cum = np.concatenate([[0.0], np.cumsum(work[order])])
+            run_threads(task, cum[bounds[1:]] - cum[bounds[:-1]], numba.get_num_threads())
         return out, bad
 
     def _momentum(self, G, P, dtype, split):
