@@ -1,7 +1,8 @@
-"""Local mini-batch SGD of one client, compiled once per way of computing a mini-batch's
-gradient: ``sgd_sample`` (sample by sample), ``sgd_linear1`` (a one-output linear model,
-without per-sample views), ``sgd_batched`` (layer by layer with matrix products) and
-``sgd_dp`` (the same, clipped and noised: DP-SGD).
+"""Local mini-batch SGD of a run of clients, one after the other, compiled once per way of
+computing a mini-batch's gradient: ``sgd_sample`` (sample by sample), ``sgd_linear1`` (a
+one-output linear model, without per-sample views), ``sgd_batched`` (layer by layer with
+matrix products) and ``sgd_dp`` (the same, clipped and noised: DP-SGD). Clients run in
+parallel on the host's threads (``fastmb.learn.training.run_threads``).
 
 The loop over epochs and mini-batches runs here, in compiled code. A mini-batch's
 gradient is the weighted mean of its samples' gradients, summed in the parameters'
@@ -87,9 +88,8 @@ def _sgd(path, params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
     which roughly halves what a first call compiles. ``PATH_BATCHED`` computes each
     mini-batch's gradient layer by layer with matrix products (required for
     ``clip < inf``), ``PATH_DP`` the same and adds DP-SGD's noise; the others go sample
-    by sample. Returns -1, or the first row
-    whose forward pass or loss was not finite (a bad input row, or parameters that
-    diverged).
+    by sample. Returns -1, or the first row whose forward pass or loss was not finite (a
+    bad input row, or parameters that diverged).
     """
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
     (batch, lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu, _, clip,

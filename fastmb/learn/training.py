@@ -28,19 +28,18 @@ TASK_WORK = 1 << 17
 
 def _tasks(work):
     """Clients in order of decreasing work, cut into tasks of about ``TASK_WORK`` (a
-    larger client is a task of its own): ``(order, bounds)``, task t being
-    ``order[bounds[t]:bounds[t + 1]]``."""
+    larger client is a task of its own): ``(order, bounds, task_work)``, task t being
+    ``order[bounds[t]:bounds[t + 1]]`` of total work ``task_work[t]``."""
     order = np.argsort(-work, kind="stable")
-    bounds = [0]
+    bounds, task_work = [0], []
     acc = 0.0
     for i, w in enumerate(work[order].tolist()):
         acc += w
-        if acc >= TASK_WORK:
+        if acc >= TASK_WORK or i == order.shape[0] - 1:
             bounds.append(i + 1)
+            task_work.append(acc)
             acc = 0.0
-    if bounds[-1] != order.shape[0]:
-        bounds.append(order.shape[0])
-    return order.astype(np.int64), bounds
+    return order.astype(np.int64), bounds, task_work
 
 
 _POOL = {}  # threads started once per process, by count
@@ -56,8 +55,8 @@ def run_threads(task, work, T):
     each parallel region, which takes a busy machine's cores from whatever runs next, and a
     parallel kernel around the training loop compiles it twice more (the loop, then its
     parallel wrapper). Taking tasks one at a time lets a thread whose core is shared with
-    another program do less: with one of two cores busy, a round of the default simulation
-    takes about 1.3x its quiet time, against 1.5-1.6x with a fixed split. A task's result
+    another program do less (with one of two cores busy, a round of the default simulation
+    took 1.0-1.6x its quiet time over five runs of this noisy machine). A task's result
     does not depend on the thread that ran it.
     """
     order = iter(np.argsort(-np.asarray(work), kind="stable").tolist())
@@ -207,7 +206,7 @@ class TrainPlan:
                                      e_hi < epochs[g0:g1].max())
             work = ((ends[g0:g1] - starts[g0:g1]) * (np.minimum(epochs[g0:g1], e_hi) - e_lo)
                     * (P + 64.0))
-            order, bounds = _tasks(work)
+            order, bounds, task_work = _tasks(work)
             group = (params, self.X, self.yc, self.yr, self.sw, self.model.layout, self.idx,
                      starts[g0:g1], ends[g0:g1], keys[g0:g1], epochs[g0:g1], max_steps[g0:g1],
                      e_lo, e_hi, self.record, out[g0:g1], mom, bad[g0:g1], order)
@@ -215,8 +214,7 @@ class TrainPlan:
             def task(t, group=group, bounds=bounds):
                 kernel(*group, bounds[t], bounds[t + 1])
 
-            cum = np.concatenate([[0.0], np.cumsum(work[order])])
-            run_threads(task, cum[bounds[1:]] - cum[bounds[:-1]], numba.get_num_threads())
+            run_threads(task, task_work, numba.get_num_threads())
         return out, bad
 
     def _momentum(self, G, P, dtype, split):
