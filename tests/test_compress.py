@@ -35,6 +35,45 @@ def test_topk_matches_naive_with_error_feedback(P, data):
     assert_array_equal(res[ref], 0)
 
 
+def lexsort_topk(c, k):
+    """The same reference, vectorized for large vectors."""
+    return np.sort(np.lexsort((np.arange(len(c)), -np.abs(c)))[:k])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["normal", "ties", "skewed", "sparse", "sample_blind"])
+def test_topk_sampled_bracket_and_its_fallback(dtype, case):
+    """From 65,536 coordinates on, top-k tries a sampled bracket first. It must give the
+    reference's answer whether the bracket holds (normal data), misses (the sample sees
+    only zeros), or overflows a chunk's buffer (mass ties, skewed chunks)."""
+    P = 100_003
+    rng = np.random.default_rng(7)
+    u = rng.normal(size=P).astype(dtype)
+    res0 = (0.1 * rng.normal(size=P)).astype(dtype)
+    if case == "ties":
+        u, res0 = np.round(u), np.zeros_like(u)
+    elif case == "skewed":
+        u[: P // 2] *= 100   # the large values all in the first half's chunks
+    elif case == "sparse":
+        u[np.arange(P) % 997 != 0] = 0   # ties at zero for most k
+        res0[:] = 0
+    elif case == "sample_blind":
+        # zero wherever the sample looks (evenly spread blocks of 128), large elsewhere
+        blocks, width = 256, 128
+        for b in range(blocks):
+            j0 = b * (P - width) // (blocks - 1)
+            u[j0:j0 + width] = 0
+            res0[j0:j0 + width] = 0
+    for k in (1, 7, P // 100, P // 3, P - 1, P):
+        res = res0.copy()
+        s = fastmb.topk(u, k, residual=res)
+        c = u + res0
+        ref = lexsort_topk(c, k)
+        assert_array_equal(s.indices, ref)
+        assert_array_equal(s.values, c[ref])
+        assert_array_equal(s.densify() + res, c)
+
+
 def test_error_feedback_delivers_everything_over_rounds():
     rng = np.random.default_rng(1)
     u = rng.normal(size=1000)
@@ -87,10 +126,19 @@ def test_bad_input(call, exc, match):
         call(u)
 
 
-def test_nan_leaves_the_residual_untouched():
-    res = np.ones(10)
-    u = np.zeros(10)
-    u[3] = np.inf
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("P", [10, 100_000])
+def test_nan_leaves_the_residual_untouched(P):
+    """Small vectors (the histogram) and large ones (the sampled bracket, NaN outside the
+    sample) both check c before they write the residual."""
+    res = np.ones(P)
+    u = np.zeros(P)
+    u[P - 200 if P > 1000 else 3] = np.inf   # outside every sampled block
+    with pytest.raises(ValueError, match="NaN or Inf"):
         fastmb.topk(u, 2, residual=res)
     assert_array_equal(res, 1)
+
+
+def test_residual_sharing_the_update_is_refused():
+    u = np.zeros(20)
+    with pytest.raises(ValueError, match="residual must not share memory"):
+        fastmb.topk(u[:10], 2, residual=u[5:15])

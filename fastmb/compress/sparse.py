@@ -64,8 +64,12 @@ def topk(update, k, residual=None, device="cpu"):
     """Top-k sparsification with error feedback.
 
     Selects the ``k`` coordinates of ``c = update + residual`` with the largest
-    magnitude (ties at the threshold go to the lower index) by radix selection:
-    three streaming passes instead of a partition.
+    magnitude (ties at the threshold go to the lower index) in streaming passes instead
+    of a partition: from 65,536 coordinates on, a sample brackets the k-th largest
+    magnitude, one pass keeps the coordinates inside or above the bracket and a partition
+    of those settles the threshold (two passes over the vector); when the bracket misses,
+    and for smaller vectors, an exact radix histogram decides (three passes). The result
+    is the same either way.
 
     Parameters
     ----------
@@ -102,12 +106,17 @@ def topk(update, k, residual=None, device="cpu"):
     r = V.as_residual(residual, u)
     if r is None:
         r = np.zeros(P, u.dtype)
-    work = r.copy()  # the caller's residual changes only once the selection succeeded
+    elif np.may_share_memory(r, u):
+        raise ValueError("residual must not share memory with update (it is updated in place)")
     idx = np.empty(k, np.int64)
     val = np.empty(k, u.dtype)
-    if KC.topk_error_feedback(u, work, k, idx, val):
+    # the kernels write the residual only once they know update + residual is finite; a
+    # large vector first tries the sampled bracket (-1: it missed, nothing written)
+    nbad = KC.topk_bracket(u, r, k, idx, val) if P >= KC.SAMPLE_MIN else -1
+    if nbad < 0:
+        nbad = KC.topk_error_feedback(u, r, k, idx, val)
+    if nbad:
         raise ValueError("update + residual contains NaN or Inf")
-    r[:] = work
     return SparseUpdate(idx, val, P)
 
 
