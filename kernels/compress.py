@@ -30,9 +30,12 @@ def take_range(u, r, lo, hi, thr, ties, o, tcount, idx, val):
     """Write ``r[j] = c_j = u_j + r_j`` over ``[lo, hi)`` and send the chosen coordinates, from
     output slot ``o`` on, in index order (their ``r`` becomes 0): every ``|c_j| > thr``, and ties
     (``|c_j| == thr``) while fewer than ``ties`` have been taken before them (``tcount`` counts
-    those of earlier ranges)."""
+    those of earlier ranges). ``u=None``: r already holds c (the GPU's select); the
+    branch is pruned at compile time."""
     for j in range(lo, hi):
-        c = u[j] + r[j]
+        c = r[j]
+        if u is not None:
+            c = u[j] + c
         a = abs(c)
         take = a > thr
         if a == thr:

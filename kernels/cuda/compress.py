@@ -74,5 +74,5 @@ def count(r, thr, gt, eq):
 def select(r, thr, ties, start, tie_start, idx, val):
     t = cuda.grid(1)
     if t < start.shape[0]:
-        take_range(r, t * SEGMENT, min(r.shape[0], (t + 1) * SEGMENT), thr, ties, start[t],
+        take_range(None, r, t * SEGMENT, min(r.shape[0], (t + 1) * SEGMENT), thr, ties, start[t],
                    tie_start[t], idx, val)
