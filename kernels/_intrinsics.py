@@ -69,3 +69,28 @@ def int_float(typingctx, x):
         return builder.bitcast(args[0], context.get_value_type(fty))
 
     return fty(x), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, i):
+    """Hint the CPU to bring the cache line holding ``arr[i]`` (a 1-D array) into cache
+    (``llvm.prefetch``, read, high locality): the SGD loop asks for the next mini-batch's
+    rows while it computes on this one, so a shuffled epoch's random row reads overlap
+    with work instead of stalling it. A hint only: no fault, no effect on any value."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
+                                       wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, i), codegen
