@@ -63,7 +63,7 @@ def lr_at(lr_schedule, lr, power_t, t, total):
 # The ways a mini-batch's gradient is computed; each is its own kernel. PATH_DP is
 # PATH_BATCHED with DP-SGD's noise (the Gaussian sampler compiles only there).
 PATH_SAMPLE, PATH_LINEAR1, PATH_BATCHED, PATH_DP = 0, 1, 2, 3
-PREFETCH_ROWS = 8   # how far ahead the sample-by-sample paths prefetch rows
+PREFETCH_ROWS = 8   # how far ahead the one-output linear path prefetches rows
 
 
 @jit(inline="always")
