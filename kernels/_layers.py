@@ -134,24 +134,79 @@ def batch_weight_grads(A0, lo, hi, sizes, w_off, b_off, u_off, Hb, Db, g):
                     gb[j] += d[j]
 
 
+@jit(inline="always")
+def ghost_sq(A0, Hb, Db, sizes, b_off, u_off, sq):
+    """``sq[i]`` = squared L2 norm of block row i's gradient, from the layers' inputs and
+    deltas alone: ``|a (x) d|^2 = |a|^2 |d|^2`` per layer, plus ``|d|^2`` for the bias
+    (summed in float64, see the module's notes)."""
+    L = sizes.shape[0] - 1
+    b = A0.shape[0]
+    for i in range(b):
+        sq[i] = 0.0
+    for l in range(L):
+        A = A0 if l == 0 else _block(Hb, b, u_off[l - 1], u_off[l])
+        D = _block(Db, b, u_off[l], u_off[l + 1])
+        hb = 1.0 if b_off[l] >= 0 else 0.0
+        for i in range(b):
+            na = hb
+            for j in range(A.shape[1]):
+                na += np.float64(A[i, j]) * A[i, j]
+            nd = 0.0
+            for j in range(D.shape[1]):
+                nd += np.float64(D[i, j]) * D[i, j]
+            sq[i] += na * nd
+
+
+@jit(inline="always")
+def block_sample_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i, out, tmp):
+    """Write block row i's gradient to ``out`` (P,): each layer's ``a (x) d``, and ``d`` for
+    its bias. Returns False when an entry may have overflowed the dtype of ``tmp``: every
+    entry is at most ``max|a| max|d|`` in magnitude, and that bound (rounded once to the
+    dtype) is tested per layer, not the P entries (see ``_model.grad_fits``)."""
+    L = sizes.shape[0] - 1
+    b = A0.shape[0]
+    fits = True
+    for l in range(L):
+        nin = sizes[l]
+        nout = sizes[l + 1]
+        a = A0[i] if l == 0 else _block(Hb, b, u_off[l - 1], u_off[l])[i]
+        d = _block(Db, b, u_off[l], u_off[l + 1])[i]
+        G = out[w_off[l]:w_off[l] + nin * nout]
+        ma = 1.0 if b_off[l] >= 0 else 0.0
+        md = 0.0
+        for j in range(nout):
+            md = max(md, abs(np.float64(d[j])))
+        for p in range(nin):
+            ap = a[p]
+            ma = max(ma, abs(np.float64(ap)))
+            g = G[p * nout:(p + 1) * nout]
+            for j in range(nout):
+                g[j] = ap * d[j]
+        if b_off[l] >= 0:
+            gb = out[b_off[l]:b_off[l] + nout]
+            for j in range(nout):
+                gb[j] = d[j]
+        tmp[0] = ma * md
+        if not (math.isfinite(tmp[0]) and ma < np.inf and md < np.inf):
+            fits = False
+    return fits
+
+
 @jit
-def batch_grad(params, A0, rows, yc, yr, spec, scale, clip, Zb, Hb, Db, sq, g):
-    """Sum of (clipped, weighted) per-sample gradients of one mini-batch, written to ``g``.
+def batch_deltas(params, A0, rows, yc, yr, spec, Zb, Hb, Db):
+    """Forward pass, loss head and backward pass of a block of samples: every layer's
+    pre-activations (``Zb``), activations (``Hb``) and output deltas (``Db``), as
+    ``_block`` views of b rows (``A0`` holds the b inputs, ``rows`` their rows in the label
+    arrays). Returns the first of ``rows`` whose first layer, outputs or loss are not
+    finite (the buffers are then incomplete), or -1.
 
-    ``A0`` (b, n_features) holds the batch's inputs and ``rows`` (b,) their row numbers
-    in the label arrays. ``scale`` (b,) weights each sample (or is empty: weight 1).
-    Each sample's gradient is first clipped to L2 norm ``clip`` (``inf``: no clipping).
-    ``Zb``, ``Hb``, ``Db`` are flat buffers of at least ``b * u_off[L]`` values and
-    ``sq`` (b,) float64 receives the squared per-sample norms (before clipping and
-    weighting). Returns ``(first bad row or -1, number of samples clipped)``.
-
-    The model runs as the layer range ``[0, L)`` (forward, the loss head, backward, the
-    weight gradients), the same pieces a part of a model would run on its own.
+    Compiled once and called by every kernel that needs a block's deltas (the mini-batch
+    gradient, per-sample gradients, per-sample norms): its matrix products are the larger
+    part of what those kernels compile.
     """
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
     L = sizes.shape[0] - 1
     b = A0.shape[0]
-    has_w = scale.shape[0] > 0
     bad = batch_forward(params, A0, rows, 0, L, sizes, w_off, b_off, u_off, act, Zb, Hb)
     # The loss head: output deltas, row by row (the losses are per-sample functions).
     lo = u_off[L - 1]
@@ -165,24 +220,38 @@ def batch_grad(params, A0, rows, yc, yr, spec, scale, clip, Zb, Hb, Db, sq, g):
         if not ok and (bad < 0 or rows[i] < bad):
             bad = rows[i]
     if bad >= 0:
-        return bad, 0
+        return bad
     batch_backward(params, 0, L, sizes, w_off, u_off, act, Zb, Hb, Db, b)
-    # Ghost norms: |a (x) d|^2 = |a|^2 |d|^2 per layer, plus |d|^2 for the bias.
-    # Not needed (and left at 0) without clipping.
-    for i in range(b):
-        sq[i] = 0.0
-    for l in range(L if clip < np.inf else 0):
-        A = A0 if l == 0 else _block(Hb, b, u_off[l - 1], u_off[l])
-        D = _block(Db, b, u_off[l], u_off[l + 1])
-        hb = 1.0 if b_off[l] >= 0 else 0.0
+    return -1
+
+
+@jit
+def batch_grad(params, A0, rows, yc, yr, spec, scale, clip, Zb, Hb, Db, sq, g):
+    """Sum of (clipped, weighted) per-sample gradients of one mini-batch, written to ``g``.
+
+    ``A0`` (b, n_features) holds the batch's inputs and ``rows`` (b,) their row numbers
+    in the label arrays. ``scale`` (b,) weights each sample (or is empty: weight 1).
+    Each sample's gradient is first clipped to L2 norm ``clip`` (``inf``: no clipping).
+    ``Zb``, ``Hb``, ``Db`` are flat buffers of at least ``b * u_off[L]`` values and
+    ``sq`` (b,) float64 receives the squared per-sample norms (before clipping and
+    weighting). Returns ``(first bad row or -1, number of samples clipped)``.
+
+    The model runs as the layer range ``[0, L)`` (:func:`batch_deltas`, then the weight
+    gradients), the same pieces a part of a model would run on its own.
+    """
+    sizes, w_off, b_off, u_off = spec[0], spec[1], spec[2], spec[3]
+    L = sizes.shape[0] - 1
+    b = A0.shape[0]
+    has_w = scale.shape[0] > 0
+    bad = batch_deltas(params, A0, rows, yc, yr, spec, Zb, Hb, Db)
+    if bad >= 0:
+        return bad, 0
+    # Ghost norms: not needed (and left at 0) without clipping.
+    if clip < np.inf:
+        ghost_sq(A0, Hb, Db, sizes, b_off, u_off, sq)
+    else:
         for i in range(b):
-            na = hb
-            for j in range(A.shape[1]):
-                na += np.float64(A[i, j]) * A[i, j]
-            nd = 0.0
-            for j in range(D.shape[1]):
-                nd += np.float64(D[i, j]) * D[i, j]
-            sq[i] += na * nd
+            sq[i] = 0.0
     # Row factors c_i = weight_i * min(1, clip / |g_i|), folded into the deltas.
     n_clipped = 0
     clip_sq = clip * clip

@@ -14,6 +14,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
+from ._layers import batch_deltas, block_sample_grad, ghost_sq
 from ._model import (
     LOSS_HINGE,
     LOSS_LOGISTIC,
@@ -23,6 +24,7 @@ from ._model import (
     MODE_NORM,
     forward,
     grad_fits,
+    input_copy,
     input_row,
     input_scaled,
     is_linear1,
@@ -61,7 +63,20 @@ def first_flagged(bad):
     return row
 
 
-@jit(parallel=True, min_size=ROW_WORK_MIN_SIZE)
+@jit(inline="always")
+def block_buffers(X, lo, b, U, like):
+    """A block of rows ``lo:lo+b`` for :func:`batch_deltas`: their inputs (copied, dense),
+    their row numbers, and the per-layer buffers for b rows of U units."""
+    A0 = np.empty((b, X.shape[1]), like.dtype)
+    rows = np.empty(b, np.int64)
+    for i in range(b):
+        rows[i] = lo + i
+        input_copy(X, lo + i, A0[i])
+    return (A0, rows, np.empty(b * U, like.dtype), np.empty(b * U, like.dtype),
+            np.empty(b * U, like.dtype))
+
+
+@jit(parallel=True, min_size=ROW_WORK_MIN_SIZE, blas=True)
 def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
     """``out[g]`` = mean gradient of rows ``g*m : (g+1)*m`` (the last group may be shorter).
 
@@ -76,6 +91,25 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
     d = X.shape[1]
     has_b = b_off[0] >= 0
     bad = np.empty(n_tasks, np.int64)
+    if not fast and microbatch == 1:
+        # Per-sample gradients of a deeper model: each task's rows go through the layers
+        # together (matrix products: batch_deltas), then each row's outer products are
+        # written to its row of out.
+        U = u_off[u_off.shape[0] - 1]
+        for t in prange(n_tasks):
+            lo = t * groups_per_task
+            b = min(n, lo + groups_per_task) - lo
+            A0, rows, Zb, Hb, Db = block_buffers(X, lo, b, U, params)
+            tmp = np.empty(1, params.dtype)
+            first_bad = batch_deltas(params, A0, rows, yc, yr, spec, Zb, Hb, Db)
+            for i in range(b if first_bad < 0 else 0):
+                row = out[lo + i]
+                fits = block_sample_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i, row, tmp)
+                # the bound settles almost every row; a row near the dtype's range is scanned
+                if not fits and not finite_row(row) and first_bad < 0:
+                    first_bad = lo + i
+            bad[t] = first_bad
+        return first_flagged(bad)
     for t in prange(n_tasks):
         zs, hs, ds = workspace(u_off, params)
         tmp = np.empty(1, params.dtype)
@@ -127,7 +161,7 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
     return first_flagged(bad)
 
 
-@jit(parallel=True, min_size=ROW_WORK_MIN_SIZE)
+@jit(parallel=True, min_size=ROW_WORK_MIN_SIZE, blas=True)
 def per_sample_norm(params, X, yc, yr, spec, out):
     """``out[i]`` = L2 norm of sample i's gradient, without forming the gradient.
 
@@ -137,6 +171,23 @@ def per_sample_norm(params, X, yc, yr, spec, out):
     n = X.shape[0]
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     bad = np.empty(n_tasks, np.int64)
+    if not is_linear1(sizes):
+        # A task's rows through the layers together (batch_deltas), then ghost norms.
+        U = u_off[u_off.shape[0] - 1]
+        for t in prange(n_tasks):
+            lo = t * ROWS_PER_TASK
+            b = min(n, lo + ROWS_PER_TASK) - lo
+            A0, rows, Zb, Hb, Db = block_buffers(X, lo, b, U, params)
+            sq = np.empty(b, np.float64)
+            first_bad = batch_deltas(params, A0, rows, yc, yr, spec, Zb, Hb, Db)
+            if first_bad < 0:
+                ghost_sq(A0, Hb, Db, sizes, b_off, u_off, sq)
+                for i in range(b):
+                    out[lo + i] = np.sqrt(sq[i])
+                    if not np.isfinite(out[lo + i]) and first_bad < 0:
+                        first_bad = lo + i
+            bad[t] = first_bad
+        return first_flagged(bad)
     for t in prange(n_tasks):
         zs, hs, ds = workspace(u_off, params)
         first_bad = -1
