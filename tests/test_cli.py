@@ -1,4 +1,5 @@
-"""The command line: `fastmb bench` runs end to end on tiny sizes and writes its JSON."""
+"""The command line: `fastmb bench` runs end to end on tiny sizes and writes its JSON and
+its Markdown table."""
 
 import json
 import subprocess
@@ -10,8 +11,9 @@ from fastmb.cli import main
 
 
 def test_bench_tiny(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--scale", "0.002", "--json", str(out)]) == 0
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    assert main(["bench", "--quick", "--scale", "0.002", "--json", str(out), "--markdown",
+                 str(md)]) == 0
     text = capsys.readouterr().out
     assert "memory bandwidth" in text and "fedavg" in text and "per-sample grad" in text
     data = json.loads(out.read_text())
@@ -19,6 +21,12 @@ def test_bench_tiny(tmp_path, capsys):
     assert {r["kernel"] for r in data["rows"]} >= {"fedavg", "per-sample grad, logistic",
                                                     "SGD epoch, logistic", "per-sample grad, MLP"}
     assert all(r["fastmb_s"] > 0 for r in data["rows"])
+    # the Markdown table: the machine, then one line per row
+    table = md.read_text().splitlines()
+    assert table[0].startswith("Measured on ") and data["machine"] in table[0]
+    body = [line for line in table if line.startswith("| ") and "---" not in line]
+    assert len(body) == 1 + len(data["rows"])
+    assert any(line.startswith("| fedavg | ") and line.endswith("% |") for line in body)
 
 
 def test_module_entry_point_and_errors():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 
 from . import bench
@@ -41,6 +40,8 @@ def build_parser():
     bench.add_argument("--scale", type=_positive, default=1.0, help="multiply the data sizes "
                        "(default 1: n=200,000 rows, P=1,000,000 parameters)")
     bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    bench.add_argument("--markdown", metavar="PATH", help="also write the rows as a Markdown "
+                       "table headed by the machine (the README's table)")
     return parser
 
 
@@ -58,13 +59,16 @@ def main(argv=None):
                   "(run again with --resume to continue)", file=sys.stderr)
             return 130
     if args.command == "bench":
-        print(f"fastmb bench on {platform.processor() or platform.machine()}, "
-              f"Python {platform.python_version()}", flush=True)
+        machine = bench.machine()
+        print(f"fastmb bench on {machine}", flush=True)
         rows, extra = bench.run(quick=args.quick, compile=args.compile, scale=args.scale,
                                 echo=lambda line: print(line, flush=True))
         if args.json:
             with open(args.json, "w") as fh:
-                json.dump({"rows": rows, **extra}, fh, indent=2)
+                json.dump({"rows": rows, "machine": machine, **extra}, fh, indent=2)
+        if args.markdown:
+            with open(args.markdown, "w") as fh:
+                fh.write(bench.markdown(rows, extra, machine))
     return 0
 
 

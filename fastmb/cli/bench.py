@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -669,3 +670,25 @@ def format_row(r):
     limit = "-" if r["limit"] is None else f"{100 * r['limit']:6.0f}%"
     return (f"{r['kernel']:<29} {r['size']:<30} {_ms(r['fastmb_s']):>12}  {r['peer']:<38} "
             f"{_ms(r['peer_s']):>12} {ratio:>7} {limit:>8}")
+
+
+def machine():
+    """The machine and the versions a run's figures belong to."""
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"{numba.get_num_threads()} Numba threads, Python {platform.python_version()}, "
+            f"numba {numba.__version__}, numpy {np.__version__}")
+
+
+def markdown(rows, extra, machine):
+    """The run as a Markdown table (the README's), headed by the machine and its limits."""
+    lines = [f"Measured on {machine}: STREAM triad {extra['bandwidth_GBps']:.1f} GB/s, NumPy's "
+             f"GEMM {extra['gemm_GFLOPs']:.0f} (float32) and {extra['gemm64_GFLOPs']:.0f} "
+             "(float64) GFLOP/s, in the same run.", "",
+             "| kernel | size | fastmb | peer | peer time | ratio | of limit |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+    for r in rows:
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.1f}x"
+        limit = "-" if r["limit"] is None else f"{100 * r['limit']:.0f}%"
+        lines.append(f"| {r['kernel']} | {r['size']} | {_ms(r['fastmb_s']).strip()} | "
+                     f"{r['peer']} | {_ms(r['peer_s']).strip()} | {ratio} | {limit} |")
+    return "\n".join(lines) + "\n"
