@@ -162,7 +162,7 @@ def block_sample_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i, out, tmp):
     """Write block row i's gradient to ``out`` (P,): each layer's ``a (x) d``, and ``d`` for
     its bias. Returns False when an entry may have overflowed the dtype of ``tmp``: every
     entry is at most ``max|a| max|d|`` in magnitude, and that bound (rounded once to the
-    dtype) is tested per layer, not the P entries (see ``_model.grad_fits``)."""
+    dtype) is tested per layer, not the P entries."""
     L = sizes.shape[0] - 1
     b = A0.shape[0]
     fits = True
@@ -190,6 +190,33 @@ def block_sample_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i, out, tmp):
         if not (math.isfinite(tmp[0]) and ma < np.inf and md < np.inf):
             fits = False
     return fits
+
+
+@jit(inline="always")
+def block_group_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i0, i1, out):
+    """``out`` = the mean of block rows ``i0:i1``'s gradients (a micro-batch's gradient): each
+    row's ``a (x) d`` and bias ``d``, scaled by ``1 / (i1 - i0)``, summed in row order."""
+    L = sizes.shape[0] - 1
+    b = A0.shape[0]
+    inv = 1.0 / (i1 - i0)
+    for j in range(out.shape[0]):
+        out[j] = 0
+    for i in range(i0, i1):
+        for l in range(L):
+            nin = sizes[l]
+            nout = sizes[l + 1]
+            a = A0[i] if l == 0 else _block(Hb, b, u_off[l - 1], u_off[l])[i]
+            d = _block(Db, b, u_off[l], u_off[l + 1])[i]
+            G = out[w_off[l]:w_off[l] + nin * nout]
+            for p in range(nin):
+                ap = a[p] * inv
+                g = G[p * nout:(p + 1) * nout]
+                for j in range(nout):
+                    g[j] += ap * d[j]
+            if b_off[l] >= 0:
+                gb = out[b_off[l]:b_off[l] + nout]
+                for j in range(nout):
+                    gb[j] += d[j] * inv
 
 
 @jit(inline="always")

@@ -315,37 +315,6 @@ def input_absmax(x):
 
 
 @jit(inline="always")
-def grad_fits(x, sizes, b_off, u_off, hs, ds, tmp):
-    """True when no entry of the sample's gradient can have overflowed the dtype of ``tmp``.
-
-    Layer l's gradient is the outer product of its input ``a`` (and 1 for the bias) and its
-    delta, so every entry is at most ``max|a| max|delta|`` in magnitude. That bound, taken in
-    float64 and rounded once to the dtype, is finite exactly when no rounded product can be
-    Inf: a test on the layers' units (a few hundred values), not on the P gradient entries.
-    A NaN or Inf anywhere in ``a`` or ``delta`` fails it too.
-    """
-    L = sizes.shape[0] - 1
-    for l in range(L):
-        nin = sizes[l]
-        nout = sizes[l + 1]
-        d = ds[u_off[l]:u_off[l] + nout]
-        ma = 1.0 if b_off[l] >= 0 else 0.0
-        if l == 0:
-            ma = max(ma, input_absmax(x))
-        else:
-            a = layer_input(l, 0, x, hs, u_off, nin)
-            for i in range(nin):
-                ma = max(ma, abs(np.float64(a[i])))
-        md = 0.0
-        for j in range(nout):
-            md = max(md, abs(np.float64(d[j])))
-        tmp[0] = ma * md
-        if not (math.isfinite(tmp[0]) and ma < np.inf and md < np.inf):
-            return False
-    return True
-
-
-@jit(inline="always")
 def layer_norms(a, dl, bo, nin, nout):
     """``(|a|^2 + 1, |delta|^2)`` of one layer (no 1 without a bias): the squared norm of the
     layer's part of the sample's gradient is their product. Squares in float64: |a|^2 of a
@@ -458,7 +427,7 @@ def sample_grad(params, x, yc, yr, r, sizes, w_off, b_off, u_off, act, loss, hde
                 zs, hs, ds, g, scale, mode, want_loss):
     """Forward, loss and backward for row ``r``.
 
-    Kernels call it through ``sample_grad_write``, ``_add`` and ``_loss`` below:
+    Kernels call it through ``sample_grad_add`` and ``sample_grad_loss`` below:
     one compiled copy per mode, which each kernel links instead of Numba typing and
     lowering the whole forward and backward pass again inside every kernel (the first
     simulation compiled for 47 s with everything inlined, 28 s without), while the mode
@@ -493,14 +462,6 @@ def sample_grad(params, x, yc, yr, r, sizes, w_off, b_off, u_off, act, loss, hde
 # The compiled copies of sample_grad, one per mode (see there). ``loss_and_delta`` is not
 # inlined either: the batched path and the evaluation share its one copy. Their flags are
 # passed as ``np.bool_(...)``: a literal argument would compile a helper once more per value.
-
-
-@jit
-def sample_grad_write(params, x, yc, yr, r, sizes, w_off, b_off, u_off, act, loss, hdelta,
-                      zs, hs, ds, g, scale):
-    """:func:`sample_grad` writing the gradient into ``g``."""
-    return sample_grad(params, x, yc, yr, r, sizes, w_off, b_off, u_off, act, loss, hdelta,
-                       zs, hs, ds, g, scale, MODE_WRITE, False)
 
 
 @jit

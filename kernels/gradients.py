@@ -14,26 +14,21 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
-from ._layers import batch_deltas, block_sample_grad, ghost_sq
+from ._layers import batch_deltas, block_group_grad, block_sample_grad, ghost_sq
 from ._model import (
     LOSS_HINGE,
     LOSS_LOGISTIC,
     LOSS_SOFTMAX,
     MODE_ADD,
     MODE_NONE,
-    MODE_NORM,
     forward,
-    grad_fits,
     input_copy,
     input_row,
     input_scaled,
     is_linear1,
     linear1_delta,
     loss_and_delta,
-    sample_grad,
-    sample_grad_add,
     sample_grad_loss,
-    sample_grad_write,
     workspace,
 )
 
@@ -80,49 +75,33 @@ def block_buffers(X, lo, b, U, like):
 def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
     """``out[g]`` = mean gradient of rows ``g*m : (g+1)*m`` (the last group may be shorter).
 
+    A one-output linear model with ``m = 1`` has its own loop: row r of out is
+    ``delta_r * [x_r, 1]``. Every other case runs a task's rows (whole groups, about
+    ROWS_PER_TASK rows) through the layers together (matrix products: ``batch_deltas``)
+    and then writes each row's outer products, or each group's mean of them. One path
+    for every model keeps the kernel's first compile short.
+
     Returns the first row that is not finite, or -1.
     """
-    sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+    sizes, w_off, b_off, u_off, _, loss, hdelta = spec
     n = X.shape[0]
     n_groups = out.shape[0]
     groups_per_task = max(1, ROWS_PER_TASK // microbatch)
     n_tasks = (n_groups + groups_per_task - 1) // groups_per_task
-    fast = is_linear1(sizes) and microbatch == 1
     d = X.shape[1]
     has_b = b_off[0] >= 0
     bad = np.empty(n_tasks, np.int64)
-    if not fast and microbatch == 1:
-        # Per-sample gradients of a deeper model: each task's rows go through the layers
-        # together (matrix products: batch_deltas), then each row's outer products are
-        # written to its row of out.
-        U = u_off[u_off.shape[0] - 1]
+    if is_linear1(sizes) and microbatch == 1:
         for t in prange(n_tasks):
-            lo = t * groups_per_task
-            b = min(n, lo + groups_per_task) - lo
-            A0, rows, Zb, Hb, Db = block_buffers(X, lo, b, U, params)
             tmp = np.empty(1, params.dtype)
-            first_bad = batch_deltas(params, A0, rows, yc, yr, spec, Zb, Hb, Db)
-            for i in range(b if first_bad < 0 else 0):
-                row = out[lo + i]
-                fits = block_sample_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i, row, tmp)
-                # the bound settles almost every row; a row near the dtype's range is scanned
-                if not fits and not finite_row(row) and first_bad < 0:
-                    first_bad = lo + i
-            bad[t] = first_bad
-        return first_flagged(bad)
-    for t in prange(n_tasks):
-        zs, hs, ds = workspace(u_off, params)
-        tmp = np.empty(1, params.dtype)
-        first_bad = -1
-        g_hi = min(n_groups, (t + 1) * groups_per_task)
-        if fast:
-            # One output, one layer: row r of out is delta_r * [x_r, 1]. Views are made
-            # once per task, so the row loop is a dot product and a scaled copy.
+            first_bad = -1
+            # Views are made once per task, so the row loop is a dot product and a
+            # scaled copy.
             w = params[:d]
             z0 = params[d] if has_b else 0.0
-            for r in range(t * groups_per_task, g_hi):
+            for r in range(t * groups_per_task, min(n_groups, (t + 1) * groups_per_task)):
                 x = input_row(X, r)
-                dl, ok = linear1_delta(x, w, z0, zs, loss, hdelta, yc, yr, r, 1.0)
+                dl, ok = linear1_delta(x, w, z0, tmp, loss, hdelta, yc, yr, r, 1.0)
                 o = out[r]
                 cnt = input_scaled(x, dl, o[:d])
                 if has_b:
@@ -130,78 +109,59 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
                 if (not ok or cnt != d) and first_bad < 0:
                     first_bad = r
             bad[t] = first_bad
-            continue
-        for grp in range(t * groups_per_task, g_hi):
-            lo = grp * microbatch
-            hi = min(n, lo + microbatch)
+        return first_flagged(bad)
+    U = u_off[u_off.shape[0] - 1]
+    for t in prange(n_tasks):
+        g_lo = t * groups_per_task
+        g_hi = min(n_groups, g_lo + groups_per_task)
+        lo = g_lo * microbatch
+        b = min(n, g_hi * microbatch) - lo
+        A0, rows, Zb, Hb, Db = block_buffers(X, lo, b, U, params)
+        tmp = np.empty(1, params.dtype)
+        first_bad = batch_deltas(params, A0, rows, yc, yr, spec, Zb, Hb, Db)
+        for grp in range(g_lo, g_hi if first_bad < 0 else g_lo):
             row = out[grp]
-            if hi - lo == 1:
-                _, _, ok = sample_grad_write(params, input_row(X, lo), yc, yr, lo, sizes,
-                                             w_off, b_off, u_off, act, loss, hdelta, zs, hs, ds,
-                                             row, 1.0)
-                # The bound on the layers' units settles almost every row; only a row near
-                # the dtype's range is scanned entry by entry.
-                if ok and not grad_fits(input_row(X, lo), sizes, b_off, u_off, hs, ds, tmp):
-                    ok = finite_row(row)
-                if not ok and first_bad < 0:
-                    first_bad = lo
+            i0 = grp * microbatch - lo
+            i1 = min(b, i0 + microbatch)
+            if i1 - i0 == 1:
+                fits = block_sample_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i0, row, tmp)
+                # the bound settles almost every row; one near the dtype's range is scanned
+                if not fits and not finite_row(row) and first_bad < 0:
+                    first_bad = lo + i0
             else:
-                for j in range(row.shape[0]):
-                    row[j] = 0
-                inv = 1.0 / (hi - lo)
-                for r in range(lo, hi):
-                    _, _, ok = sample_grad_add(params, input_row(X, r), yc, yr, r, sizes,
-                                               w_off, b_off, u_off, act, loss, hdelta, zs, hs,
-                                               ds, row, inv)
-                    if not ok and first_bad < 0:
-                        first_bad = r
+                block_group_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i0, i1, row)
                 if not finite_row(row) and first_bad < 0:
-                    first_bad = lo  # the group's mean overflowed: name its first row
+                    first_bad = lo + i0  # the group's mean overflowed: name its first row
         bad[t] = first_bad
     return first_flagged(bad)
 
 
 @jit(parallel=True, min_size=ROW_WORK_MIN_SIZE, blas=True)
 def per_sample_norm(params, X, yc, yr, spec, out):
-    """``out[i]`` = L2 norm of sample i's gradient, without forming the gradient.
+    """``out[i]`` = L2 norm of sample i's gradient, without forming the gradient: a task's
+    rows through the layers together (``batch_deltas``), then ghost norms (``ghost_sq``).
 
     Returns the first row that is not finite, or -1.
     """
-    sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+    sizes, b_off, u_off = spec[0], spec[2], spec[3]
     n = X.shape[0]
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     bad = np.empty(n_tasks, np.int64)
-    if not is_linear1(sizes):
-        # A task's rows through the layers together (batch_deltas), then ghost norms.
-        U = u_off[u_off.shape[0] - 1]
-        for t in prange(n_tasks):
-            lo = t * ROWS_PER_TASK
-            b = min(n, lo + ROWS_PER_TASK) - lo
-            A0, rows, Zb, Hb, Db = block_buffers(X, lo, b, U, params)
-            sq = np.empty(b, np.float64)
-            first_bad = batch_deltas(params, A0, rows, yc, yr, spec, Zb, Hb, Db)
-            if first_bad < 0:
-                ghost_sq(A0, Hb, Db, sizes, b_off, u_off, sq)
-                for i in range(b):
-                    out[lo + i] = np.sqrt(sq[i])
-                    if not np.isfinite(out[lo + i]) and first_bad < 0:
-                        first_bad = lo + i
-            bad[t] = first_bad
-        return first_flagged(bad)
+    U = u_off[u_off.shape[0] - 1]
     for t in prange(n_tasks):
-        zs, hs, ds = workspace(u_off, params)
-        first_bad = -1
-        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            # Inlined here (the only kernel of this mode): a row's norm is little work, and
-            # a call per row to a linked copy cost 9%.
-            _, sq, ok = sample_grad(params, input_row(X, r), yc, yr, r, sizes, w_off, b_off,
-                                    u_off, act, loss, hdelta, zs, hs, ds, zs[:0], 1.0, MODE_NORM,
-                                    False)
-            out[r] = np.sqrt(sq)
-            # sq is float64; a norm beyond the dtype of out (or an overflowing square)
-            # is an overflow of this row, not a number to return.
-            if (not ok or not np.isfinite(out[r])) and first_bad < 0:
-                first_bad = r
+        lo = t * ROWS_PER_TASK
+        b = min(n, lo + ROWS_PER_TASK) - lo
+        A0, rows, Zb, Hb, Db = block_buffers(X, lo, b, U, params)
+        sq = np.empty(b, np.float64)
+        first_bad = batch_deltas(params, A0, rows, yc, yr, spec, Zb, Hb, Db)
+        if first_bad < 0:
+            ghost_sq(A0, Hb, Db, sizes, b_off, u_off, sq)
+            for i in range(b):
+                # sq is float64; a norm beyond the dtype of out (or an overflowing square)
+                # is an overflow of this row, not a number to return.
+                out[lo + i] = np.sqrt(sq[i])
+                if not np.isfinite(out[lo + i]) and first_bad < 0:
+                    first_bad = lo + i
         bad[t] = first_bad
     return first_flagged(bad)
 
