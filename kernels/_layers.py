@@ -158,20 +158,26 @@ def ghost_sq(A0, Hb, Db, sizes, b_off, u_off, sq):
 
 
 @jit(inline="always")
+def _row_layer(A0, Hb, Db, sizes, w_off, u_off, i, l, out):
+    """Layer l of block row i: its input ``a``, its delta ``d``, and its weight block of the
+    flat gradient ``out`` (row-major ``(nin, nout)``)."""
+    b = A0.shape[0]
+    a = A0[i] if l == 0 else _block(Hb, b, u_off[l - 1], u_off[l])[i]
+    d = _block(Db, b, u_off[l], u_off[l + 1])[i]
+    return a, d, out[w_off[l]:w_off[l] + sizes[l] * sizes[l + 1]]
+
+
+@jit(inline="always")
 def block_sample_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i, out, tmp):
     """Write block row i's gradient to ``out`` (P,): each layer's ``a (x) d``, and ``d`` for
     its bias. Returns False when an entry may have overflowed the dtype of ``tmp``: every
     entry is at most ``max|a| max|d|`` in magnitude, and that bound (rounded once to the
     dtype) is tested per layer, not the P entries."""
-    L = sizes.shape[0] - 1
-    b = A0.shape[0]
     fits = True
-    for l in range(L):
+    for l in range(sizes.shape[0] - 1):
         nin = sizes[l]
         nout = sizes[l + 1]
-        a = A0[i] if l == 0 else _block(Hb, b, u_off[l - 1], u_off[l])[i]
-        d = _block(Db, b, u_off[l], u_off[l + 1])[i]
-        G = out[w_off[l]:w_off[l] + nin * nout]
+        a, d, G = _row_layer(A0, Hb, Db, sizes, w_off, u_off, i, l, out)
         ma = 1.0 if b_off[l] >= 0 else 0.0
         md = 0.0
         for j in range(nout):
@@ -196,18 +202,14 @@ def block_sample_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i, out, tmp):
 def block_group_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i0, i1, out):
     """``out`` = the mean of block rows ``i0:i1``'s gradients (a micro-batch's gradient): each
     row's ``a (x) d`` and bias ``d``, scaled by ``1 / (i1 - i0)``, summed in row order."""
-    L = sizes.shape[0] - 1
-    b = A0.shape[0]
     inv = 1.0 / (i1 - i0)
     for j in range(out.shape[0]):
         out[j] = 0
     for i in range(i0, i1):
-        for l in range(L):
+        for l in range(sizes.shape[0] - 1):
             nin = sizes[l]
             nout = sizes[l + 1]
-            a = A0[i] if l == 0 else _block(Hb, b, u_off[l - 1], u_off[l])[i]
-            d = _block(Db, b, u_off[l], u_off[l + 1])[i]
-            G = out[w_off[l]:w_off[l] + nin * nout]
+            a, d, G = _row_layer(A0, Hb, Db, sizes, w_off, u_off, i, l, out)
             for p in range(nin):
                 ap = a[p] * inv
                 g = G[p * nout:(p + 1) * nout]

@@ -26,6 +26,17 @@ HIT_BLOCK = 32         # top-k's first pass tests blocks of this many coordinate
 
 
 @jit(inline="always")
+def chosen(a, thr, tcount, ties):
+    """Is a magnitude ``a`` sent: above ``thr``, or equal to it while fewer than ``ties`` equal
+    ones came before (``tcount``, returned counted up past this one)?"""
+    take = a > thr
+    if a == thr:
+        take = tcount < ties
+        tcount += 1
+    return take, tcount
+
+
+@jit(inline="always")
 def take_range(u, r, lo, hi, thr, ties, o, tcount, idx, val):
     """Write ``r[j] = c_j = u_j + r_j`` over ``[lo, hi)`` and send the chosen coordinates, from
     output slot ``o`` on, in index order (their ``r`` becomes 0): every ``|c_j| > thr``, and ties
@@ -36,11 +47,7 @@ def take_range(u, r, lo, hi, thr, ties, o, tcount, idx, val):
         c = r[j]
         if u is not None:
             c = u[j] + c
-        a = abs(c)
-        take = a > thr
-        if a == thr:
-            take = tcount < ties
-            tcount += 1
+        take, tcount = chosen(abs(c), thr, tcount, ties)
         if take:
             idx[o] = j
             val[o] = c
@@ -202,11 +209,7 @@ def topk_bracket(u, r, k, idx, val):
         ns = 0
         for i in range(nhit[t]):
             c = hval[t, i]
-            a = abs(c)
-            take = a > thr
-            if a == thr:
-                take = tcount < ties
-                tcount += 1
+            take, tcount = chosen(abs(c), thr, tcount, ties)
             if take:
                 idx[o] = hidx[t, i]
                 val[o] = c

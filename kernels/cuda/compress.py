@@ -25,7 +25,7 @@ from numba import cuda
 from .. import compress as CPU
 from ._jit import device_twin, kernel
 
-take_range = device_twin(CPU.take_range)
+take_range = device_twin(CPU.take_range, chosen=device_twin(CPU.chosen))
 
 SEGMENT = 64   # coordinates per thread in count/select
 
