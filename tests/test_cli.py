@@ -2,6 +2,7 @@
 its Markdown table."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -65,3 +66,45 @@ def test_compile_notice_speaks_only_when_numba_compiles():
     assert len(lines) == 2
     assert lines[0].startswith("compiling kernels (first run only")
     assert lines[1].startswith("compiled kernels in ")
+
+
+_SIM = """
+import numpy as np, fastmb
+data = fastmb.data.digits(shuffle=False)
+model = fastmb.MLP([64, 16, 10])
+sim = fastmb.Simulation(model, data, fastmb.partition.iid(1500, 5, seed=0), clients_per_round=5)
+"""
+
+_PREWARM = _SIM + """
+from fastmb.cli.simulate import Prewarm
+helper = Prewarm(sim, data)
+helper.start()
+assert helper.proc.wait() == 0
+"""
+
+_CHECK = _SIM + """
+from numba.core import event
+from fastmb.federation.rounds import shard_sum
+compiled = []
+class Listener(event.Listener):
+    def on_start(self, ev):
+        compiled.append(ev.data["dispatcher"].py_func.__qualname__)
+    def on_end(self, ev):
+        pass
+with event.install_listener("numba:compile", Listener()):
+    sim.evaluate()
+    shard_sum(np.zeros((3, model.n_params), sim.params.dtype), np.ones(3), np.arange(3))
+print("compiled:", sorted(set(compiled)))
+"""
+
+
+def test_prewarm_compiles_what_a_round_then_loads(tmp_path):
+    """A cold ``fastmb simulate`` starts the helper of ``fastmb.cli._prewarm`` on its first
+    compile. The helper must compile exactly the kernels (and argument types) that the
+    simulation's evaluation and FedAvg sum use: after it ran in an empty cache, another
+    process doing both compiles nothing."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", _PREWARM], env=env, check=True, cwd=tmp_path)
+    out = subprocess.run([sys.executable, "-c", _CHECK], env=env, check=True, cwd=tmp_path,
+                         capture_output=True, text=True).stdout
+    assert "compiled: []" in out, out
