@@ -413,11 +413,16 @@ class Prewarm:
     def start(self):
         if self.proc is not None:
             return
-        self.proc = subprocess.Popen([sys.executable, "-m", "fastmb.cli._prewarm"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        self.proc.stdin.write(self.job)
-        self.proc.stdin.close()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "fastmb.cli._prewarm"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+            self.proc.stdin.write(self.job)
+            self.proc.stdin.close()
+        except OSError:
+            # It runs inside Numba's compile event: a helper that cannot start (or dies at
+            # once) only means the main process compiles everything itself.
+            pass
 
     def stop(self):
         """Stop the helper if it still runs (a short run can finish first); the cache files
