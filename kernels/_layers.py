@@ -231,8 +231,9 @@ def batch_deltas(params, A0, rows, yc, yr, spec, Zb, Hb, Db):
 
     Shared by every kernel that needs a block's deltas (the mini-batch gradient,
     per-sample gradients, per-sample norms). Inlined: as a function of its own it would
-    compile once, but LLVM optimizes a linked callee again in each caller, and one more
-    level of calls took the cold ``fastmb simulate`` from 19 to 30 s.
+    compile once, but LLVM optimizes a linked callee again in each caller; with that one
+    more level of calls the cold ``fastmb simulate`` measured 30.6 s, against 24-29 s for
+    the inlined form in the same stretch of the (noisy) 2-core VM.
     """
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
     L = sizes.shape[0] - 1

@@ -24,15 +24,22 @@ def test_topk_matches_naive_with_error_feedback(P, data):
         u = np.round(u)  # many ties
     k = data.draw(st.integers(1, P))
     res0 = (0.5 * rng.normal(size=P)).astype(dtype)
+    res, ref = check_topk(u, res0, k, naive_topk)
+    assert_array_equal(res[ref], 0)
+
+
+def check_topk(u, res0, k, reference):
+    """``topk(u, k)`` with the residual ``res0`` (copied) against ``reference(c, k)``: the
+    reference's indices and ``c``'s values at them, and nothing lost (sent plus kept is
+    exactly ``c = u + res0``). Returns the residual after the call and the indices."""
     res = res0.copy()
     s = fastmb.topk(u, k, residual=res)
     c = u + res0
-    ref = naive_topk(c, k)
+    ref = reference(c, k)
     assert_array_equal(s.indices, ref)
     assert_array_equal(s.values, c[ref])
-    # nothing is lost: what was sent plus what is kept is exactly c
     assert_array_equal(s.densify() + res, c)
-    assert_array_equal(res[ref], 0)
+    return res, ref
 
 
 def lexsort_topk(c, k):
@@ -65,13 +72,7 @@ def test_topk_sampled_bracket_and_its_fallback(dtype, case):
             u[j0:j0 + width] = 0
             res0[j0:j0 + width] = 0
     for k in (1, 7, P // 100, P // 3, P - 1, P):
-        res = res0.copy()
-        s = fastmb.topk(u, k, residual=res)
-        c = u + res0
-        ref = lexsort_topk(c, k)
-        assert_array_equal(s.indices, ref)
-        assert_array_equal(s.values, c[ref])
-        assert_array_equal(s.densify() + res, c)
+        check_topk(u, res0, k, lexsort_topk)
 
 
 def test_error_feedback_delivers_everything_over_rounds():

@@ -406,18 +406,21 @@ class Prewarm:
     the evaluation and aggregation kernels (4-5 s of compiling) off the first round."""
 
     def __init__(self, sim, data):
-        self.job = pickle.dumps((sim.model, sim.params.dtype, data.X_test.dtype,
-                                 data.y_test.dtype, data.y_test.shape[1:]))
+        self.sim, self.data = sim, data
         self.proc = None
 
     def start(self):
         if self.proc is not None:
             return
+        # The job is made here, not with the run: a warm run never needs it.
+        sim, data = self.sim, self.data
+        job = pickle.dumps((sim.model, sim.params.dtype, data.X_test.dtype, data.y_test.dtype,
+                            data.y_test.shape[1:]))
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "fastmb.cli._prewarm"],
                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)
-            self.proc.stdin.write(self.job)
+            self.proc.stdin.write(job)
             self.proc.stdin.close()
         except OSError:
             # It runs inside Numba's compile event: a helper that cannot start (or dies at
