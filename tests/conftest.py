@@ -45,3 +45,13 @@ def make_data(model, n, seed=0, dtype=np.float64):
 @pytest.fixture(params=sorted(MODEL_CASES))
 def model(request):
     return MODEL_CASES[request.param]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_once_per_dtype():
+    """After the last test of this process (of each pytest-xdist worker): no kernel was
+    compiled twice for one dtype by anything the tests called."""
+    yield
+    from .specializations import assert_compiled_once
+
+    assert_compiled_once()
