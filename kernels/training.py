@@ -66,23 +66,97 @@ PATH_SAMPLE, PATH_LINEAR1, PATH_BATCHED, PATH_DP = 0, 1, 2, 3
 PREFETCH_ROWS = 8   # how far ahead the one-output linear path prefetches rows
 
 
+@jit
+def linear1_batch(p, g, X, yc, yr, sw, idx, perm, lo, b_lo, b_hi, zs, loss, hdelta, scattered):
+    """One mini-batch of a one-layer, one-output model: ``g += w_r delta_r [x_r, 1]`` over
+    rows ``perm[b_lo:b_hi]`` (offset by ``lo``, through ``idx`` when it is not empty), with
+    no views per row. Returns (sum of the weights, -1) or (_, the first row whose loss was
+    not finite).
+
+    Row s + PREFETCH_ROWS is prefetched while row s is computed when ``scattered`` (rows
+    read out of order: a shuffle or a partition's index), so that a shuffled epoch's cache
+    misses overlap with work instead of stalling it (measured: 8 rows ahead is best here).
+
+    Linked, not inlined, like ``sample_batch``: the kernels of the other paths never
+    inline this code (Numba inlines a helper into every branch before it prunes the
+    branches a constant ``path`` rules out; that cost 1.9 s of a cold ``sgd_batched``).
+    """
+    n = perm.shape[0]
+    nf = X.shape[1]
+    has_b = p.shape[0] > nf  # the one layer's bias (P is nf or nf + 1)
+    has_w = sw.shape[0] > 0
+    has_idx = idx.shape[0] > 0
+    line = max(1, 64 // X.itemsize)  # elements of X per 64-byte cache line
+    pw = p[:nf]
+    gw = g[:nf]
+    z0 = p[nf] if has_b else 0.0
+    wsum = 0.0
+    for s in range(b_lo, b_hi):
+        if scattered and s + PREFETCH_ROWS < n:
+            r = lo + perm[s + PREFETCH_ROWS]
+            xn = input_row(X, idx[r] if has_idx else r)
+            for j in range(0, nf, line):
+                prefetch(xn, j)
+        r = lo + perm[s]
+        if has_idx:
+            r = idx[r]
+        w = sw[r] if has_w else 1.0
+        x = input_row(X, r)
+        dl, ok = linear1_delta(x, pw, z0, zs, loss, hdelta, yc, yr, r, w)
+        if not ok:
+            return wsum, r
+        input_axpy(x, dl, gw)
+        if has_b:
+            g[nf] += dl
+        wsum += w
+    return wsum, -1
+
+
+@jit
+def sample_batch(p, g, X, yc, yr, sw, spec, idx, perm, lo, b_lo, b_hi, zs, hs, ds):
+    """One mini-batch summed sample by sample (``sample_grad_add``) into ``g``; returns
+    (sum of the weights, -1) or (_, the first row whose forward pass or loss was not
+    finite). Linked, not inlined (see ``linear1_batch``)."""
+    sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+    has_w = sw.shape[0] > 0
+    has_idx = idx.shape[0] > 0
+    wsum = 0.0
+    for s in range(b_lo, b_hi):
+        r = lo + perm[s]
+        if has_idx:
+            r = idx[r]
+        w = sw[r] if has_w else 1.0
+        _, _, ok = sample_grad_add(p, input_row(X, r), yc, yr, r, sizes, w_off, b_off, u_off,
+                                   act, loss, hdelta, zs, hs, ds, g, w)
+        if not ok:
+            return wsum, r
+        wsum += w
+    return wsum, -1
+
+
 @jit(inline="always")
-def _sgd(path, params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps, e_lo, e_hi,
-         opts, p, v):
-    """Train on rows ``lo:hi`` starting from ``params0``; the result is written to ``p``.
+def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, epochs, max_steps,
+                 e_lo, e_hi, opts, out, V, bad, order, o_lo, o_hi):
+    """Clients ``order[o_lo:o_hi]`` one after the other, each from ``params0``: client k
+    trains rows ``starts[k]:ends[k]`` with stream ``keys[k]`` into ``out[k]`` (momentum
+    row ``V[k]``), epochs ``e_lo:e_hi`` of its ``epochs[k]``; ``bad[k]`` gets -1, or the
+    first row whose forward pass or loss was not finite (a bad input row, or parameters
+    that diverged). A client already flagged (``bad[k] >= 0``, in an earlier chunk of
+    epochs) stops where it is. One call trains several small clients: a call from Python
+    costs about 20 us, more than a small client's whole training.
 
     With a non-empty ``idx`` the rows are ``idx[lo:hi]`` (a partition's permutation, read
-    in place: no copy of the client's rows). ``max_steps >= 0`` stops after that many
+    in place: no copy of the client's rows). ``max_steps[k] >= 0`` stops after that many
     mini-batch steps (a straggler); the learning-rate schedule still spans the planned
-    ``epochs`` so that a straggler's first steps equal a full client's.
+    epochs so that a straggler's first steps equal a full client's.
 
     Only epochs ``e_lo:e_hi`` run in this call, so that a long training returns to Python
     between chunks (Ctrl-C stops it) without changing a bit: the state carried from one
-    chunk to the next is exactly ``p``, the momentum ``v`` and the step count, which is
-    ``e_lo`` times the batches per epoch (each epoch reshuffles from the identity, with
-    its own key). ``e_lo == 0`` starts from ``params0`` with zero momentum. ``v`` is the
-    caller's (P,) momentum buffer when the training is split into chunks; any other
-    length means "allocate one here" (a training done in one call).
+    chunk to the next is exactly ``out[k]``, the momentum ``V[k]`` and the step count,
+    which is ``e_lo`` times the batches per epoch (each epoch reshuffles from the
+    identity, with its own key). ``e_lo == 0`` starts from ``params0`` with zero momentum.
+    ``V`` holds (P,) momentum rows when the training is split into chunks; rows of any
+    other length mean "allocate one here" (a training done in one call).
 
     ``spec`` is the model's layout and ``opts`` the training options, both small typed
     records (``fastmb.models.Layout``, ``fastmb.learn.options.TrainRecord``). ``path`` is a
@@ -90,149 +164,117 @@ def _sgd(path, params0, X, yc, yr, sw, spec, idx, lo, hi, key, epochs, max_steps
     which roughly halves what a first call compiles. ``PATH_BATCHED`` computes each
     mini-batch's gradient layer by layer with matrix products (required for
     ``clip < inf``), ``PATH_DP`` the same and adds DP-SGD's noise; the others go sample
-    by sample. Returns -1, or the first row whose forward pass or loss was not finite (a
-    bad input row, or parameters that diverged).
+    by sample, in linked (not inlined) helpers.
+
+    The client loop is in this function rather than in a caller that inlines a
+    one-client function: Numba's inliner deep-copies the inlined IR block by block, its
+    whole scope with every block (quadratic in the function's size), so each level of
+    inlining of this large body cost about a second of a cold compile.
     """
-    sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+    _, _, _, u_off, _, loss, hdelta = spec
     (batch, lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu, _, clip,
      noise_std) = opts
     P = params0.shape[0]
-    zs, hs, ds = workspace(u_off, params0)
-    g = np.empty(P, params0.dtype)
-    use_mom = momentum != 0.0
-    if v.shape[0] != P:
-        v = np.zeros(P if use_mom else 0, params0.dtype)
-    n = hi - lo
-    perm = np.arange(n)
     nf = X.shape[1]
-    has_b = b_off[0] >= 0
-    pw = p[:nf]
-    gw = g[:nf]
     has_w = sw.shape[0] > 0
-    line = max(1, 64 // X.itemsize)  # elements of X per 64-byte cache line
-    scattered = shuffle or idx.shape[0] > 0   # rows read out of order: prefetch them
-    if e_lo == 0:
-        for j in range(P):
-            p[j] = params0[j]
-        for j in range(v.shape[0]):
-            v[j] = 0
-    if path == PATH_BATCHED or path == PATH_DP:
-        bmax = min(batch, hi - lo)
-        A0 = np.empty((bmax, nf), params0.dtype)
-        rows = np.empty(bmax, np.int64)
-        scale = np.empty(bmax if has_w else 0, params0.dtype)
-        nbuf = bmax * u_off[u_off.shape[0] - 1]
-        Zb = np.empty(nbuf, params0.dtype)
-        Hb = np.empty(nbuf, params0.dtype)
-        Db = np.empty(nbuf, params0.dtype)
-        sq = np.empty(bmax, np.float64)
-    noise_key = hash2(np.uint64(key) ^ NOISE_TAG, 0)
-    n_batches = (n + batch - 1) // batch
-    total = max(1, epochs * n_batches)
-    if max_steps >= 0:
-        epochs = min(epochs, (max_steps + n_batches - 1) // n_batches)
     has_idx = idx.shape[0] > 0
-    t = e_lo * n_batches
-    for e in range(e_lo, min(e_hi, epochs)):
-        if shuffle:
-            for i in range(n):
-                perm[i] = i
-            shuffle_inplace(perm, hash2(key, e))
-        for b in range(n_batches):
-            if t == max_steps:
-                break
-            for j in range(P):
-                g[j] = 0
-            wsum = 0.0
-            b_lo = b * batch
-            b_hi = min(n, b_lo + batch)
-            if path == PATH_BATCHED or path == PATH_DP:
-                nb = b_hi - b_lo
-                A = A0[:nb]
-                for s in range(nb):
-                    r = lo + perm[s + b_lo]
-                    if has_idx:
-                        r = idx[r]
-                    rows[s] = r
-                    input_copy(X, r, A[s])
-                    w = sw[r] if has_w else 1.0
-                    if has_w:
-                        scale[s] = w
-                    wsum += w
-                r, _ = batch_grad(p, A, rows[:nb], yc, yr, spec, scale[:nb if has_w else 0],
-                                  clip, Zb, Hb, Db, sq[:nb], g)
-                if r >= 0:
-                    return r
-                if path == PATH_DP and noise_std > 0.0:
-                    add_normal(g, hash2(noise_key, t), noise_std)
-            elif path == PATH_LINEAR1:
-                # One layer, one output: g += w_r * delta_r * [x_r, 1], no views per row.
-                # Row s + PREFETCH_ROWS is prefetched while row s is computed: a shuffled
-                # epoch reads rows at random, and their cache misses then overlap with
-                # work instead of stalling it (measured: 8 rows ahead is best here).
-                z0 = p[nf] if has_b else 0.0
-                for s in range(b_lo, b_hi):
-                    if scattered and s + PREFETCH_ROWS < n:
-                        r = lo + perm[s + PREFETCH_ROWS]
-                        xn = input_row(X, idx[r] if has_idx else r)
-                        for j in range(0, nf, line):
-                            prefetch(xn, j)
-                    r = lo + perm[s]
-                    if has_idx:
-                        r = idx[r]
-                    w = sw[r] if has_w else 1.0
-                    x = input_row(X, r)
-                    dl, ok = linear1_delta(x, pw, z0, zs, loss, hdelta, yc, yr, r, w)
-                    if not ok:
-                        return r
-                    input_axpy(x, dl, gw)
-                    if has_b:
-                        g[nf] += dl
-                    wsum += w
-            else:
-                for s in range(b_lo, b_hi):
-                    r = lo + perm[s]
-                    if has_idx:
-                        r = idx[r]
-                    w = sw[r] if has_w else 1.0
-                    _, _, ok = sample_grad_add(p, input_row(X, r), yc, yr, r, sizes, w_off,
-                                               b_off, u_off, act, loss, hdelta, zs, hs, ds, g, w)
-                    if not ok:
-                        return r
-                    wsum += w
-            inv = 1.0 / wsum if wsum > 0 else 0.0
-            lr_t = lr_at(lr_schedule, lr, power_t, t, total)
-            if use_mom:
-                for j in range(P):
-                    d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])
-                    v[j] = momentum * v[j] + d
-                    p[j] -= lr_t * v[j]
-            elif weight_decay != 0.0 or prox_mu != 0.0:
-                for j in range(P):
-                    d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])
-                    p[j] -= lr_t * d
-            else:
-                step = lr_t * inv
-                for j in range(P):
-                    p[j] -= step * g[j]
-            t += 1
-    return -1
-
-
-@jit(inline="always")
-def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, epochs, max_steps,
-                 e_lo, e_hi, opts, out, V, bad, order, o_lo, o_hi):
-    """Clients ``order[o_lo:o_hi]`` one after the other: client k trains rows
-    ``starts[k]:ends[k]`` with stream ``keys[k]`` into ``out[k]`` (momentum row ``V[k]``),
-    epochs ``e_lo:e_hi`` of its ``epochs[k]``; ``bad[k]`` gets its flagged row. A client
-    already flagged (``bad[k] >= 0``, in an earlier chunk of epochs) stops where it is.
-    One call trains several small clients: a call from Python costs about 20 us, more
-    than a small client's whole training."""
+    scattered = shuffle or has_idx   # rows read out of order: prefetch them
+    use_mom = momentum != 0.0
     for i in range(o_lo, o_hi):
         k = order[i]
-        if bad[k] < 0:
-            bad[k] = _sgd(path, params0, X, yc, yr, sw, spec, idx, starts[k], ends[k], keys[k],
-                          epochs[k], max_steps[k], e_lo, e_hi, opts, out[k], V[k])
+        if bad[k] >= 0:
+            continue
+        lo = starts[k]
+        n = ends[k] - lo
+        key = keys[k]
+        ms = max_steps[k]
+        p = out[k]
+        v = V[k]
+        zs, hs, ds = workspace(u_off, params0)
+        g = np.empty(P, params0.dtype)
+        if v.shape[0] != P:
+            v = np.zeros(P if use_mom else 0, params0.dtype)
+        perm = np.arange(n)
+        if e_lo == 0:
+            for j in range(P):
+                p[j] = params0[j]
+            for j in range(v.shape[0]):
+                v[j] = 0
+        if path == PATH_BATCHED or path == PATH_DP:
+            bmax = min(batch, n)
+            A0 = np.empty((bmax, nf), params0.dtype)
+            rows = np.empty(bmax, np.int64)
+            scale = np.empty(bmax if has_w else 0, params0.dtype)
+            nbuf = bmax * u_off[u_off.shape[0] - 1]
+            Zb = np.empty(nbuf, params0.dtype)
+            Hb = np.empty(nbuf, params0.dtype)
+            Db = np.empty(nbuf, params0.dtype)
+            sq = np.empty(bmax, np.float64)
+        noise_key = hash2(np.uint64(key) ^ NOISE_TAG, 0)
+        n_batches = (n + batch - 1) // batch
+        total = max(1, epochs[k] * n_batches)
+        ep = epochs[k]
+        if ms >= 0:
+            ep = min(ep, (ms + n_batches - 1) // n_batches)
+        t = e_lo * n_batches
+        r = -1
+        for e in range(e_lo, min(e_hi, ep)):
+            if shuffle:
+                for j in range(n):
+                    perm[j] = j
+                shuffle_inplace(perm, hash2(key, e))
+            for b in range(n_batches):
+                if t == ms:
+                    break
+                for j in range(P):
+                    g[j] = 0
+                wsum = 0.0
+                b_lo = b * batch
+                b_hi = min(n, b_lo + batch)
+                if path == PATH_BATCHED or path == PATH_DP:
+                    nb = b_hi - b_lo
+                    A = A0[:nb]
+                    for s in range(nb):
+                        row = lo + perm[s + b_lo]
+                        if has_idx:
+                            row = idx[row]
+                        rows[s] = row
+                        input_copy(X, row, A[s])
+                        w = sw[row] if has_w else 1.0
+                        if has_w:
+                            scale[s] = w
+                        wsum += w
+                    r, _ = batch_grad(p, A, rows[:nb], yc, yr, spec,
+                                      scale[:nb if has_w else 0], clip, Zb, Hb, Db, sq[:nb], g)
+                    if path == PATH_DP and noise_std > 0.0 and r < 0:
+                        add_normal(g, hash2(noise_key, t), noise_std)
+                elif path == PATH_LINEAR1:
+                    wsum, r = linear1_batch(p, g, X, yc, yr, sw, idx, perm, lo, b_lo, b_hi,
+                                            zs, loss, hdelta, scattered)
+                else:
+                    wsum, r = sample_batch(p, g, X, yc, yr, sw, spec, idx, perm, lo, b_lo,
+                                           b_hi, zs, hs, ds)
+                if r >= 0:
+                    break
+                inv = 1.0 / wsum if wsum > 0 else 0.0
+                lr_t = lr_at(lr_schedule, lr, power_t, t, total)
+                if use_mom:
+                    for j in range(P):
+                        d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])
+                        v[j] = momentum * v[j] + d
+                        p[j] -= lr_t * v[j]
+                elif weight_decay != 0.0 or prox_mu != 0.0:
+                    for j in range(P):
+                        d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])
+                        p[j] -= lr_t * d
+                else:
+                    step = lr_t * inv
+                    for j in range(P):
+                        p[j] -= step * g[j]
+                t += 1
+            if r >= 0:
+                break
+        bad[k] = r
 
 
 @jit
