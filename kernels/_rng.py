@@ -133,7 +133,7 @@ def normal(key, ctr):
     return _normal_slow(h, i, u)
 
 
-@jit(inline="always")
+@jit
 def add_normal(out, key, sigma):
     """``out[j] += sigma * z_j`` with z_j = ``normal(key, j)`` (one stream, any thread)."""
     for j in range(out.shape[0]):
