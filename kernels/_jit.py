@@ -48,6 +48,10 @@ FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 PARALLEL_MIN_SIZE = 1 << 19
 
 
+# The options of the input seam's overloads (``_input``), inlined into the kernels.
+OVERLOAD_OPTIONS = {"fastmath": set(FASTMATH), "error_model": "numpy"}
+
+
 def _njit(f, parallel, inline):
     return numba.njit(
         f,
@@ -109,6 +113,8 @@ class Parallel:
         for a in args:
             if isinstance(a, np.ndarray):
                 size += a.size
+            elif isinstance(a, tuple):  # sparse rows (``_input.SparseRows``)
+                size += sum(v.size for v in a if isinstance(v, np.ndarray))
         if size < self.min_size:
             return self.serial
         return self.parallel

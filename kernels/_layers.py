@@ -29,8 +29,19 @@ import math
 
 import numpy as np
 
+from ._input import (
+    block_affine,
+    block_outer,
+    block_row,
+    clear_unstored,
+    layer_rows,
+    n_rows,
+    row_col,
+    row_nnz,
+    row_val,
+)
 from ._jit import jit
-from ._model import _act_deriv, _activate, loss_and_delta
+from ._model import _act_deriv, _activate, layer_norms, loss_and_delta
 
 
 @jit(inline="always")
@@ -40,35 +51,22 @@ def _block(buf, b, lo, hi):
 
 
 @jit(inline="always")
-def batch_input_affine(A0, W, Z):
-    """``Z = A0 @ W`` for the first layer, on the batch's model inputs (the input seam)."""
-    np.dot(A0, W, Z)
-
-
-@jit(inline="always")
-def batch_input_grad(A0, D, G):
-    """``G = A0^T D``: the first layer's weight gradient, from the model inputs."""
-    np.dot(A0.T, D, G)
-
-
-@jit(inline="always")
 def batch_forward(params, A0, rows, lo, hi, sizes, w_off, b_off, u_off, act, Zb, Hb):
     """Forward pass of layers ``[lo, hi)`` for the ``b`` rows of ``A0`` (their input to layer
     ``lo``); returns the first row (of ``rows``) whose layer-``lo`` outputs are not finite, or
     -1. Hidden layers (all but the model's last) apply ``act``."""
     L = sizes.shape[0] - 1
-    b = A0.shape[0]
+    b = n_rows(A0)
     bad = -1
     for l in range(lo, hi):
         nin = sizes[l]
         nout = sizes[l + 1]
-        A = A0 if l == lo else _block(Hb, b, u_off[l - 1], u_off[l])
         W = params[w_off[l]:w_off[l] + nin * nout].reshape((nin, nout))
         Z = _block(Zb, b, u_off[l], u_off[l + 1])
         if l == 0:
-            batch_input_affine(A, W, Z)
+            block_affine(A0, W, Z)  # the model's input, dense or sparse (the input seam)
         else:
-            np.dot(A, W, Z)
+            np.dot(layer_rows(l, lo, A0, Hb, b, u_off), W, Z)
         if b_off[l] >= 0:
             bias = params[b_off[l]:b_off[l] + nout]
             for i in range(b):
@@ -113,17 +111,16 @@ def batch_backward(params, lo, hi, sizes, w_off, u_off, act, Zb, Hb, Db, b):
 def batch_weight_grads(A0, lo, hi, sizes, w_off, b_off, u_off, Hb, Db, g):
     """Weight and bias gradients of layers ``[lo, hi)``: ``G_W_l = A_l^T D_l`` (one GEMM each),
     the bias gradient the column sums of ``D_l``."""
-    b = A0.shape[0]
+    b = n_rows(A0)
     for l in range(lo, hi):
         nin = sizes[l]
         nout = sizes[l + 1]
-        A = A0 if l == lo else _block(Hb, b, u_off[l - 1], u_off[l])
         D = _block(Db, b, u_off[l], u_off[l + 1])
         G = g[w_off[l]:w_off[l] + nin * nout].reshape((nin, nout))
         if l == 0:
-            batch_input_grad(A, D, G)
+            block_outer(A0, D, G)
         else:
-            np.dot(A.T, D, G)
+            np.dot(layer_rows(l, lo, A0, Hb, b, u_off).T, D, G)
         if b_off[l] >= 0:
             gb = g[b_off[l]:b_off[l] + nout]
             for j in range(nout):
@@ -140,31 +137,47 @@ def ghost_sq(A0, Hb, Db, sizes, b_off, u_off, sq):
     deltas alone: ``|a (x) d|^2 = |a|^2 |d|^2`` per layer, plus ``|d|^2`` for the bias
     (summed in float64, see the module's notes)."""
     L = sizes.shape[0] - 1
-    b = A0.shape[0]
+    b = n_rows(A0)
     for i in range(b):
         sq[i] = 0.0
     for l in range(L):
-        A = A0 if l == 0 else _block(Hb, b, u_off[l - 1], u_off[l])
+        nin = sizes[l]
+        nout = sizes[l + 1]
         D = _block(Db, b, u_off[l], u_off[l + 1])
-        hb = 1.0 if b_off[l] >= 0 else 0.0
         for i in range(b):
-            na = hb
-            for j in range(A.shape[1]):
-                na += np.float64(A[i, j]) * A[i, j]
-            nd = 0.0
-            for j in range(D.shape[1]):
-                nd += np.float64(D[i, j]) * D[i, j]
+            if l == 0:
+                na, nd = layer_norms(block_row(A0, i), D[i], b_off[l], nin, nout)
+            else:
+                A = _block(Hb, b, u_off[l - 1], u_off[l])
+                na, nd = layer_norms(A[i], D[i], b_off[l], nin, nout)
             sq[i] += na * nd
 
 
 @jit(inline="always")
-def _row_layer(A0, Hb, Db, sizes, w_off, u_off, i, l, out):
-    """Layer l of block row i: its input ``a``, its delta ``d``, and its weight block of the
-    flat gradient ``out`` (row-major ``(nin, nout)``)."""
-    b = A0.shape[0]
-    a = A0[i] if l == 0 else _block(Hb, b, u_off[l - 1], u_off[l])[i]
-    d = _block(Db, b, u_off[l], u_off[l + 1])[i]
-    return a, d, out[w_off[l]:w_off[l] + sizes[l] * sizes[l + 1]]
+def _write_outer(a, d, G, nout):
+    """``G = a (x) d`` (row-major ``(nin, nout)``) over the entries of ``a`` (zeros where a
+    sparse input row stores nothing); returns ``max |a_p|`` in float64."""
+    clear_unstored(a, G)
+    ma = 0.0
+    for k in range(row_nnz(a)):
+        ap = row_val(a, k)
+        p = row_col(a, k)
+        ma = max(ma, abs(np.float64(ap)))
+        g = G[p * nout:(p + 1) * nout]
+        for j in range(nout):
+            g[j] = ap * d[j]
+    return ma
+
+
+@jit(inline="always")
+def _add_outer(a, d, G, nout, inv):
+    """``G += (inv a) (x) d`` over the entries of ``a``."""
+    for k in range(row_nnz(a)):
+        ap = row_val(a, k) * inv
+        p = row_col(a, k)
+        g = G[p * nout:(p + 1) * nout]
+        for j in range(nout):
+            g[j] += ap * d[j]
 
 
 @jit(inline="always")
@@ -173,25 +186,24 @@ def block_sample_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i, out, tmp):
     its bias. Returns False when an entry may have overflowed the dtype of ``tmp``: every
     entry is at most ``max|a| max|d|`` in magnitude, and that bound (rounded once to the
     dtype) is tested per layer, not the P entries."""
+    b = n_rows(A0)
     fits = True
     for l in range(sizes.shape[0] - 1):
-        nin = sizes[l]
         nout = sizes[l + 1]
-        a, d, G = _row_layer(A0, Hb, Db, sizes, w_off, u_off, i, l, out)
-        ma = 1.0 if b_off[l] >= 0 else 0.0
-        md = 0.0
-        for j in range(nout):
-            md = max(md, abs(np.float64(d[j])))
-        for p in range(nin):
-            ap = a[p]
-            ma = max(ma, abs(np.float64(ap)))
-            g = G[p * nout:(p + 1) * nout]
-            for j in range(nout):
-                g[j] = ap * d[j]
+        d = _block(Db, b, u_off[l], u_off[l + 1])[i]
+        G = out[w_off[l]:w_off[l] + sizes[l] * nout]
+        if l == 0:
+            ma = _write_outer(block_row(A0, i), d, G, nout)
+        else:
+            ma = _write_outer(_block(Hb, b, u_off[l - 1], u_off[l])[i], d, G, nout)
         if b_off[l] >= 0:
+            ma = max(ma, 1.0)
             gb = out[b_off[l]:b_off[l] + nout]
             for j in range(nout):
                 gb[j] = d[j]
+        md = 0.0
+        for j in range(nout):
+            md = max(md, abs(np.float64(d[j])))
         tmp[0] = ma * md
         if not (math.isfinite(tmp[0]) and ma < np.inf and md < np.inf):
             fits = False
@@ -202,19 +214,19 @@ def block_sample_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i, out, tmp):
 def block_group_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i0, i1, out):
     """``out`` = the mean of block rows ``i0:i1``'s gradients (a micro-batch's gradient): each
     row's ``a (x) d`` and bias ``d``, scaled by ``1 / (i1 - i0)``, summed in row order."""
+    b = n_rows(A0)
     inv = 1.0 / (i1 - i0)
     for j in range(out.shape[0]):
         out[j] = 0
     for i in range(i0, i1):
         for l in range(sizes.shape[0] - 1):
-            nin = sizes[l]
             nout = sizes[l + 1]
-            a, d, G = _row_layer(A0, Hb, Db, sizes, w_off, u_off, i, l, out)
-            for p in range(nin):
-                ap = a[p] * inv
-                g = G[p * nout:(p + 1) * nout]
-                for j in range(nout):
-                    g[j] += ap * d[j]
+            d = _block(Db, b, u_off[l], u_off[l + 1])[i]
+            G = out[w_off[l]:w_off[l] + sizes[l] * nout]
+            if l == 0:
+                _add_outer(block_row(A0, i), d, G, nout, inv)
+            else:
+                _add_outer(_block(Hb, b, u_off[l - 1], u_off[l])[i], d, G, nout, inv)
             if b_off[l] >= 0:
                 gb = out[b_off[l]:b_off[l] + nout]
                 for j in range(nout):
@@ -237,7 +249,7 @@ def batch_deltas(params, A0, rows, yc, yr, spec, Zb, Hb, Db):
     """
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
     L = sizes.shape[0] - 1
-    b = A0.shape[0]
+    b = n_rows(A0)
     bad = batch_forward(params, A0, rows, 0, L, sizes, w_off, b_off, u_off, act, Zb, Hb)
     # The loss head: output deltas, row by row (the losses are per-sample functions).
     lo = u_off[L - 1]
@@ -272,7 +284,7 @@ def batch_grad(params, A0, rows, yc, yr, spec, scale, clip, Zb, Hb, Db, sq, g):
     """
     sizes, w_off, b_off, u_off = spec[0], spec[1], spec[2], spec[3]
     L = sizes.shape[0] - 1
-    b = A0.shape[0]
+    b = n_rows(A0)
     has_w = scale.shape[0] > 0
     bad = batch_deltas(params, A0, rows, yc, yr, spec, Zb, Hb, Db)
     if bad >= 0:

@@ -35,6 +35,7 @@ import math
 
 import numpy as np
 
+from ._input import clear_unstored, layer_row, row_col, row_nnz, row_val
 from ._jit import jit
 
 ACT_IDENTITY, ACT_RELU, ACT_TANH, ACT_SIGMOID = 0, 1, 2, 3
@@ -84,65 +85,46 @@ def workspace(u_off, like):
 
 
 # ---------------------------------------------------------------- the model's input
-# Every read of a sample's features goes through these helpers (and ``input_row``): the one
-# place where another input format plugs in. Each is the dense loop of any layer, inlined.
-
-
-@jit(inline="always")
-def input_row(X, r):
-    """Sample ``r``'s features (a view of row r of X)."""
-    return X[r]
-
-
-@jit(inline="always")
-def input_copy(X, r, dst):
-    """Copy sample ``r``'s features into the dense row ``dst`` (the batched path's block)."""
-    x = input_row(X, r)
-    for i in range(dst.shape[0]):
-        dst[i] = x[i]
+# Every read of a sample's features goes through these helpers and those of ``_input``
+# (``input_row``, a row's entries ``row_nnz``/``row_col``/``row_val``): the loops below run
+# over a row's entries, which are all its features for a dense row and the stored ones
+# for a sparse row, so one source serves both input types.
 
 
 @jit(inline="always")
 def input_axpy(x, a, out):
-    """``out += a * x`` over the input's features (a one-output linear model's gradient)."""
-    for i in range(out.shape[0]):
-        out[i] += x[i] * a
+    """``out += a * x`` over the input's entries (a one-output linear model's gradient)."""
+    for k in range(row_nnz(x)):
+        out[row_col(x, k)] += row_val(x, k) * a
 
 
 @jit(inline="always")
 def input_scaled(x, a, out):
     """``out = a * x`` over the input's features; returns how many entries are finite
-    (counted in the writing loop: one pass over a row still in cache)."""
-    cnt = 0
-    for i in range(out.shape[0]):
-        v = x[i] * a
-        out[i] = v
+    (counted in the writing loop: one pass over a row still in cache; a sparse row's
+    unstored entries are zeros, finite)."""
+    clear_unstored(x, out)
+    cnt = out.shape[0] - row_nnz(x)
+    for k in range(row_nnz(x)):
+        v = row_val(x, k) * a
+        out[row_col(x, k)] = v
         cnt += abs(v) < np.inf
     return cnt
 
 
 @jit(inline="always")
-def layer_input(l, lo, x, hs, u_off, nin):
-    """The input of layer ``l`` in a pass over layers ``[lo, ...)``: ``x`` (the model's input,
-    or the activations at the cut) for the first layer of the range, else the previous
-    layer's activations."""
-    if l == lo:
-        return x
-    return hs[u_off[l - 1]:u_off[l - 1] + nin]
-
-
-@jit(inline="always")
 def affine(a, params, wo, bo, nin, nout, z):
     """``z = a @ W + b`` for one layer (``W`` row-major ``(nin, nout)`` at ``wo``, the bias at
-    ``bo`` or none when ``bo < 0``), adding ``a_i * W[i, :]`` row by row."""
+    ``bo`` or none when ``bo < 0``), adding ``a_i * W[i, :]`` over the entries of ``a`` (the
+    layer's activations, or the model's input row, dense or sparse)."""
     W = params[wo:wo + nin * nout]
     if nout == 1:
         # Start from z[0] so that s keeps the parameters' dtype (a literal 0 would
         # promote a float32 sum to float64 and halve the SIMD width).
         z[0] = params[bo] if bo >= 0 else 0
         s = z[0]
-        for i in range(nin):
-            s += a[i] * W[i]
+        for k in range(row_nnz(a)):
+            s += row_val(a, k) * W[row_col(a, k)]
         z[0] = s
     else:
         if bo >= 0:
@@ -152,8 +134,9 @@ def affine(a, params, wo, bo, nin, nout, z):
         else:
             for j in range(nout):
                 z[j] = 0
-        for i in range(nin):
-            ai = a[i]
+        for k in range(row_nnz(a)):
+            ai = row_val(a, k)
+            i = row_col(a, k)
             row = W[i * nout:(i + 1) * nout]
             for j in range(nout):
                 z[j] += ai * row[j]
@@ -181,7 +164,7 @@ def forward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs):
         if l == 0:
             input_affine(x, params, w_off[l], b_off[l], nin, nout, z)
         else:
-            affine(layer_input(l, lo, x, hs, u_off, nin), params, w_off[l], b_off[l], nin,
+            affine(layer_row(l, lo, x, hs, u_off, nin), params, w_off[l], b_off[l], nin,
                    nout, z)
         if l == lo:
             for j in range(nout):
@@ -230,8 +213,8 @@ def dot1(x, w, z0, tmp):
     """
     tmp[0] = z0
     s = tmp[0]
-    for i in range(x.shape[0]):
-        s += x[i] * w[i]
+    for k in range(row_nnz(x)):
+        s += row_val(x, k) * w[row_col(x, k)]
     return s
 
 
@@ -309,8 +292,8 @@ MODE_WRITE, MODE_ADD, MODE_NORM, MODE_NONE = 0, 1, 2, 3
 def input_absmax(x):
     """``max |x_i|`` of the model's input, in float64."""
     m = 0.0
-    for i in range(x.shape[0]):
-        m = max(m, abs(np.float64(x[i])))
+    for k in range(row_nnz(x)):
+        m = max(m, abs(np.float64(row_val(x, k))))
     return m
 
 
@@ -320,8 +303,9 @@ def layer_norms(a, dl, bo, nin, nout):
     layer's part of the sample's gradient is their product. Squares in float64: |a|^2 of a
     float32 row overflows from |a_i| ~ 1e19 on, while the norm itself may be representable."""
     na = 1.0 if bo >= 0 else 0.0
-    for i in range(nin):
-        na += np.float64(a[i]) * a[i]
+    for k in range(row_nnz(a)):
+        v = np.float64(row_val(a, k))
+        na += v * v
     nd = 0.0
     for j in range(nout):
         nd += np.float64(dl[j]) * dl[j]
@@ -332,23 +316,28 @@ def layer_norms(a, dl, bo, nin, nout):
 @jit(inline="always")
 def layer_grad(a, dl, g, wo, bo, nin, nout, mode):
     """One layer's part of a sample's gradient: the outer product ``a (x) delta`` (and
-    ``delta`` for the bias) written to (MODE_WRITE) or added into (MODE_ADD) ``g``."""
+    ``delta`` for the bias) written to (MODE_WRITE) or added into (MODE_ADD) ``g``, over
+    the entries of ``a`` (a sparse input row writes zeros where it stores nothing)."""
     if nout == 1:
         d0 = dl[0]
         gw = g[wo:wo + nin]
         if mode == MODE_WRITE:
-            for i in range(nin):
-                gw[i] = a[i] * d0
+            clear_unstored(a, gw)
+            for k in range(row_nnz(a)):
+                gw[row_col(a, k)] = row_val(a, k) * d0
             if bo >= 0:
                 g[bo] = d0
         else:
-            for i in range(nin):
-                gw[i] += a[i] * d0
+            for k in range(row_nnz(a)):
+                gw[row_col(a, k)] += row_val(a, k) * d0
             if bo >= 0:
                 g[bo] += d0
         return
-    for i in range(nin):
-        ai = a[i]
+    if mode == MODE_WRITE:
+        clear_unstored(a, g[wo:wo + nin * nout])
+    for k in range(row_nnz(a)):
+        ai = row_val(a, k)
+        i = row_col(a, k)
         gr = g[wo + i * nout:wo + (i + 1) * nout]
         if mode == MODE_WRITE:
             for j in range(nout):
@@ -391,14 +380,17 @@ def backward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs, d
         bo = b_off[l]
         dl = ds[u_off[l]:u_off[l] + nout]
         if mode == MODE_NORM:
-            # One loop for every layer, its input from layer_input (the model's input for the
-            # first): a float64 reduction vectorizes into one fixed order, as it always has.
-            na, nd = layer_norms(layer_input(l, lo, x, hs, u_off, nin), dl, bo, nin, nout)
+            # One loop for every layer (the model's input for the first): a float64
+            # reduction vectorizes into one fixed order, as it always has.
+            if l == lo:
+                na, nd = layer_norms(x, dl, bo, nin, nout)
+            else:
+                na, nd = layer_norms(layer_row(l, lo, x, hs, u_off, nin), dl, bo, nin, nout)
             sq += na * nd
         elif l == 0:
             input_outer(x, dl, g, wo, bo, nin, nout, mode)
         else:
-            layer_grad(layer_input(l, lo, x, hs, u_off, nin), dl, g, wo, bo, nin, nout, mode)
+            layer_grad(layer_row(l, lo, x, hs, u_off, nin), dl, g, wo, bo, nin, nout, mode)
         if l > lo:
             # delta_{l-1} = (W_l delta_l) * act'(z_{l-1}); W_l rows are contiguous.
             po = u_off[l - 1]

@@ -13,6 +13,7 @@ turns that into an error naming the row; it needs to know nothing of the tasks.
 import numpy as np
 from numba import prange
 
+from ._input import block_like, block_set, input_row, n_cols, n_rows
 from ._jit import jit
 from ._layers import batch_deltas, block_group_grad, block_sample_grad, ghost_sq
 from ._model import (
@@ -22,8 +23,6 @@ from ._model import (
     MODE_ADD,
     MODE_NONE,
     forward,
-    input_copy,
-    input_row,
     input_scaled,
     is_linear1,
     linear1_delta,
@@ -60,13 +59,14 @@ def first_flagged(bad):
 
 @jit(inline="always")
 def block_buffers(X, lo, b, U, like):
-    """A block of rows ``lo:lo+b`` for :func:`batch_deltas`: their inputs (copied, dense),
-    their row numbers, and the per-layer buffers for b rows of U units."""
-    A0 = np.empty((b, X.shape[1]), like.dtype)
+    """A block of rows ``lo:lo+b`` for :func:`batch_deltas`: their inputs (copied if dense,
+    shared if sparse: ``_input.block_like``), their row numbers, and the per-layer buffers
+    for b rows of U units."""
+    A0 = block_like(X, b, like)
     rows = np.empty(b, np.int64)
     for i in range(b):
         rows[i] = lo + i
-        input_copy(X, lo + i, A0[i])
+        block_set(A0, i, X, lo + i)
     return (A0, rows, np.empty(b * U, like.dtype), np.empty(b * U, like.dtype),
             np.empty(b * U, like.dtype))
 
@@ -84,11 +84,11 @@ def per_sample_grad(params, X, yc, yr, spec, microbatch, out):
     Returns the first row that is not finite, or -1.
     """
     sizes, w_off, b_off, u_off, _, loss, hdelta = spec
-    n = X.shape[0]
+    n = n_rows(X)
     n_groups = out.shape[0]
     groups_per_task = max(1, ROWS_PER_TASK // microbatch)
     n_tasks = (n_groups + groups_per_task - 1) // groups_per_task
-    d = X.shape[1]
+    d = n_cols(X)
     has_b = b_off[0] >= 0
     bad = np.empty(n_tasks, np.int64)
     if is_linear1(sizes) and microbatch == 1:
@@ -144,7 +144,7 @@ def per_sample_norm(params, X, yc, yr, spec, out):
     Returns the first row that is not finite, or -1.
     """
     sizes, b_off, u_off = spec[0], spec[2], spec[3]
-    n = X.shape[0]
+    n = n_rows(X)
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     bad = np.empty(n_tasks, np.int64)
     U = u_off[u_off.shape[0] - 1]
@@ -177,7 +177,7 @@ def loss_grad(params, X, yc, yr, sw, spec, want_grad, acc, totals, grad_out):
     ``(mean loss, first row that is not finite or -1)``.
     """
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
-    n = X.shape[0]
+    n = n_rows(X)
     n_chunks = acc.shape[0]
     P = params.shape[0]
     per = (n + n_chunks - 1) // n_chunks
@@ -223,7 +223,7 @@ def decision(params, X, spec, out):
     """Raw model outputs ``out`` (n, k) for each row of X; returns the first non-finite row,
     or -1."""
     sizes, w_off, b_off, u_off, act, _, _ = spec
-    n = X.shape[0]
+    n = n_rows(X)
     L = sizes.shape[0] - 1
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     lo = u_off[L - 1]
@@ -253,7 +253,7 @@ def loss_correct(params, X, yc, yr, spec, totals):
     hinge); regression counts nothing. A non-finite output makes the loss NaN.
     """
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
-    n = X.shape[0]
+    n = n_rows(X)
     n_chunks = totals.shape[0]
     per = (n + n_chunks - 1) // n_chunks
     L = sizes.shape[0] - 1

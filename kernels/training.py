@@ -31,17 +31,10 @@ import math
 
 import numpy as np
 
-from ._intrinsics import prefetch
+from ._input import block_head, block_like, block_set, input_row, n_cols, prefetch_row
 from ._jit import jit
 from ._layers import batch_grad
-from ._model import (
-    input_axpy,
-    input_copy,
-    input_row,
-    linear1_delta,
-    sample_grad_add,
-    workspace,
-)
+from ._model import input_axpy, linear1_delta, sample_grad_add, workspace
 from ._rng import add_normal, hash2
 from ._rng import shuffle as shuffle_inplace
 
@@ -82,11 +75,10 @@ def linear1_batch(p, g, X, yc, yr, sw, idx, perm, lo, b_lo, b_hi, zs, loss, hdel
     branches a constant ``path`` rules out; that cost 1.9 s of a cold ``sgd_batched``).
     """
     n = perm.shape[0]
-    nf = X.shape[1]
+    nf = n_cols(X)
     has_b = p.shape[0] > nf  # the one layer's bias (P is nf or nf + 1)
     has_w = sw.shape[0] > 0
     has_idx = idx.shape[0] > 0
-    line = max(1, 64 // X.itemsize)  # elements of X per 64-byte cache line
     pw = p[:nf]
     gw = g[:nf]
     z0 = p[nf] if has_b else 0.0
@@ -94,9 +86,7 @@ def linear1_batch(p, g, X, yc, yr, sw, idx, perm, lo, b_lo, b_hi, zs, loss, hdel
     for s in range(b_lo, b_hi):
         if scattered and s + PREFETCH_ROWS < n:
             r = lo + perm[s + PREFETCH_ROWS]
-            xn = input_row(X, idx[r] if has_idx else r)
-            for j in range(0, nf, line):
-                prefetch(xn, j)
+            prefetch_row(X, idx[r] if has_idx else r)
         r = lo + perm[s]
         if has_idx:
             r = idx[r]
@@ -175,7 +165,6 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
     (batch, lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu, _, clip,
      noise_std) = opts
     P = params0.shape[0]
-    nf = X.shape[1]
     has_w = sw.shape[0] > 0
     has_idx = idx.shape[0] > 0
     scattered = shuffle or has_idx   # rows read out of order: prefetch them
@@ -202,7 +191,7 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
                 v[j] = 0
         if path == PATH_BATCHED or path == PATH_DP:
             bmax = min(batch, n)
-            A0 = np.empty((bmax, nf), params0.dtype)
+            A0 = block_like(X, bmax, params0)
             rows = np.empty(bmax, np.int64)
             scale = np.empty(bmax if has_w else 0, params0.dtype)
             nbuf = bmax * u_off[u_off.shape[0] - 1]
@@ -233,18 +222,17 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
                 b_hi = min(n, b_lo + batch)
                 if path == PATH_BATCHED or path == PATH_DP:
                     nb = b_hi - b_lo
-                    A = A0[:nb]
                     for s in range(nb):
                         row = lo + perm[s + b_lo]
                         if has_idx:
                             row = idx[row]
                         rows[s] = row
-                        input_copy(X, row, A[s])
+                        block_set(A0, s, X, row)
                         w = sw[row] if has_w else 1.0
                         if has_w:
                             scale[s] = w
                         wsum += w
-                    r, _ = batch_grad(p, A, rows[:nb], yc, yr, spec,
+                    r, _ = batch_grad(p, block_head(A0, nb), rows[:nb], yc, yr, spec,
                                       scale[:nb if has_w else 0], clip, Zb, Hb, Db, sq[:nb], g)
                     if path == PATH_DP and noise_std > 0.0 and r < 0:
                         add_normal(g, hash2(noise_key, t), noise_std)
