@@ -11,6 +11,7 @@ import numbers
 
 import numpy as np
 
+from .kernels._input import SparseRows, sparse_rows
 from .models import _Model
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -105,7 +106,37 @@ def as_params(model, params, name="params"):
     return p
 
 
-def as_X(model, X, dtype, name="X"):
+def is_sparse(X):
+    """True for SciPy sparse matrices and arrays (any format), without importing SciPy."""
+    return type(X).__module__.startswith("scipy.sparse") and hasattr(X, "tocsr")
+
+
+def n_samples(X):
+    """Rows of X as a caller passed it (an array, a list, a SciPy sparse matrix), or of
+    the kernels' form of it; 0 for a scalar."""
+    if is_sparse(X):
+        return X.shape[0]
+    if isinstance(X, SparseRows):
+        return X.starts.shape[0]
+    return len(X) if np.ndim(X) >= 1 else 0
+
+
+def nonfinite_rows(X):
+    """Rows of the kernels' X (dense, or :class:`SparseRows`) holding a NaN or Inf."""
+    if isinstance(X, SparseRows):
+        bad = np.flatnonzero(~np.isfinite(X.data))
+        return np.unique(np.searchsorted(X.ends, bad, side="right"))
+    return np.flatnonzero(~np.isfinite(X).all(1))
+
+
+def as_X(model, X, dtype, name="X", sparse=True):
+    """The model's input as the kernels read it: a C-ordered array of ``dtype``, or for a
+    SciPy sparse matrix (``sparse=True``) the :class:`SparseRows` of its CSR form."""
+    if is_sparse(X):
+        if not sparse:
+            raise TypeError(f"{name} is a SciPy sparse matrix, which runs on the CPU only "
+                            "(device='cpu'); densify it with X.toarray() for the GPU")
+        return as_sparse_rows(model, X, dtype, name)
     X = _as_numeric(name, X)
     if X.ndim != 2:
         hint = " (reshape a single sample with X.reshape(1, -1))" if X.ndim == 1 else ""
@@ -116,6 +147,65 @@ def as_X(model, X, dtype, name="X"):
         raise ValueError(f"{name} has {X.shape[1]} features but the model expects "
                          f"{model.n_features}")
     return kernel_array(X, dtype=dtype)
+
+
+def as_sparse_rows(model, X, dtype, name="X"):
+    """A SciPy sparse matrix or array as the kernels' :class:`SparseRows` (CSR), checked.
+
+    Converted once: another format to CSR, the values to ``dtype``, duplicate entries
+    summed and indices sorted (what scikit-learn's estimators also do on input), the
+    index arrays to int32 when every index fits (int64 otherwise). The caller's matrix
+    is never modified: a conversion works on a copy. Structural errors (index out of
+    range, a bad ``indptr``) raise before any kernel runs, since kernels do not check
+    bounds; NaN or Inf among the stored values is reported by the kernels' usual check,
+    naming the row.
+    """
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {X.shape}")
+    n, d = X.shape
+    if n == 0:
+        raise ValueError(f"{name} is empty: it needs at least one sample")
+    if d != model.n_features:
+        raise ValueError(f"{name} has {d} features but the model expects {model.n_features}")
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
+    if X.format != "csr":
+        X = X.tocsr()  # a new matrix: the caller's is untouched
+    data, indices, indptr = X.data, X.indices, X.indptr
+    if indptr.ndim != 1 or indptr.shape[0] != n + 1:
+        raise ValueError(f"{name}.indptr must have n_samples + 1 = {n + 1} entries, got "
+                         f"{indptr.shape}")
+    nnz = int(indptr[-1]) if indptr.shape[0] else 0
+    if indptr[0] != 0 or nnz > min(data.shape[0], indices.shape[0]) \
+            or (n and np.any(np.diff(indptr) < 0)):
+        raise ValueError(f"{name}.indptr must start at 0, never decrease and end at most at "
+                         f"the number of stored values ({data.shape[0]})")
+    indices = indices[:nnz]
+    if nnz and (indices.min() < 0 or indices.max() >= d):
+        raise ValueError(f"{name}.indices must lie in [0, {d}) (n_features); got values in "
+                         f"[{indices.min()}, {indices.max()}]")
+    if not _canonical(indices, indptr):
+        X = X.copy()
+        X.sum_duplicates()  # sorts the indices of each row and sums repeated ones
+        data, indices, indptr = X.data, X.indices, X.indptr
+        nnz = int(indptr[-1])
+    idx_dtype = np.int32 if max(nnz, d) < 2**31 else np.int64
+    return sparse_rows(kernel_array(data[:nnz], dtype=dtype),
+                       kernel_array(indices[:nnz], dtype=idx_dtype),
+                       kernel_array(indptr, dtype=idx_dtype), d)
+
+
+def _canonical(indices, indptr):
+    """Indices strictly increasing within every row (sorted, no duplicates): vectorized,
+    not SciPy's cached flag (which a caller who edits ``indices`` can leave stale)."""
+    if indices.shape[0] < 2:
+        return True
+    rising = indices[1:] > indices[:-1]
+    # a position where a new row starts may go down
+    starts = indptr[1:-1]
+    starts = starts[(starts > 0) & (starts < indices.shape[0])]
+    rising[starts - 1] = True
+    return bool(rising.all())
 
 
 def as_y(model, y, n, dtype, name="y"):
@@ -302,7 +392,7 @@ def raise_bad_row(X, row, overflow=None):
     """Explain a row a kernel flagged: a NaN/Inf in X, or else an overflow in the model.
 
     ``X`` may be on the GPU: only the flagged row is copied to the host."""
-    x = X[row]
+    x = X.data[X.starts[row]:X.ends[row]] if isinstance(X, SparseRows) else X[row]
     if on_gpu(x):
         x = x.copy_to_host()
     if not np.isfinite(x).all():

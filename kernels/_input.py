@@ -33,7 +33,7 @@ from numba import types
 from numba.extending import overload
 
 from ._intrinsics import prefetch
-from ._jit import OVERLOAD_OPTIONS
+from ._jit import OVERLOAD_OPTIONS, jit
 
 
 class SparseRows(NamedTuple):
@@ -62,13 +62,8 @@ def _is(t, cls):
     return isinstance(t, types.BaseNamedTuple) and t.instance_class is cls
 
 
-def _stub(name, doc):
-    def f(*args):
-        raise NotImplementedError(f"{name} runs inside Numba kernels only")
-
-    f.__name__ = f.__qualname__ = name
-    f.__doc__ = doc
-    return f
+def _only_in_kernels():
+    raise NotImplementedError("fastmb's input helpers run inside Numba kernels only")
 
 
 def _overload(func):
@@ -77,9 +72,19 @@ def _overload(func):
 
 # -- the matrix -------------------------------------------------------------------------
 
-n_rows = _stub("n_rows", "Number of rows of X (or of a block).")
-n_cols = _stub("n_cols", "Number of features of X.")
-input_row = _stub("input_row", "Sample r's features: ``X[r]`` or a :class:`SparseRow`.")
+def n_rows(X):
+    """Number of rows of X (or of a block)."""
+    _only_in_kernels()
+
+
+def n_cols(X):
+    """Number of features of X."""
+    _only_in_kernels()
+
+
+def input_row(X, r):
+    """Sample r's features: ``X[r]`` or a :class:`SparseRow`."""
+    _only_in_kernels()
 
 
 @_overload(n_rows)
@@ -109,12 +114,25 @@ def _input_row(X, r):
 
 # -- a row's entries --------------------------------------------------------------------
 
-row_nnz = _stub("row_nnz", "How many entries a row has (its stored ones, if sparse).")
-row_col = _stub("row_col", "The feature index of a row's k-th entry.")
-row_val = _stub("row_val", "The value of a row's k-th entry.")
-clear_unstored = _stub("clear_unstored", "Zero ``out`` (n_features long) when the row is "
-                       "sparse, before its entries are written: the entries a sparse row "
-                       "does not store are zeros. Nothing for a dense row.")
+def row_nnz(x):
+    """How many entries a row has (its stored ones, if sparse)."""
+    _only_in_kernels()
+
+
+def row_col(x, k):
+    """The feature index of a row's k-th entry."""
+    _only_in_kernels()
+
+
+def row_val(x, k):
+    """The value of a row's k-th entry."""
+    _only_in_kernels()
+
+
+def clear_unstored(x, out):
+    """Zero ``out`` (n_features long) when the row is sparse, before its entries are
+    written: the entries a sparse row does not store are zeros. Nothing for a dense row."""
+    _only_in_kernels()
 
 
 @_overload(row_nnz)
@@ -150,13 +168,35 @@ def _clear_unstored(x, out):
 
 # -- blocks of rows (the batched path) ---------------------------------------------------
 
-block_like = _stub("block_like", "An empty block of b rows of X, in dtype ``like``: "
-                   "``(b, n_features)`` dense, or sparse rows sharing X's arrays.")
-block_set = _stub("block_set", "Make row s of block A the row r of X (copied if dense).")
-block_head = _stub("block_head", "The first nb rows of a block.")
-block_row = _stub("block_row", "Row i of a block, as :func:`input_row` gives rows.")
-block_affine = _stub("block_affine", "``Z = A @ W``: the first layer of a block.")
-block_outer = _stub("block_outer", "``G = A^T D``: the first layer's weight gradient.")
+def block_like(X, b, like):
+    """An empty block of b rows of X, in dtype ``like``: ``(b, n_features)`` dense, or
+    sparse rows sharing X's arrays."""
+    _only_in_kernels()
+
+
+def block_set(A, s, X, r):
+    """Make row s of block A the row r of X (copied if dense)."""
+    _only_in_kernels()
+
+
+def block_head(A, nb):
+    """The first nb rows of a block."""
+    _only_in_kernels()
+
+
+def block_row(A, i):
+    """Row i of a block, as :func:`input_row` gives rows."""
+    _only_in_kernels()
+
+
+def block_affine(A, W, Z):
+    """``Z = A @ W``: the first layer of a block."""
+    _only_in_kernels()
+
+
+def block_outer(A, D, G):
+    """``G = A^T D``: the first layer's weight gradient."""
+    _only_in_kernels()
 
 
 @_overload(block_like)
@@ -169,13 +209,18 @@ def _block_like(X, b, like):
     return lambda X, b, like: np.empty((b, X.shape[1]), like.dtype)
 
 
+@jit
+def _set_span(starts, ends, s, a, b):
+    starts[s] = a
+    ends[s] = b
+
+
 @_overload(block_set)
 def _block_set(A, s, X, r):
     if _is(A, SparseRows):
-        def impl(A, s, X, r):
-            A.starts[s] = X.starts[r]
-            A.ends[s] = X.ends[r]
-        return impl
+        # The write goes through a compiled (not inlined) helper: Numba's dead-code pass
+        # drops a setitem on an array taken from a tuple inside an inlined overload.
+        return lambda A, s, X, r: _set_span(A.starts, A.ends, s, X.starts[r], X.ends[r])
 
     def dense(A, s, X, r):
         x = X[r]
@@ -247,11 +292,17 @@ def _block_outer(A, D, G):
 
 # -- the input of layer l ----------------------------------------------------------------
 
-layer_row = _stub("layer_row", "The input of layer l for one sample in a pass over layers "
-                  "[lo, ...): x for the range's first layer, else the previous layer's "
-                  "activations (always those when x is sparse: it feeds layer 0 only).")
-layer_rows = _stub("layer_rows", "The block form of :func:`layer_row`: A0 for the range's "
-                   "first layer, else the previous layer's activations for b rows.")
+def layer_row(l, lo, x, hs, u_off, nin):
+    """The input of layer l for one sample in a pass over layers [lo, ...): x for the
+    range's first layer, else the previous layer's activations (always those when x is
+    sparse: it feeds layer 0 only)."""
+    _only_in_kernels()
+
+
+def layer_rows(l, lo, A0, Hb, b, u_off):
+    """The block form of :func:`layer_row`: A0 for the range's first layer, else the
+    previous layer's activations for b rows."""
+    _only_in_kernels()
 
 
 @_overload(layer_row)
@@ -279,8 +330,10 @@ def _layer_rows(l, lo, A0, Hb, b, u_off):
     return dense
 
 
-prefetch_row = _stub("prefetch_row", "Hint the CPU to bring row r of X into cache "
-                     "(``_intrinsics.prefetch``, one hint per 64-byte line).")
+def prefetch_row(X, r):
+    """Hint the CPU to bring row r of X into cache (``_intrinsics.prefetch``, one hint per
+    64-byte line)."""
+    _only_in_kernels()
 
 
 @_overload(prefetch_row)

@@ -47,7 +47,7 @@ class Batch:
                 raise ValueError(f"X has {X.shape[1]} features but the model expects "
                                  f"{model.n_features}")
         else:
-            X = to_device(V.as_X(model, X, self.dtype))
+            X = to_device(V.as_X(model, X, self.dtype, sparse=False))
         self.params, self.X, self.n = params, X, X.shape[0]
         self.meta = to_device(_meta(model))
         if y is not None:

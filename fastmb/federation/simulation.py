@@ -183,7 +183,7 @@ class Simulation:
                 raise TypeError(f"transforms must be callables, got {type(t).__name__}")
         p0 = model.init(seed=self.seed) if params is None else params
         # Data, options and partition are checked once here; rounds call the kernel directly.
-        n_rows = np.asarray(X).shape[0] if np.ndim(X) else 0
+        n_rows = V.n_samples(X)
         if partition.rows.size and partition.rows.max() >= n_rows:
             raise ValueError(f"partition refers to row {partition.rows.max()} but X has "
                              f"{n_rows} rows")

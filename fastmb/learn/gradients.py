@@ -18,7 +18,7 @@ class Batch:
         self.model = V.check_model(model)
         self.params = V.as_params(model, params)
         self.X = V.as_X(model, X, self.params.dtype)
-        self.n = self.X.shape[0]
+        self.n = V.n_samples(self.X)
         if labels:
             self.yc, self.yr = V.as_y(model, y, self.n, self.params.dtype)
         self.sw = V.as_sample_weight(sample_weight, self.n)
@@ -77,7 +77,7 @@ def evaluate(model, params, X, y):
     b = Batch(model, params, X, y)
     if b.n == 0:
         raise ValueError("X is empty: nothing to evaluate")
-    rows = np.flatnonzero(~np.isfinite(b.X).all(1))
+    rows = V.nonfinite_rows(b.X)
     if rows.size:  # checked first: a NaN need not reach every loss (hinge's max(0, .))
         V.raise_bad_row(b.X, int(rows[0]))
     res = evaluate_batch(b)

@@ -159,7 +159,7 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
     >>> float((fastmb.predict(model, p, X) == y).mean()) > 0.9
     True
     """
-    n = len(X) if np.ndim(X) >= 1 else 0
+    n = V.n_samples(X)
     return train_clients(model, params, X, y, [0, n],
                          epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                          weight_decay=weight_decay, prox_mu=prox_mu, shuffle=shuffle, seed=seed,
