@@ -574,3 +574,18 @@ def fedavg_round(model, params, X, y, partition, ids, key, *, epochs, batch_size
         total += len(rows) * u
         wsum += len(rows)
     return p0 + total / wsum, rejected
+
+
+# ---------------------------------------------------------------- sparse input
+
+
+def csr_to_dense(X):
+    """The dense matrix of a SciPy CSR matrix, read entry by entry from its three arrays
+    (``data``, ``indices``, ``indptr``), repeated entries summed: what the stored entries
+    mean, independent of SciPy's own conversion."""
+    n, d = X.shape
+    out = np.zeros((n, d))
+    for i in range(n):
+        for k in range(X.indptr[i], X.indptr[i + 1]):
+            out[i, X.indices[k]] += float(X.data[k])
+    return out

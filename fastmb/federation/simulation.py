@@ -193,13 +193,13 @@ class Simulation:
                                                 partition.rows, options)
         check_steps(self._plan.offsets, np.arange(n_clients), np.full(n_clients, self.epochs),
                     options.batch_size)
-        if not np.isfinite(self._batch.X).all():
-            bad = int(np.flatnonzero(~np.isfinite(self._batch.X).all(1))[0])
-            raise ValueError(f"X contains NaN or Inf (first at row {bad})")
+        bad = V.nonfinite_rows(self._batch.X)
+        if bad.size:
+            raise ValueError(f"X contains NaN or Inf (first at row {int(bad[0])})")
         self._test = Batch(model, p0, X_test, y_test)
         if self._test.n == 0:
             raise ValueError("the test split (X_test) is empty; the server needs held-out data")
-        bad_test = np.flatnonzero(~np.isfinite(self._test.X).all(1))
+        bad_test = V.nonfinite_rows(self._test.X)
         if bad_test.size:
             raise ValueError(f"X_test contains NaN or Inf (first at row {int(bad_test[0])})")
         self.batch_size = options.batch_size
@@ -485,7 +485,10 @@ def _digest(*arrays):
     """SHA-256 of the arrays' dtypes, shapes and bytes (so no two differ and collide by
     concatenation), as 16 hex digits."""
     h = hashlib.sha256()
-    for a in arrays:
+    parts = []
+    for a in arrays:  # a sparse X (``SparseRows``) is its arrays and its width
+        parts.extend(a if isinstance(a, tuple) else (a,))
+    for a in parts:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape};".encode())
         h.update(memoryview(a).cast("B") if a.size else b"")
