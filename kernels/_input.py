@@ -62,12 +62,21 @@ def _is(t, cls):
     return isinstance(t, types.BaseNamedTuple) and t.instance_class is cls
 
 
+def sparse_type(t):
+    """True for the Numba type of :class:`SparseRows` (for overloads elsewhere)."""
+    return _is(t, SparseRows)
+
+
 def _only_in_kernels():
     raise NotImplementedError("fastmb's input helpers run inside Numba kernels only")
 
 
-def _overload(func):
+def input_overload(func):
+    """``numba.extending.overload`` as the input seam uses it: inlined, fastmb's options."""
     return overload(func, inline="always", jit_options=OVERLOAD_OPTIONS)
+
+
+_overload = input_overload
 
 
 # -- the matrix -------------------------------------------------------------------------
@@ -75,6 +84,18 @@ def _overload(func):
 def n_rows(X):
     """Number of rows of X (or of a block)."""
     _only_in_kernels()
+
+
+def is_sparse(X):
+    """True for sparse rows (a constant of the input's type)."""
+    _only_in_kernels()
+
+
+@_overload(is_sparse)
+def _is_sparse(X):
+    if _is(X, SparseRows):
+        return lambda X: True
+    return lambda X: False
 
 
 def n_cols(X):
@@ -195,7 +216,8 @@ def block_affine(A, W, Z):
 
 
 def block_outer(A, D, G):
-    """``G = A^T D``: the first layer's weight gradient."""
+    """``G = A^T D``: the first layer's weight gradient (for sparse rows, only the rows of G
+    that the block's columns touch are written; the others must be zero already)."""
     _only_in_kernels()
 
 
@@ -272,13 +294,17 @@ def _block_affine(A, W, Z):
 def _block_outer(A, D, G):
     if _is(A, SparseRows):
         def impl(A, D, G):
-            # Zero G, then scatter value * D[i, :] into G's row col: rows in block order,
-            # so a column's sum runs over the block's rows in order, as A^T D's does.
+            # Zero the rows of G that the block's columns touch, then scatter value * D[i, :]
+            # into them: rows in block order, so a column's sum runs over the block's rows
+            # in order, as A^T D's does. The other rows of G are left alone: the training
+            # kernel (the one caller) hands in a zero gradient, and touching all n_features
+            # rows would cost a sparse step its whole width.
             nout = G.shape[1]
-            for c in range(G.shape[0]):
-                g = G[c]
-                for j in range(nout):
-                    g[j] = 0
+            for i in range(D.shape[0]):
+                for k in range(A.starts[i], A.ends[i]):
+                    g = G[A.indices[k]]
+                    for j in range(nout):
+                        g[j] = 0
             for i in range(D.shape[0]):
                 d = D[i]
                 for k in range(A.starts[i], A.ends[i]):

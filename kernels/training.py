@@ -31,7 +31,19 @@ import math
 
 import numpy as np
 
-from ._input import block_head, block_like, block_set, input_row, n_cols, prefetch_row
+from ._input import (
+    block_head,
+    block_like,
+    block_set,
+    input_overload,
+    input_row,
+    is_sparse,
+    n_cols,
+    prefetch_row,
+    row_col,
+    row_nnz,
+    sparse_type,
+)
 from ._jit import jit
 from ._layers import batch_grad
 from ._model import input_axpy, linear1_delta, sample_grad_add, workspace
@@ -103,6 +115,46 @@ def linear1_batch(p, g, X, yc, yr, sw, idx, perm, lo, b_lo, b_hi, zs, loss, hdel
 
 
 @jit
+def _sparse_update(p, g, step, X, idx, perm, lo, b_lo, b_hi, w0, w0_end, nout0):
+    """``p -= step * g`` where a sparse mini-batch's gradient can be non-zero (every
+    coordinate outside the first layer's weights ``w0:w0_end``, and the weight rows of the
+    columns its rows store), zeroing ``g`` there again. A column stored by several rows is
+    updated at its first visit; later visits subtract ``step * 0``."""
+    has_idx = idx.shape[0] > 0
+    for j in range(w0):
+        p[j] -= step * g[j]
+        g[j] = 0
+    for j in range(w0_end, p.shape[0]):
+        p[j] -= step * g[j]
+        g[j] = 0
+    for s in range(b_lo, b_hi):
+        r = lo + perm[s]
+        if has_idx:
+            r = idx[r]
+        x = input_row(X, r)
+        for k in range(row_nnz(x)):
+            o = w0 + row_col(x, k) * nout0
+            for j in range(o, o + nout0):
+                p[j] -= step * g[j]
+                g[j] = 0
+
+
+def sparse_update(p, g, step, X, idx, perm, lo, b_lo, b_hi, w0, w0_end, nout0):
+    """:func:`_sparse_update` for sparse rows; nothing for a dense X (that branch never
+    runs, and this way a dense kernel does not compile it)."""
+    raise NotImplementedError("runs inside Numba kernels only")
+
+
+@input_overload(sparse_update)
+def _sparse_update_for(p, g, step, X, idx, perm, lo, b_lo, b_hi, w0, w0_end, nout0):
+    if sparse_type(X):
+        def impl(p, g, step, X, idx, perm, lo, b_lo, b_hi, w0, w0_end, nout0):
+            _sparse_update(p, g, step, X, idx, perm, lo, b_lo, b_hi, w0, w0_end, nout0)
+        return impl
+    return lambda p, g, step, X, idx, perm, lo, b_lo, b_hi, w0, w0_end, nout0: None
+
+
+@jit
 def sample_batch(p, g, X, yc, yr, sw, spec, idx, perm, lo, b_lo, b_hi, zs, hs, ds):
     """One mini-batch summed sample by sample (``sample_grad_add``) into ``g``; returns
     (sum of the weights, -1) or (_, the first row whose forward pass or loss was not
@@ -161,7 +213,7 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
     whole scope with every block (quadratic in the function's size), so each level of
     inlining of this large body cost about a second of a cold compile.
     """
-    _, _, _, u_off, _, loss, hdelta = spec
+    sizes, w_off, _, u_off, _, loss, hdelta = spec
     (batch, lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu, _, clip,
      noise_std) = opts
     P = params0.shape[0]
@@ -169,6 +221,18 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
     has_idx = idx.shape[0] > 0
     scattered = shuffle or has_idx   # rows read out of order: prefetch them
     use_mom = momentum != 0.0
+    # A sparse input's plain step touches only the first layer's weight rows of the batch's
+    # columns (and the other layers, which do not scale with n_features): the gradient is
+    # kept zero between steps and the update visits those rows alone, so a step costs the
+    # batch's stored entries, not n_features. The updated values are the dense step's
+    # bits (an untouched coordinate would only subtract step * 0). Momentum, weight decay,
+    # a proximal term and DP noise change every coordinate at every step: those run the
+    # dense update.
+    sparse_step = (is_sparse(X) and not use_mom and weight_decay == 0.0 and prox_mu == 0.0
+                   and path != PATH_DP)
+    w0 = w_off[0]
+    nout0 = sizes[1]
+    w0_end = w0 + n_cols(X) * nout0
     for i in range(o_lo, o_hi):
         k = order[i]
         if bad[k] >= 0:
@@ -180,7 +244,7 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
         p = out[k]
         v = V[k]
         zs, hs, ds = workspace(u_off, params0)
-        g = np.empty(P, params0.dtype)
+        g = np.zeros(P, params0.dtype)
         if v.shape[0] != P:
             v = np.zeros(P if use_mom else 0, params0.dtype)
         perm = np.arange(n)
@@ -215,8 +279,9 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
             for b in range(n_batches):
                 if t == ms:
                     break
-                for j in range(P):
-                    g[j] = 0
+                if not sparse_step:
+                    for j in range(P):
+                        g[j] = 0
                 wsum = 0.0
                 b_lo = b * batch
                 b_hi = min(n, b_lo + batch)
@@ -255,6 +320,9 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
                     for j in range(P):
                         d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])
                         p[j] -= lr_t * d
+                elif sparse_step:
+                    sparse_update(p, g, lr_t * inv, X, idx, perm, lo, b_lo, b_hi, w0, w0_end,
+                                  nout0)
                 else:
                     step = lr_t * inv
                     for j in range(P):

@@ -76,6 +76,21 @@ def logistic_data(n=200_000, d=128, seed=0):
     return model, params, X, y
 
 
+def sparse_logistic_data(n=200_000, d=1 << 18, nnz=50, seed=5):
+    """Logistic regression on a float32 CSR matrix with ``nnz`` stored entries a row
+    (random columns, repeats summed), labels from a random hyperplane."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    cols = np.sort(rng.integers(0, d, (n, nnz)), axis=1).astype(np.int32)
+    X = sp.csr_matrix((rng.normal(size=n * nnz).astype(np.float32), cols.ravel(),
+                       np.arange(0, (n + 1) * nnz, nnz)), shape=(n, d))
+    X.sum_duplicates()
+    y = (X @ rng.normal(size=d) > 0).astype(np.int64)
+    model = fastmb.Linear(d, loss="logistic")
+    return model, model.init(), X, y
+
+
 def mlp_data(sizes=(128, 64, 64, 10), batch=4096, seed=2):
     """A ReLU/softmax MLP with initialised parameters and one batch of float32 data."""
     rng = np.random.default_rng(seed)
@@ -435,6 +450,7 @@ PEERS = {
     "sgd_epoch": [("sklearn SGDClassifier (batch 1)", sklearn_sgd_epoch),
                   ("PyTorch loop (batch 32)", torch_sgd_epoch),
                   ("JAX lax.scan (batch 32)", jax_sgd_epoch)],
+    "sgd_epoch_sparse": [("sklearn SGDClassifier (batch 1)", sklearn_sgd_epoch)],
     "mlp_per_sample": [("NumPy batched backprop + einsum", numpy_mlp_per_sample),
                        ("torch.func vmap(grad)", torch_mlp_per_sample)],
     "mlp_norms": [("materialize (fastmb) + np.linalg.norm", materialized_norms)],
@@ -516,6 +532,14 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
     rows += _rows("SGD epoch, logistic", f"n={len(X):,} d={X.shape[1]} batch 32",
                   lambda: fastmb.sgd(model, p0, X, y, batch_size=32, lr=0.01), "sgd_epoch",
                   data, max(1, repeat // 2), X.nbytes, bw, echo)
+
+    model, p0, X, y = sparse_logistic_data(n=sz(200_000))
+    # The bytes limit: each stored entry's value and column once, plus the labels.
+    rows += _rows("SGD epoch, logistic, sparse CSR",
+                  f"n={X.shape[0]:,} d=2^18, {X.nnz // X.shape[0]} stored a row, batch 32",
+                  lambda: fastmb.sgd(model, p0, X, y, batch_size=32, lr=0.01),
+                  "sgd_epoch_sparse", (model, p0, X, y), max(1, repeat // 2),
+                  X.data.nbytes + X.indices.nbytes + X.indptr.nbytes + y.nbytes, bw, echo)
 
     model, p, X, y = mlp_data(batch=sz(4096))
     out = np.empty((len(X), model.n_params), np.float32)
