@@ -152,3 +152,20 @@ def test_simulation_on_sparse_data():
     bad.data[-1] = np.nan
     with pytest.raises(ValueError, match=r"X contains NaN or Inf \(first at row 59\)"):
         fastmb.Simulation(model, (bad, y, X[:10], y[:10]), part, **kw)
+
+
+def test_cli_simulates_a_saved_sparse_matrix(tmp_path, capsys):
+    from fastmb.cli import main
+
+    rng = np.random.default_rng(0)
+    X = _sparse(120, 10, seed=4, density=0.2)
+    y = (X @ rng.normal(size=10) > 0).astype(float)
+    path = tmp_path / "sparse.npz"
+    sp.save_npz(path, sp.hstack([X, sp.csr_matrix(y[:, None])]).tocsr())
+    data = fastmb.data.load(path)
+    assert sp.issparse(data.X) and data.X.shape == (96, 10) and data.n_classes == 2
+    out = tmp_path / "run"
+    assert main(["simulate", "--data", str(path), "--model", "linear", "--clients", "6",
+                 "--rounds", "2", "--no-plot", "--no-progress", "--out", str(out)]) == 0
+    assert "2 rounds" in capsys.readouterr().out
+    assert (out / "summary.json").exists()

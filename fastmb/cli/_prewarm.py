@@ -11,7 +11,7 @@ it is simply compiled there too (the cache files are written atomically).
 
 The kernels' argument types come from the same calls the simulation makes, on two rows
 of the run's dtypes. The job arrives pickled on stdin: ``(model, params dtype, X dtype,
-y dtype, y's shape after the first axis)``.
+y dtype, y's shape after the first axis, whether X is sparse)``.
 """
 
 import pickle
@@ -23,10 +23,14 @@ from ..federation.rounds import shard_sum
 from ..learn.gradients import Batch, evaluate_batch
 
 
-def prewarm(model, dtype, x_dtype, y_dtype, y_tail=()):
+def prewarm(model, dtype, x_dtype, y_dtype, y_tail=(), sparse=False):
     """Compile (or load) what a round's evaluation and FedAvg sum of ``model`` run."""
     p = np.zeros(model.n_params, dtype)
     X = np.zeros((2, model.sizes[0]), x_dtype)
+    if sparse:
+        import scipy.sparse
+
+        X = scipy.sparse.csr_matrix(X)
     y = np.zeros((2, *y_tail), y_dtype)
     evaluate_batch(Batch(model, p, X, y))
     shard_sum(np.zeros((2, model.n_params), dtype), np.ones(2), np.arange(2))

@@ -22,6 +22,7 @@ import time
 
 from numba.core import event as numba_event
 
+from .. import _validation as V
 from ..adapters.dask import DaskExecutor
 from ..aggregate import rules
 from ..aggregate.server import OPTIMIZERS
@@ -415,7 +416,7 @@ class Prewarm:
         # The job is made here, not with the run: a warm run never needs it.
         sim, data = self.sim, self.data
         job = pickle.dumps((sim.model, sim.params.dtype, data.X_test.dtype, data.y_test.dtype,
-                            data.y_test.shape[1:]))
+                            data.y_test.shape[1:], V.is_sparse(data.X_test)))
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "fastmb.cli._prewarm"],
                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,

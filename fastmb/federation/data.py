@@ -168,7 +168,9 @@ def _labels(y, task, n_rows, name):
 
 def load(path, *, test_fraction=0.2, seed=0, task="auto"):
     """Load your own data: ``.npz`` (arrays ``X``, ``y``, optional ``X_test``, ``y_test``),
-    ``.npy`` or ``.csv`` (one row per sample, the label in the last column).
+    ``.npy`` or ``.csv`` (one row per sample, the label in the last column), or a sparse
+    matrix saved with ``scipy.sparse.save_npz`` (the label in its last column; ``X`` stays
+    sparse, as CSR float32).
 
     Without a stored test split, a random ``test_fraction`` of the rows is held out.
     ``task="auto"`` reads integer-valued labels as class indices 0..C-1 (classification)
@@ -201,6 +203,8 @@ def _load(path, name, test_fraction, seed, task):
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npz":
         with np.load(path, allow_pickle=False) as z:
+            if {"format", "shape", "data", "indices", "indptr"} <= set(z.files):
+                return _load_sparse(path, name, test_fraction, seed, task)
             missing = [k for k in ("X", "y") if k not in z.files]
             if missing:
                 raise ValueError(f"{name} must hold arrays named 'X' and 'y' (and optionally "
@@ -218,6 +222,26 @@ def _load(path, name, test_fraction, seed, task):
         raise ValueError(f"data file {name!r}: unknown format {ext!r}; expected .npz, .npy or "
                          f".csv")
     X = np.asarray(X)
+    return _split(X, np.asarray(y), name, test_fraction, seed, task)
+
+
+def _load_sparse(path, name, test_fraction, seed, task):
+    """A ``scipy.sparse.save_npz`` matrix whose last column holds the labels."""
+    import scipy.sparse
+
+    try:
+        M = scipy.sparse.load_npz(path).tocsr()
+    except ValueError as exc:
+        raise ValueError(f"data file {name!r} is not a readable sparse matrix: {exc}") from None
+    if M.ndim != 2 or M.shape[1] < 2:
+        raise ValueError(f"{name} must be a 2-D sparse matrix with the label in the last "
+                         f"column, got shape {M.shape}")
+    y = M[:, [M.shape[1] - 1]].toarray().ravel()
+    return _split(M[:, :-1], y, name, test_fraction, seed, task)
+
+
+def _split(X, y, name, test_fraction, seed, task):
+    """Hold out a random ``test_fraction`` of the rows as the test split."""
     n = X.shape[0] if X.ndim else 0
     frac = V.check_number("test_fraction", test_fraction, low=0, high=1)
     n_test = round(frac * n)
@@ -225,7 +249,6 @@ def _load(path, name, test_fraction, seed, task):
         raise ValueError(f"{name} has {n} rows: too few to hold out test_fraction={frac}")
     perm = np.random.default_rng(V.check_number("seed", seed, low=0, integer=True)).permutation(n)
     tr, te = perm[:n - n_test], perm[n - n_test:]
-    y = np.asarray(y)
     return _finish(X[tr], y[tr], X[te], y[te], name, task)
 
 
@@ -245,6 +268,8 @@ def _read_csv(path):
 
 
 def _finish(X, y, X_test, y_test, name, task):
+    if V.is_sparse(X) or V.is_sparse(X_test):
+        return _finish_sparse(X, y, X_test, y_test, name, task)
     X, X_test = np.asarray(X), np.asarray(X_test)
     if X.ndim != 2 or X_test.ndim != 2 or X.shape[1] != X_test.shape[1]:
         raise ValueError(f"{name}: X and X_test must be 2-D with the same number of columns, "
@@ -262,3 +287,27 @@ def _finish(X, y, X_test, y_test, name, task):
         if not np.isfinite(a).all():
             raise ValueError(f"{name}: {what} holds values beyond the float32 range (3.4e38)")
     return Dataset(X, both[:y.shape[0]], X_test, both[y.shape[0]:], name)
+
+
+def _finish_sparse(X, y, X_test, y_test, name, task):
+    """:func:`_finish` for sparse matrices: both splits as CSR float32, values finite."""
+    import scipy.sparse
+
+    X, X_test = (scipy.sparse.csr_matrix(a) for a in (X, X_test))
+    if X.shape[1] != X_test.shape[1]:
+        raise ValueError(f"{name}: X and X_test must have the same number of columns, got "
+                         f"{X.shape} and {X_test.shape}")
+    y, y_test = np.asarray(y), np.asarray(y_test)
+    if y.shape != (X.shape[0],) or y_test.shape != (X_test.shape[0],):
+        raise ValueError(f"{name}: y must hold one label per row of X")
+    out = []
+    for what, a in (("X", X), ("X_test", X_test)):
+        if a.dtype.kind not in "biuf":
+            raise ValueError(f"{name}: {what} must be finite numbers")
+        with np.errstate(over="ignore"):
+            a = a.astype(np.float32)
+        if not np.isfinite(a.data).all():
+            raise ValueError(f"{name}: {what} must be finite numbers within the float32 range")
+        out.append(a)
+    both = _labels(np.concatenate([y, y_test]), task, y.shape[0] + y_test.shape[0], name)
+    return Dataset(out[0], both[:y.shape[0]], out[1], both[y.shape[0]:], name)
