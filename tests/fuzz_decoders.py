@@ -1,4 +1,5 @@
-"""Fuzzing of every byte decoder and state loader, run in a subprocess by test_hardening.py.
+"""Fuzzing of every byte decoder, state loader and sparse-input door, run in a subprocess by
+test_hardening.py.
 
 ``python -m tests.fuzz_decoders NAME`` runs one target: exhaustive truncations and single
 bit flips of valid encodings, then hypothesis-driven mutations (bytes replaced, inserted,
@@ -374,8 +375,82 @@ def _hostile_states(state, load, use, mutate):
     hostile()
 
 
+# ----------------------------------------------------------------------------- CSR input
+
+
+def _raw_csr(data, indices, indptr, shape):
+    """A SciPy CSR matrix holding exactly these arrays, SciPy's own checks bypassed (a
+    caller can build one so, or edit the arrays of a valid one)."""
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix((1, 1))
+    X.data, X.indices, X.indptr = data, indices, indptr
+    X._shape = shape
+    return X
+
+
+def _use_csr(X, y):
+    """Every kernel door a sparse X reaches."""
+    for model in (fastmb.Linear(6, loss="logistic"), fastmb.MLP([6, 3, 2])):
+        p = model.init(dtype=np.float64)
+        yy = y % model.n_classes
+        fastmb.loss(model, p, X, yy)
+        fastmb.per_sample_grad(model, p, X, yy, microbatch=2)
+        fastmb.per_sample_grad_norm(model, p, X, yy)
+        fastmb.predict(model, p, X)
+        fastmb.sgd(model, p, X, yy, batch_size=2, shuffle=True)
+        fastmb.evaluate(model, p, X, yy)
+
+
+def fuzz_csr():
+    """Hostile CSR structures as ``X``: indices and ``indptr`` anywhere in int32/int64
+    (negative, past the width, decreasing, past the stored values), mismatched lengths,
+    NaN values. Every call must refuse with ValueError/TypeError or run to the end."""
+    ints = st.integers(-3, 12)
+
+    @RUNS
+    @given(n=st.integers(1, 5), data=st.lists(st.floats(allow_nan=True, width=64), max_size=12),
+           indices=st.lists(ints, max_size=12), indptr=st.lists(ints, min_size=1, max_size=7),
+           idx64=st.booleans())
+    def hostile(n, data, indices, indptr, idx64):
+        it = np.int64 if idx64 else np.int32
+        X = _raw_csr(np.array(data, np.float64), np.array(indices, it), np.array(indptr, it),
+                     (n, 6))
+        _guard(lambda: _use_csr(X, np.arange(n)))
+
+    hostile()
+
+    import scipy.sparse as sp
+
+    path = os.path.join(tempfile.mkdtemp(), "m.npz")
+    M = sp.random(12, 4, density=0.5, random_state=0, format="csr")
+    M = sp.hstack([M, sp.csr_matrix((np.arange(12) % 2)[:, None])]).tocsr()
+    sp.save_npz(path, M, compressed=False)
+    with open(path, "rb") as fh:
+        valid = fh.read()
+
+    def check_file(blob):
+        with open(path, "wb") as fh:
+            fh.write(blob)
+        d = _guard(lambda: fastmb.data.load(path, test_fraction=0.25))
+        if d is not None:
+            m = fastmb.Linear(d.X.shape[1], loss="squared")
+            p, y = m.init(dtype=np.float64), d.y.astype(np.float64)
+            _guard(lambda: (fastmb.loss(m, p, d.X, y), fastmb.sgd(m, p, d.X, y, batch_size=2)))
+
+    assert fastmb.data.load(path).X.shape[1] == 4
+    _every_truncation_and_flip(valid, check_file)
+
+    @RUNS
+    @given(_bytes_mutations())
+    def mutated(edits):
+        check_file(_apply(valid, edits))
+
+    mutated()
+
+
 TARGETS = {"sparse": fuzz_sparse, "quantized": fuzz_quantized, "checkpoints": fuzz_checkpoints,
-           "states": fuzz_states}
+           "states": fuzz_states, "csr": fuzz_csr}
 
 if __name__ == "__main__":
     TARGETS[sys.argv[1]]()

@@ -505,7 +505,7 @@ def test_labels_never_silently_become_regression(tmp_path):
 # ---------------------------------------------------------------- fuzzing and the sweep
 
 
-@pytest.mark.parametrize("target", ["sparse", "quantized", "checkpoints", "states"])
+@pytest.mark.parametrize("target", ["sparse", "quantized", "checkpoints", "states", "csr"])
 def test_decoders_fuzzed_in_a_subprocess(target):
     res = _python(["-W", "error::RuntimeWarning", "-m", "tests.fuzz_decoders", target],
                   timeout=900)

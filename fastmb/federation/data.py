@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import zipfile
+import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -195,7 +196,11 @@ def load(path, *, test_fraction=0.2, seed=0, task="auto"):
                                 f".csv)")
     try:
         return _load(path, name, test_fraction, seed, task)
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:  # truncated or not what it says
+    # Truncated or not what it says. Found by fuzzing: a zip header naming an unknown
+    # version raises NotImplementedError, one flagged as encrypted RuntimeError, a broken
+    # deflate stream zlib.error.
+    except (OSError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError,
+            zlib.error) as exc:
         raise ValueError(f"data file {name!r} could not be read: {exc}") from None
 
 
