@@ -104,7 +104,7 @@ def n_cols(X):
 
 
 def input_row(X, r):
-    """Sample r's features: ``X[r]`` or a :class:`SparseRow`."""
+    """Sample r's features: ``X[r]`` or a :class:`SparseRow` (of X, or of a block)."""
     _only_in_kernels()
 
 
@@ -205,11 +205,6 @@ def block_head(A, nb):
     _only_in_kernels()
 
 
-def block_row(A, i):
-    """Row i of a block, as :func:`input_row` gives rows."""
-    _only_in_kernels()
-
-
 def block_affine(A, W, Z):
     """``Z = A @ W``: the first layer of a block."""
     _only_in_kernels()
@@ -258,17 +253,6 @@ def _block_head(A, nb):
         return lambda A, nb: SparseRows(A.data, A.indices, A.starts[:nb], A.ends[:nb],
                                         A.n_cols)
     return lambda A, nb: A[:nb]
-
-
-@_overload(block_row)
-def _block_row(A, i):
-    if _is(A, SparseRows):
-        def impl(A, i):
-            a = A.starts[i]
-            b = A.ends[i]
-            return SparseRow(A.data[a:b], A.indices[a:b])
-        return impl
-    return lambda A, i: A[i]
 
 
 @_overload(block_affine)

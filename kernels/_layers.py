@@ -32,8 +32,8 @@ import numpy as np
 from ._input import (
     block_affine,
     block_outer,
-    block_row,
     clear_unstored,
+    input_row,
     layer_rows,
     n_rows,
     row_col,
@@ -146,7 +146,7 @@ def ghost_sq(A0, Hb, Db, sizes, b_off, u_off, sq):
         D = _block(Db, b, u_off[l], u_off[l + 1])
         for i in range(b):
             if l == 0:
-                na, nd = layer_norms(block_row(A0, i), D[i], b_off[l], nin, nout)
+                na, nd = layer_norms(input_row(A0, i), D[i], b_off[l], nin, nout)
             else:
                 A = _block(Hb, b, u_off[l - 1], u_off[l])
                 na, nd = layer_norms(A[i], D[i], b_off[l], nin, nout)
@@ -193,7 +193,7 @@ def block_sample_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i, out, tmp):
         d = _block(Db, b, u_off[l], u_off[l + 1])[i]
         G = out[w_off[l]:w_off[l] + sizes[l] * nout]
         if l == 0:
-            ma = _write_outer(block_row(A0, i), d, G, nout)
+            ma = _write_outer(input_row(A0, i), d, G, nout)
         else:
             ma = _write_outer(_block(Hb, b, u_off[l - 1], u_off[l])[i], d, G, nout)
         if b_off[l] >= 0:
@@ -224,7 +224,7 @@ def block_group_grad(A0, Hb, Db, sizes, w_off, b_off, u_off, i0, i1, out):
             d = _block(Db, b, u_off[l], u_off[l + 1])[i]
             G = out[w_off[l]:w_off[l] + sizes[l] * nout]
             if l == 0:
-                _add_outer(block_row(A0, i), d, G, nout, inv)
+                _add_outer(input_row(A0, i), d, G, nout, inv)
             else:
                 _add_outer(_block(Hb, b, u_off[l - 1], u_off[l])[i], d, G, nout, inv)
             if b_off[l] >= 0:
