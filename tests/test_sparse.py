@@ -91,14 +91,11 @@ def test_formats_duplicates_and_the_callers_matrix():
     X = sp.csr_matrix((data, indices, indptr), shape=(4, 5))
     before = [a.copy() for a in (X.data, X.indices, X.indptr)]
     want = fastmb.grad(model, params, naive.csr_to_dense(X), y)
-    for form in (X, sp.csr_array(X), X.tocsc(), X.tocoo(), sp.csr_matrix(X, dtype=np.int64)):
-        if form.dtype.kind == "i":
-            form = sp.csr_matrix((np.round(data).astype(np.int64), indices, indptr),
-                                 shape=(4, 5))
-            ref = fastmb.grad(model, params, naive.csr_to_dense(form), y)
-        else:
-            ref = want
-        _close(fastmb.grad(model, params, form, y), ref)
+    for form in (X, sp.csr_array(X), X.tocsc(), X.tocoo()):
+        _close(fastmb.grad(model, params, form, y), want)
+    Xi = sp.csr_matrix((np.round(data).astype(np.int64), indices, indptr), shape=(4, 5))
+    _close(fastmb.grad(model, params, Xi, y),
+           fastmb.grad(model, params, naive.csr_to_dense(Xi), y))
     for a, b in zip((X.data, X.indices, X.indptr), before):
         np.testing.assert_array_equal(a, b)  # never sorted or summed in place
 

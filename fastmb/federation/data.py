@@ -273,46 +273,33 @@ def _read_csv(path):
 
 
 def _finish(X, y, X_test, y_test, name, task):
+    """Check both splits and convert X to float32: C-ordered arrays, or CSR matrices when
+    either split is sparse (the checks then read the stored values)."""
     if V.is_sparse(X) or V.is_sparse(X_test):
-        return _finish_sparse(X, y, X_test, y_test, name, task)
-    X, X_test = np.asarray(X), np.asarray(X_test)
+        import scipy.sparse
+
+        X, X_test = scipy.sparse.csr_matrix(X), scipy.sparse.csr_matrix(X_test)
+    else:
+        X, X_test = np.asarray(X), np.asarray(X_test)
     if X.ndim != 2 or X_test.ndim != 2 or X.shape[1] != X_test.shape[1]:
         raise ValueError(f"{name}: X and X_test must be 2-D with the same number of columns, "
                          f"got {X.shape} and {X_test.shape}")
     y, y_test = np.asarray(y), np.asarray(y_test)
     if y.shape != (X.shape[0],) or y_test.shape != (X_test.shape[0],):
         raise ValueError(f"{name}: y must hold one label per row of X")
-    for what, a in (("X", X), ("X_test", X_test)):
-        if a.dtype.kind not in "biuf" or not np.isfinite(a).all():
-            raise ValueError(f"{name}: {what} must be finite numbers")
+    X, X_test = _float32(X, "X", name), _float32(X_test, "X_test", name)
     both = _labels(np.concatenate([y, y_test]), task, y.shape[0] + y_test.shape[0], name)
-    with np.errstate(over="ignore"):  # beyond float32 becomes Inf: refused just below
-        X, X_test = np.ascontiguousarray(X, np.float32), np.ascontiguousarray(X_test, np.float32)
-    for what, a in (("X", X), ("X_test", X_test)):
-        if not np.isfinite(a).all():
-            raise ValueError(f"{name}: {what} holds values beyond the float32 range (3.4e38)")
     return Dataset(X, both[:y.shape[0]], X_test, both[y.shape[0]:], name)
 
 
-def _finish_sparse(X, y, X_test, y_test, name, task):
-    """:func:`_finish` for sparse matrices: both splits as CSR float32, values finite."""
-    import scipy.sparse
-
-    X, X_test = (scipy.sparse.csr_matrix(a) for a in (X, X_test))
-    if X.shape[1] != X_test.shape[1]:
-        raise ValueError(f"{name}: X and X_test must have the same number of columns, got "
-                         f"{X.shape} and {X_test.shape}")
-    y, y_test = np.asarray(y), np.asarray(y_test)
-    if y.shape != (X.shape[0],) or y_test.shape != (X_test.shape[0],):
-        raise ValueError(f"{name}: y must hold one label per row of X")
-    out = []
-    for what, a in (("X", X), ("X_test", X_test)):
-        if a.dtype.kind not in "biuf":
-            raise ValueError(f"{name}: {what} must be finite numbers")
-        with np.errstate(over="ignore"):
-            a = a.astype(np.float32)
-        if not np.isfinite(a.data).all():
-            raise ValueError(f"{name}: {what} must be finite numbers within the float32 range")
-        out.append(a)
-    both = _labels(np.concatenate([y, y_test]), task, y.shape[0] + y_test.shape[0], name)
-    return Dataset(out[0], both[:y.shape[0]], out[1], both[y.shape[0]:], name)
+def _float32(a, what, name):
+    """``a`` (an array or a CSR matrix) as float32, its values finite before and after."""
+    sparse = V.is_sparse(a)
+    values = a.data if sparse else a
+    if values.dtype.kind not in "biuf" or not np.isfinite(values).all():
+        raise ValueError(f"{name}: {what} must be finite numbers")
+    with np.errstate(over="ignore"):  # beyond float32 becomes Inf: refused just below
+        a = a.astype(np.float32) if sparse else np.ascontiguousarray(a, np.float32)
+    if not np.isfinite(a.data if sparse else a).all():
+        raise ValueError(f"{name}: {what} holds values beyond the float32 range (3.4e38)")
+    return a
