@@ -49,7 +49,8 @@ PARALLEL_MIN_SIZE = 1 << 19
 
 
 # The options of the input seam's overloads (``_input``), inlined into the kernels.
-OVERLOAD_OPTIONS = {"fastmath": set(FASTMATH), "error_model": "numpy"}
+OVERLOAD_OPTIONS = {"fastmath": set(FASTMATH), "error_model": "numpy",
+                    "no_cpython_wrapper": True, "no_cfunc_wrapper": True}
 
 
 def _njit(f, parallel, inline):
