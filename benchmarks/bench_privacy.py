@@ -52,3 +52,43 @@ class Int8Mean:
 
     def time_mean(self, impl):
         self.call()
+
+
+
+class _TorchBackend:
+    """fastmb as a torch model's per-sample-gradient backend (``fastmb.torch``), torch MLP
+    128-256-256-10, batch 1024, float32."""
+
+    param_names = ["impl"]
+    timeout = 300
+    peers = ""
+
+    def setup(self, impl):
+        try:
+            data = B.torch_mlp_data()
+        except ImportError:
+            raise NotImplementedError("torch is not installed") from None
+        tm, _, X, y = data
+        if impl != "fastmb":
+            self.call = _peer(dict(B.PEERS[self.peers])[impl], *data)
+        elif self.peers == "torch_norms":
+            self.call = _prepared(lambda: tm.per_sample_grad_norm(X, y))
+        else:
+            self.call = _prepared(lambda: tm.per_sample_grad(X, y))
+
+    def time_call(self, impl):
+        self.call()
+
+
+class TorchPerSampleGrads(_TorchBackend):
+    """Per-sample gradients of a torch model: fastmb, Opacus (hooks), torch.func."""
+
+    params = [["fastmb"] + [label for label, _ in B.PEERS["torch_per_sample"]]]
+    peers = "torch_per_sample"
+
+
+class TorchNorms(_TorchBackend):
+    """Per-sample gradient norms of a torch model: fastmb, Opacus' ghost clipping."""
+
+    params = [["fastmb"] + [label for label, _ in B.PEERS["torch_norms"]]]
+    peers = "torch_norms"

@@ -102,3 +102,25 @@ def test_bench_federated_round_and_numpy_peer(benchmark):
         acc = sim.step()["accuracy"]
         assert abs(acc - numpy_round(st)) <= 2 / 297
     benchmark(sim.step)
+
+
+def test_bench_torch_backend_and_its_peers(benchmark):
+    # The rows `fastmb bench` adds for fastmb.torch: its peers compute the same thing.
+    pytest.importorskip("opacus")
+    import torch
+
+    from fastmb.cli.bench import PEERS, torch_mlp_data
+
+    tm, net, X, y = torch_mlp_data(sizes=(6, 8, 3), batch=32)
+    G = benchmark(tm.per_sample_grad, X, y).clone()
+    grads = [p.grad_sample for p in tm.module.parameters()]
+    peers = dict(PEERS["torch_per_sample"])
+    out = peers["torch.func vmap(grad)"](tm, net, X, y)()
+    for a, b in zip(grads, out.values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    out = peers["Opacus GradSampleModule (hooks)"](tm, net, X, y)()
+    for a, b in zip(grads, out):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    norms = dict(PEERS["torch_norms"])["Opacus ghost clipping"](tm, net, X, y)()
+    torch.testing.assert_close(tm.per_sample_grad_norm(X, y), norms, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(G.norm(dim=1), norms, rtol=1e-4, atol=1e-6)

@@ -10,7 +10,7 @@ Every peer is defined once here, as a factory that takes the data and returns th
 call to time; ``fastmb bench``, the asv suite (``benchmarks/``) and the
 pytest-benchmark tests all time these same calls. A factory raises ``ImportError``
 when its library is missing. Peers: NumPy written the fast way (always),
-scikit-learn, PyTorch ``torch.func`` and a plain training loop, and Flower's legacy
+scikit-learn, PyTorch (``torch.func``, a plain training loop, Opacus), JAX, and Flower's legacy
 ``aggregate()`` (the real one when ``flwr`` is installed, else a faithful copy).
 """
 
@@ -424,6 +424,85 @@ def opacus_hooks_step(model, params, X, y):
     return _opacus_step(model, X, y, "hooks")
 
 
+def torch_mlp_data(sizes=(128, 256, 256, 10), batch=1024, seed=6):
+    """``(fastmb.torch.TorchModel, an unbound copy of its module, X, y)``, float32 tensors.
+    Raises ImportError without torch."""
+    import copy
+
+    import torch
+
+    from ..adapters.torch import from_torch
+
+    torch.manual_seed(seed)
+    net = _torch_mlp(sizes)
+    ref = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(batch, sizes[0], generator=g)
+    y = torch.randint(0, sizes[-1], (batch,), generator=g)
+    return from_torch(net, torch.nn.CrossEntropyLoss()), ref, X, y
+
+
+def _torch_backward(module, X, y):
+    import torch
+
+    def step():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(module(X), y).backward()
+
+    return step
+
+
+def opacus_grad_sample(tm, net, X, y):
+    """Opacus ``GradSampleModule`` (hooks): forward and backward fill ``p.grad_sample``."""
+    import copy
+
+    from opacus import GradSampleModule
+
+    gsm = GradSampleModule(copy.deepcopy(net))
+    backward = _torch_backward(gsm, X, y)
+
+    def grads():
+        backward()
+        return [p.grad_sample for p in gsm.parameters()]
+
+    return grads
+
+
+def torch_func_grad_sample(tm, net, X, y):
+    """``torch.func.vmap(grad(loss))`` over the module's parameters."""
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: v.detach() for k, v in net.named_parameters()}
+
+    def one(p, x, t):
+        return torch.nn.functional.cross_entropy(functional_call(net, p, (x[None],)), t[None])
+
+    f = vmap(grad(one), in_dims=(None, 0, 0))
+    return lambda: f(params, X, y)
+
+
+def opacus_ghost_norms(tm, net, X, y):
+    """Opacus' ghost clipping: forward, backward, then the per-sample norms."""
+    import copy
+
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gsm = GradSampleModuleFastGradientClipping(copy.deepcopy(net), loss_reduction="mean",
+                                                   max_grad_norm=1.0, use_ghost_clipping=True)
+    backward = _torch_backward(gsm, X, y)
+
+    def norms():
+        backward()
+        return gsm.get_norm_sample()
+
+    return norms
+
+
 def mlp_step_flops(sizes, batch):
     """Flops of one training step: forward, input-side deltas (not for layer 0), weight grads."""
     prods = [a * b for a, b in itertools.pairwise(sizes)]
@@ -460,6 +539,9 @@ PEERS = {
     "krum": [("NumPy Gram-matrix Krum", numpy_krum)],
     "topk": [("np.argpartition top-k + residual", numpy_topk_ef)],
     "int8_mean": [("NumPy dequantize + (w @ D) / w.sum()", numpy_int8_mean)],
+    "torch_per_sample": [("Opacus GradSampleModule (hooks)", opacus_grad_sample),
+                         ("torch.func vmap(grad)", torch_func_grad_sample)],
+    "torch_norms": [("Opacus ghost clipping", opacus_ghost_norms)],
     "dp_step": [("fastmb non-private step", fastmb_plain_step),
                 ("PyTorch plain step", torch_mlp_step),
                 ("Opacus ghost (fastest)", opacus_ghost_step),
@@ -609,6 +691,8 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
                   "dp_step", (model, p, X, y), repeat, None, bw, echo,
                   limit_s=mlp_step_flops(model.sizes, len(X)) / peak)
 
+    rows += _torch_rows(sz(1024), repeat, bw, peak, echo)
+
     extra = {"bandwidth_GBps": bw / 1e9, "gemm_GFLOPs": peak / 1e9,
              "gemm64_GFLOPs": peak64 / 1e9}
     if compile:
@@ -616,6 +700,29 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
         echo(f"compile: cold {extra['cold_s']:.1f} s (fresh cache), warm start-up "
              f"{extra['warm_s']:.2f} s (import + first calls from the on-disk cache)")
     return rows, extra
+
+
+def _torch_rows(batch, repeat, bw, peak, echo):
+    """fastmb as a torch model's per-sample-gradient backend (``fastmb.torch``), beside
+    Opacus and torch.func; no rows without torch."""
+    try:
+        import torch
+
+        data = torch_mlp_data(batch=batch)
+    except ImportError:
+        return []
+    tm, _, X, y = data
+    out = torch.empty(len(X), tm.model.n_params)
+    size = f"torch {'-'.join(map(str, tm.model.sizes))} batch {len(X)}"
+    # the limit: writing the (n, P) result once
+    rows = _rows("torch per-sample grads", size, lambda: tm.per_sample_grad(X, y, out=out),
+                 "torch_per_sample", data, repeat, out.numel() * 4 + X.numel() * 4, bw, echo)
+    # the norms need the forward pass and the input-side deltas, no weight gradients
+    prods = [a * b for a, b in itertools.pairwise(tm.model.sizes)]
+    rows += _rows("torch per-sample grad norms", size, lambda: tm.per_sample_grad_norm(X, y),
+                  "torch_norms", data, repeat, None, bw, echo,
+                  limit_s=2 * len(X) * (2 * sum(prods) - prods[0]) / peak)
+    return rows
 
 
 def mean_time(func, repeat=200, warmup=3):
