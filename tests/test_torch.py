@@ -316,3 +316,15 @@ def test_bad_batches_are_refused():
     tb = from_torch(_net((5, 1)), nn.BCEWithLogitsLoss())
     with pytest.raises(ValueError, match="integer class indices"):
         tb.loss(X, torch.full((N, 1), 0.5, dtype=torch.float64))  # soft labels
+
+
+def test_readme_example_runs():
+    import os
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
+        text = f.read()
+    code = text.split("## PyTorch models")[1].split("```python")[1].split("```")[0]
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["same"].tobytes() == scope["p"].tobytes()
+    assert scope["G"].shape == (256, scope["tm"].model.n_params)
