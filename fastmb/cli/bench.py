@@ -16,6 +16,7 @@ scikit-learn, PyTorch (``torch.func``, a plain training loop, Opacus), JAX, and 
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import os
@@ -31,6 +32,7 @@ import numpy as np
 
 import fastmb
 
+from ..adapters.torch import from_torch
 from ..kernels.roofline import triad
 
 # ----------------------------------------------------------------------------- timing
@@ -427,11 +429,7 @@ def opacus_hooks_step(model, params, X, y):
 def torch_mlp_data(sizes=(128, 256, 256, 10), batch=1024, seed=6):
     """``(fastmb.torch.TorchModel, an unbound copy of its module, X, y)``, float32 tensors.
     Raises ImportError without torch."""
-    import copy
-
     import torch
-
-    from ..adapters.torch import from_torch
 
     torch.manual_seed(seed)
     net = _torch_mlp(sizes)
@@ -456,8 +454,6 @@ def _torch_backward(module, X, y):
 
 def opacus_grad_sample(tm, net, X, y):
     """Opacus ``GradSampleModule`` (hooks): forward and backward fill ``p.grad_sample``."""
-    import copy
-
     from opacus import GradSampleModule
 
     gsm = GradSampleModule(copy.deepcopy(net))
@@ -486,8 +482,6 @@ def torch_func_grad_sample(tm, net, X, y):
 
 def opacus_ghost_norms(tm, net, X, y):
     """Opacus' ghost clipping: forward, backward, then the per-sample norms."""
-    import copy
-
     from opacus.grad_sample import GradSampleModuleFastGradientClipping
 
     with warnings.catch_warnings():
