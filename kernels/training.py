@@ -12,6 +12,13 @@ dtype (at most ``batch`` terms). The update, with all options on, is::
     v = momentum * v + d            (v starts at 0; skipped when momentum == 0)
     p = p - lr_t * v
 
+or with Adam (Kingma and Ba 2015, in scikit-learn's form: the bias corrections fold into
+the step size, and ``eps`` is added to the uncorrected root)::
+
+    m = beta1 * m + (1 - beta1) * d          (m, s start at 0; t counts steps from 1)
+    s = beta2 * s + (1 - beta2) * d * d
+    p = p - lr_t * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(s) + eps)
+
 ``lr_t`` follows the schedule: 0 constant, 1 inverse scaling ``lr / (t + 1)**power_t``,
 2 cosine ``lr * (1 + cos(pi * t / T)) / 2`` over the T steps of the run.
 
@@ -197,8 +204,9 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
     chunk to the next is exactly ``out[k]``, the momentum ``V[k]`` and the step count,
     which is ``e_lo`` times the batches per epoch (each epoch reshuffles from the
     identity, with its own key). ``e_lo == 0`` starts from ``params0`` with zero momentum.
-    ``V`` holds (P,) momentum rows when the training is split into chunks; rows of any
-    other length mean "allocate one here" (a training done in one call).
+    ``V`` holds the optimizer's state rows when the training is split into chunks (momentum
+    ``(P,)``, Adam's moments ``(2P,)``); rows of any other length mean "allocate one here"
+    (a training done in one call).
 
     ``spec`` is the model's layout and ``opts`` the training options, both small typed
     records (``fastmb.models.Layout``, ``fastmb.learn.options.TrainRecord``). ``path`` is a
@@ -215,12 +223,13 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
     """
     sizes, w_off, _, u_off, _, loss, hdelta = spec
     (batch, lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu, _, clip,
-     noise_std) = opts
+     noise_std, use_adam, beta1, beta2, eps) = opts
     P = params0.shape[0]
     has_w = sw.shape[0] > 0
     has_idx = idx.shape[0] > 0
     scattered = shuffle or has_idx   # rows read out of order: prefetch them
     use_mom = momentum != 0.0
+    n_state = 2 * P if use_adam else (P if use_mom else 0)
     # A sparse input's plain step touches only the first layer's weight rows of the batch's
     # columns (and the other layers, which do not scale with n_features): the gradient is
     # kept zero between steps and the update visits those rows alone, so a step costs the
@@ -228,7 +237,7 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
     # bits (an untouched coordinate would only subtract step * 0). Momentum, weight decay,
     # a proximal term and DP noise change every coordinate at every step: those run the
     # dense update.
-    sparse_step = (is_sparse(X) and not use_mom and weight_decay == 0.0 and prox_mu == 0.0
+    sparse_step = (is_sparse(X) and n_state == 0 and weight_decay == 0.0 and prox_mu == 0.0
                    and path != PATH_DP)
     w0 = w_off[0]
     nout0 = sizes[1]
@@ -245,8 +254,8 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
         v = V[k]
         zs, hs, ds = workspace(u_off, params0)
         g = np.zeros(P, params0.dtype)
-        if v.shape[0] != P:
-            v = np.zeros(P if use_mom else 0, params0.dtype)
+        if v.shape[0] != n_state:
+            v = np.zeros(n_state, params0.dtype)
         perm = np.arange(n)
         if e_lo == 0:
             for j in range(P):
@@ -311,7 +320,17 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
                     break
                 inv = 1.0 / wsum if wsum > 0 else 0.0
                 lr_t = lr_at(lr_schedule, lr, power_t, t, total)
-                if use_mom:
+                if use_adam:
+                    t1 = t + 1.0
+                    a = lr_t * math.sqrt(1.0 - beta2 ** t1) / (1.0 - beta1 ** t1)
+                    m = v[:P]
+                    s2 = v[P:]
+                    for j in range(P):
+                        d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])
+                        m[j] = beta1 * m[j] + (1.0 - beta1) * d
+                        s2[j] = beta2 * s2[j] + (1.0 - beta2) * d * d
+                        p[j] -= a * m[j] / (math.sqrt(s2[j]) + eps)
+                elif use_mom:
                     for j in range(P):
                         d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])
                         v[j] = momentum * v[j] + d

@@ -242,8 +242,12 @@ def lr_at(t, total, lr, schedule, power_t):
 def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
         weight_decay=0.0, prox_mu=0.0, shuffle=True, seed=0, sample_weight=None,
         schedule="constant", power_t=0.5, key=None, clip_norm=None, noise_multiplier=0.0,
-        max_steps=-1):
+        max_steps=-1, optimizer="sgd", betas=(0.9, 0.999), eps=1e-8):
     """Mini-batch SGD, one Python step at a time; ``key`` defaults to client 0's stream.
+
+    ``optimizer="adam"``: Adam as written in Kingma and Ba's Algorithm 1 with the bias
+    corrections folded into the step (their section 2's last paragraph), as scikit-learn
+    writes it.
 
     ``max_steps >= 0`` stops after that many steps (the schedule still spans ``epochs``).
 
@@ -253,6 +257,7 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
     p0 = np.asarray(params, np.float64)
     p = p0.copy()
     v = np.zeros_like(p)
+    m, s = np.zeros_like(p), np.zeros_like(p)
     n = len(X)
     w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, float)
     key = hash2(seed, 0) if key is None else key
@@ -281,8 +286,16 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
             wsum = w[idx].sum()
             g = g / wsum if wsum > 0 else 0 * g
             d = g + weight_decay * p + prox_mu * (p - p0)
-            v = momentum * v + d
-            p = p - lr_at(t, total, lr, schedule, power_t) * v
+            lr_t = lr_at(t, total, lr, schedule, power_t)
+            if optimizer == "adam":
+                b1, b2 = betas
+                m = b1 * m + (1 - b1) * d
+                s = b2 * s + (1 - b2) * d * d
+                step = lr_t * np.sqrt(1 - b2 ** (t + 1)) / (1 - b1 ** (t + 1))
+                p = p - step * m / (np.sqrt(s) + eps)
+            else:
+                v = momentum * v + d
+                p = p - lr_t * v
             t += 1
     return p
 

@@ -50,6 +50,9 @@ def test_sgd_matches_naive(model):
     dict(batch_size=1, epochs=1),
     dict(batch_size=100, epochs=3),
     dict(sample_weight="random"),
+    dict(optimizer="adam", lr=0.01),
+    dict(optimizer="adam", betas=(0.5, 0.9), eps=1e-3, weight_decay=0.01, prox_mu=0.1,
+         schedule="invscaling", batch_size=1, epochs=1, sample_weight="random"),
 ])
 def test_sgd_options_match_naive(options):
     model = MODEL_CASES["mlp-tanh-logistic"]()
@@ -91,6 +94,45 @@ def test_train_clients_rows_clients_max_steps(case):
     alone = fastmb.train_clients(model, params, X, y, offsets, rows=perm, clients=[0],
                                  **{**kw, "epochs": 1, "max_steps": None})
     np.testing.assert_array_equal(alone[0], got[1])
+
+
+@pytest.mark.parametrize("case", ["linear-squared", "mlp-relu-softmax", "linear-logistic"])
+def test_adam_matches_scikit_learns_optimizer(case):
+    # scikit-learn's own Adam (what its MLP estimators run), fed fastmb's mini-batch
+    # gradients of the same rows, takes the same steps.
+    from sklearn.neural_network._stochastic_optimizers import AdamOptimizer
+
+    model = MODEL_CASES[case]()
+    params, X, y = make_data(model, 40, seed=31)
+    kw = dict(batch_size=8, lr=0.02, betas=(0.8, 0.99), eps=1e-6)
+    got = fastmb.sgd(model, params, X, y, epochs=3, shuffle=False, optimizer="adam", **kw)
+    p = params.copy()
+    opt = AdamOptimizer([p], learning_rate_init=kw["lr"], beta_1=0.8, beta_2=0.99,
+                        epsilon=1e-6)
+    for _ in range(3):
+        for lo in range(0, 40, 8):
+            opt.update_params([p], [fastmb.grad(model, p, X[lo:lo + 8], y[lo:lo + 8])])
+    assert_allclose(got, p, **F64)
+    # clients start from zero moments each: client 0 alone is sgd on its rows
+    both = fastmb.train_clients(model, params, X, y, [0, 24, 40], epochs=3, shuffle=False,
+                                optimizer="adam", **kw)
+    np.testing.assert_array_equal(both[0], fastmb.sgd(model, params, X[:24], y[:24], epochs=3,
+                                                      shuffle=False, optimizer="adam", **kw))
+
+
+@pytest.mark.parametrize("options, exc, match", [
+    (dict(optimizer="rmsprop"), ValueError, "optimizer must be one of"),
+    (dict(optimizer="adam", momentum=0.9), ValueError, "momentum is an option of"),
+    (dict(optimizer="adam", betas=(0.9, 1.0)), ValueError, r"betas must each be in \[0, 1\)"),
+    (dict(optimizer="adam", betas=(0.9,)), TypeError, "betas must be a pair"),
+    (dict(optimizer="adam", betas=(-0.1, 0.9)), ValueError, "betas.0. must be >= 0"),
+    (dict(optimizer="adam", eps=0.0), ValueError, "eps must be > 0"),
+])
+def test_adam_bad_options(options, exc, match):
+    model = MODEL_CASES["linear-softmax"]()
+    params, X, y = make_data(model, 10, seed=32)
+    with pytest.raises(exc, match=match):
+        fastmb.sgd(model, params, X, y, **options)
 
 
 def test_train_clients_rows_bad_input():

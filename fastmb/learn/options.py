@@ -2,7 +2,8 @@
 
 :class:`TrainOptions` holds every option of :func:`fastmb.sgd` and
 :func:`fastmb.train_clients` (the learning rate, its schedule, momentum, the weight decay,
-the proximal term, shuffling and its seed, DP-SGD's clipping and noise). It is checked when
+the proximal term, shuffling and its seed, DP-SGD's clipping and noise, the optimizer: SGD
+or Adam). It is checked when
 built. :meth:`TrainOptions.record` turns it into the small typed record the training kernels
 take (:class:`TrainRecord`, a NamedTuple of scalars).
 
@@ -23,6 +24,7 @@ from .. import _validation as V
 from ..kernels import training as KT
 
 SCHEDULES = {"constant": 0, "invscaling": 1, "cosine": 2}
+OPTIMIZERS = ("sgd", "adam")
 # From this batch size on, a mini-batch's gradient is computed with matrix products, one
 # per layer and pass (BLAS), instead of sample by sample; a one-output linear model keeps
 # its dedicated per-sample loop. Measured on a 2-core AVX2 machine: at batch 8 the
@@ -54,6 +56,10 @@ class TrainRecord(NamedTuple):
     path: int
     clip: float
     noise_std: float
+    adam: bool
+    beta1: float
+    beta2: float
+    eps: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +93,20 @@ class TrainOptions:
     power_t: float = 0.5
     clip_norm: float | None = None
     noise_multiplier: float = 0.0
+    optimizer: str = "sgd"
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
 
     def __post_init__(self):
         if not isinstance(self.schedule, str) or self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got "
                              f"{self.schedule!r}")
+        if not isinstance(self.optimizer, str) or self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got "
+                             f"{self.optimizer!r}")
+        if isinstance(self.betas, (str, bytes)) or not hasattr(self.betas, "__len__") \
+                or len(self.betas) != 2:
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
         if not isinstance(self.shuffle, (bool, np.bool_)):
             raise TypeError(f"shuffle must be a bool, got {type(self.shuffle).__name__}")
         checked = dict(
@@ -105,7 +120,15 @@ class TrainOptions:
             prox_mu=V.check_number("prox_mu", self.prox_mu, low=0),
             seed=V.check_number("seed", self.seed, low=0, high=2**64 - 1, integer=True),
             noise_multiplier=V.check_number("noise_multiplier", self.noise_multiplier, low=0),
+            betas=(V.check_number("betas[0]", self.betas[0], low=0, high=1),
+                   V.check_number("betas[1]", self.betas[1], low=0, high=1)),
+            eps=V.check_number("eps", self.eps, low=0, low_open=True),
         )
+        if max(checked["betas"]) >= 1:
+            raise ValueError(f"betas must each be in [0, 1), got {checked['betas']}")
+        if self.optimizer == "adam" and checked["momentum"] != 0.0:
+            raise ValueError("momentum is an option of optimizer='sgd'; Adam's first moment "
+                             "is betas[0]")
         if self.clip_norm is None:
             if checked["noise_multiplier"] > 0:
                 raise ValueError("noise_multiplier > 0 needs clip_norm: the noise is calibrated "
@@ -143,4 +166,12 @@ class TrainOptions:
             path = KT.PATH_SAMPLE
         return TrainRecord(self.batch_size, SCHEDULES[self.schedule], self.shuffle, self.lr,
                            self.power_t, self.momentum, self.weight_decay, self.prox_mu,
-                           path, clip, self.noise_multiplier * (0.0 if clip == np.inf else clip))
+                           path, clip, self.noise_multiplier * (0.0 if clip == np.inf else clip),
+                           self.optimizer == "adam", self.betas[0], self.betas[1], self.eps)
+
+    def state_size(self, P):
+        """The optimizer's state a client carries between steps: momentum ``(P,)``, Adam's
+        two moments ``(2P,)``, or nothing."""
+        if self.optimizer == "adam":
+            return 2 * P
+        return P if self.momentum != 0.0 else 0

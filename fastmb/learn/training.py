@@ -93,7 +93,8 @@ def _as_epochs(epochs, K):
 
 def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
         weight_decay=0.0, prox_mu=0.0, shuffle=True, seed=0, sample_weight=None,
-        schedule="constant", power_t=0.5, clip_norm=None, noise_multiplier=0.0):
+        schedule="constant", power_t=0.5, clip_norm=None, noise_multiplier=0.0,
+        optimizer="sgd", betas=(0.9, 0.999), eps=1e-8):
     """Mini-batch SGD on one client's data; returns new parameters (``params`` is not changed).
 
     Each step uses the weighted mean gradient of one mini-batch ``g`` and updates::
@@ -101,6 +102,12 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
         d = g + weight_decay * p + prox_mu * (p - params)   # FedProx pulls towards params
         v = momentum * v + d                                # v starts at zero
         p = p - lr_t * v
+
+    or, with ``optimizer="adam"`` (scikit-learn's form of Adam; ``t`` counts steps from 1)::
+
+        m = beta1 * m + (1 - beta1) * d                     # m, s start at zero
+        s = beta2 * s + (1 - beta2) * d**2
+        p = p - lr_t * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(s) + eps)
 
     The whole loop over epochs and mini-batches runs in one compiled call.
 
@@ -131,6 +138,15 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
         deltas (|a|^2 |d|^2 per layer, "ghost norms"); no per-sample gradient is formed,
         and the clipped sum is one matrix product per layer. ``g`` above becomes
         ``(sum_i clip(g_i) + noise) / b`` for a batch of ``b`` rows.
+    optimizer : {"sgd", "adam"}, default "sgd"
+        Adam (Kingma and Ba 2015) as scikit-learn's MLP estimators run it: the bias
+        corrections scale the step, and ``eps`` is added to ``sqrt(s)`` before it is
+        corrected (PyTorch adds it after, which differs while ``s`` is small).
+        ``momentum`` must then be 0.
+    betas : (float, float), default (0.9, 0.999)
+        Adam's decay rates of the first and second moments, each in [0, 1).
+    eps : float, default 1e-8
+        Adam's denominator term.
     noise_multiplier : float, default 0
         Gaussian noise of standard deviation ``noise_multiplier * clip_norm`` added to
         each coordinate of the clipped sum, drawn from a counter-based stream of
@@ -164,7 +180,8 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
                          epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                          weight_decay=weight_decay, prox_mu=prox_mu, shuffle=shuffle, seed=seed,
                          sample_weight=sample_weight, schedule=schedule, power_t=power_t,
-                         clip_norm=clip_norm, noise_multiplier=noise_multiplier)[0]
+                         clip_norm=clip_norm, noise_multiplier=noise_multiplier,
+                         optimizer=optimizer, betas=betas, eps=eps)[0]
 
 
 class TrainPlan:
@@ -199,11 +216,14 @@ class TrainPlan:
         kernel = K_.SGD[self.record.path]
         keys = np.empty(K, np.uint64)
         K_.client_keys(seed, clients, keys)
-        mom = None  # the current group's momentum rows, carried from chunk to chunk
+        # the current group's optimizer state (momentum, Adam's moments), carried from chunk
+        # to chunk of a split training; none (zero columns) for one done in a single call
+        mom = None
         for g0, g1, e_lo, e_hi in self.chunks(ends - starts, epochs, max_steps, P):
             if e_lo == 0:
-                mom = self._momentum(g1 - g0, P, params.dtype,
-                                     e_hi < epochs[g0:g1].max())
+                split = e_hi < epochs[g0:g1].max()
+                mom = np.empty((g1 - g0, self.options.state_size(P) if split else 0),
+                               params.dtype)
             work = ((ends[g0:g1] - starts[g0:g1]) * (np.minimum(epochs[g0:g1], e_hi) - e_lo)
                     * (P + 64.0))
             order, bounds, task_work = _tasks(work)
@@ -216,11 +236,6 @@ class TrainPlan:
 
             run_threads(task, task_work, numba.get_num_threads())
         return out, bad
-
-    def _momentum(self, G, P, dtype, split):
-        """Momentum rows for a group of ``G`` clients: carried between the chunks of a split
-        training, none (zero columns) for one done in a single call."""
-        return np.empty((G, P if split and self.record.momentum != 0.0 else 0), dtype)
 
     def chunks(self, rows, epochs, max_steps, P):
         """Kernel calls ``(g0, g1, e_lo, e_hi)``: clients ``g0:g1`` run epochs ``e_lo:e_hi``.
@@ -323,7 +338,8 @@ def check_steps(offsets, ids, epochs, batch):
 def train_clients(model, params, X, y, client_offsets, *, rows=None, clients=None, epochs=1,
                   max_steps=None, batch_size=32, lr=0.01, momentum=0.0, weight_decay=0.0,
                   prox_mu=0.0, shuffle=True, seed=0, sample_weight=None, schedule="constant",
-                  power_t=0.5, clip_norm=None, noise_multiplier=0.0, device="cpu"):
+                  power_t=0.5, clip_norm=None, noise_multiplier=0.0, optimizer="sgd",
+                  betas=(0.9, 0.999), eps=1e-8, device="cpu"):
     """Local SGD of K clients from the same starting ``params``, in parallel, in one call.
 
     Client k owns rows ``client_offsets[k]:client_offsets[k+1]`` of ``X`` and ``y``
@@ -354,8 +370,8 @@ def train_clients(model, params, X, y, client_offsets, *, rows=None, clients=Non
         Stop a client after this many mini-batch steps (stragglers); a negative value or
         None means no limit. The learning-rate schedule still spans ``epochs``.
     batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule, power_t, \
-clip_norm, noise_multiplier
-        As in :func:`sgd`.
+clip_norm, noise_multiplier, optimizer, betas, eps
+        As in :func:`sgd`. Each client starts Adam's moments at zero.
     device : {"cpu", "cuda"}, default "cpu"
         ``"cuda"``: one thread block per client on the GPU, each client's samples pushed
         through the model one after the other (the CPU's sample-by-sample summation order;
@@ -390,10 +406,14 @@ clip_norm, noise_multiplier
     options = TrainOptions(batch_size=batch_size, lr=lr, momentum=momentum,
                            weight_decay=weight_decay, prox_mu=prox_mu, shuffle=shuffle, seed=seed,
                            schedule=schedule, power_t=power_t, clip_norm=clip_norm,
-                           noise_multiplier=noise_multiplier)
+                           noise_multiplier=noise_multiplier, optimizer=optimizer,
+                           betas=betas, eps=eps)
     options.check_sample_weight(sample_weight)
     gpu = _device.gpu(device)
     if gpu:
+        if options.optimizer != "sgd":
+            raise ValueError(f"optimizer={options.optimizer!r} runs on the CPU only (the GPU's "
+                             "training kernel has SGD with momentum)")
         b = gpu.Batch(model, params, X, y, sample_weight)
         idx, off = _rows_and_offsets(b.n, client_offsets, rows)
         ids, ep, steps = _selection(off.shape[0] - 1, clients, epochs, max_steps)
