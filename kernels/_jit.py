@@ -53,11 +53,11 @@ OVERLOAD_OPTIONS = {"fastmath": set(FASTMATH), "error_model": "numpy",
                     "no_cpython_wrapper": True, "no_cfunc_wrapper": True}
 
 
-def _njit(f, parallel, inline):
+def _njit(f, parallel, inline, fastmath=True):
     return numba.njit(
         f,
         cache=True,
-        fastmath=set(FASTMATH),
+        fastmath=set(FASTMATH) if fastmath else False,
         parallel=parallel,
         inline=inline,
         error_model="numpy",
@@ -132,15 +132,17 @@ class Parallel:
 
 
 def jit(func=None, *, parallel=False, inline="never", min_size=PARALLEL_MIN_SIZE,
-        blas=False):
+        blas=False, fastmath=True):
     """``numba.njit`` with fastmb's options; usable as ``@jit`` or ``@jit(parallel=True)``
     (which gives a :class:`Parallel`, called from Python only, serial below ``min_size``
-    array elements; ``blas=True`` when its tasks call ``np.dot``)."""
+    array elements; ``blas=True`` when its tasks call ``np.dot``). ``fastmath=False``: IEEE
+    arithmetic in source order, for a kernel that reproduces another library's results
+    step for step (no reassociation, no fused multiply-adds)."""
 
     def wrap(f):
         if parallel:
             return Parallel(f, min_size, blas)
-        return _njit(f, False, inline)
+        return _njit(f, False, inline, fastmath)
 
     if func is None:
         return wrap

@@ -38,7 +38,7 @@ LAYERS = [
     {"aggregate"},
     {"privacy", "secure", "slicing"},
     {"federation"},
-    {"cli", "adapters", "distributed", "torch", "__init__", "__main__"},
+    {"cli", "adapters", "distributed", "torch", "sklearn", "__init__", "__main__"},
 ]
 OPTIONAL = ("numba.cuda", "fastmb.kernels.cuda", "sklearn", "matplotlib", "tqdm", "filelock",
             "tomllib", "tomli", "dask", "distributed", "dp_accounting", "torch", "flwr",
