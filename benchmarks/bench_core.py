@@ -141,3 +141,30 @@ class CompileTime:
 
     def timeraw_import(self):
         return "import fastmb"
+
+
+class SklearnSGDFit:
+    """``fastmb.sklearn.SGDClassifier`` beside scikit-learn's: five epochs of the default
+    settings on 200,000 rows, dense (128 features) and CSR (2^18, 50 stored a row)."""
+
+    params = [["fastmb", "sklearn"], ["dense", "csr"]]
+    param_names = ["impl", "X"]
+    timeout = 300
+
+    def setup(self, impl, kind):
+        try:
+            from fastmb.sklearn import SGDClassifier
+        except ImportError:
+            raise NotImplementedError("scikit-learn is not installed") from None
+        if kind == "dense":
+            _, _, X, y = B.logistic_data()
+            X = X.astype("float64")
+        else:
+            _, _, X, y = B.sparse_logistic_data()
+        if impl == "fastmb":
+            self.call = _prepared(lambda: SGDClassifier(**B.SGD_FIT).fit(X, y))
+        else:
+            self.call = _peer(B.sklearn_sgd_fit, X, y)
+
+    def time_fit(self, impl, kind):
+        self.call()

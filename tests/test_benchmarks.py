@@ -124,3 +124,16 @@ def test_bench_torch_backend_and_its_peers(benchmark):
     norms = dict(PEERS["torch_norms"])["Opacus ghost clipping"](tm, net, X, y)()
     torch.testing.assert_close(tm.per_sample_grad_norm(X, y), norms, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(G.norm(dim=1), norms, rtol=1e-4, atol=1e-6)
+
+
+def test_bench_sklearn_sgd_fit_and_its_peer(benchmark):
+    # The rows `fastmb bench` adds for fastmb.sklearn: the peer fits the same model.
+    from fastmb.cli.bench import SGD_FIT, logistic_data, sklearn_sgd_fit
+    from fastmb.sklearn import SGDClassifier
+
+    _, _, X, y = logistic_data(n=500, d=8)
+    X = X.astype(np.float64)
+    ours = benchmark(SGDClassifier(**SGD_FIT).fit, X, y)
+    theirs = sklearn_sgd_fit(X, y)()
+    assert ours.n_iter_ == theirs.n_iter_ == 5
+    assert abs(ours.score(X, y) - theirs.score(X, y)) < 0.05

@@ -497,6 +497,21 @@ def opacus_ghost_norms(tm, net, X, y):
     return norms
 
 
+#: The settings of the SGDClassifier rows: scikit-learn's defaults for five whole epochs
+#: (no early stop, so both run the same number of steps).
+SGD_FIT = dict(max_iter=5, tol=None, random_state=0)
+
+
+def sklearn_sgd_fit(X, y):
+    """scikit-learn's own ``SGDClassifier(**SGD_FIT).fit``."""
+    from sklearn.linear_model import SGDClassifier
+
+    def fit():
+        return SGDClassifier(**SGD_FIT).fit(X, y)
+
+    return fit
+
+
 def mlp_step_flops(sizes, batch):
     """Flops of one training step: forward, input-side deltas (not for layer 0), weight grads."""
     prods = [a * b for a, b in itertools.pairwise(sizes)]
@@ -524,6 +539,7 @@ PEERS = {
                   ("PyTorch loop (batch 32)", torch_sgd_epoch),
                   ("JAX lax.scan (batch 32)", jax_sgd_epoch)],
     "sgd_epoch_sparse": [("sklearn SGDClassifier (batch 1)", sklearn_sgd_epoch)],
+    "sklearn_sgd_fit": [("sklearn SGDClassifier", sklearn_sgd_fit)],
     "mlp_per_sample": [("NumPy batched backprop + einsum", numpy_mlp_per_sample),
                        ("torch.func vmap(grad)", torch_mlp_per_sample)],
     "mlp_norms": [("materialize (fastmb) + np.linalg.norm", materialized_norms)],
@@ -686,6 +702,7 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
                   limit_s=mlp_step_flops(model.sizes, len(X)) / peak)
 
     rows += _torch_rows(sz(1024), repeat, bw, peak, echo)
+    rows += _sklearn_rows(sz(200_000), repeat, bw, echo)
 
     extra = {"bandwidth_GBps": bw / 1e9, "gemm_GFLOPs": peak / 1e9,
              "gemm64_GFLOPs": peak64 / 1e9}
@@ -716,6 +733,26 @@ def _torch_rows(batch, repeat, bw, peak, echo):
     rows += _rows("torch per-sample grad norms", size, lambda: tm.per_sample_grad_norm(X, y),
                   "torch_norms", data, repeat, None, bw, echo,
                   limit_s=2 * len(X) * (2 * sum(prods) - prods[0]) / peak)
+    return rows
+
+
+def _sklearn_rows(n, repeat, bw, echo):
+    """``fastmb.sklearn.SGDClassifier`` beside scikit-learn's (five epochs of the default
+    settings), dense and sparse; no rows without scikit-learn."""
+    try:
+        from ..adapters.sklearn import SGDClassifier
+    except ImportError:
+        return []
+    _, _, X, y = logistic_data(n=n)
+    X = X.astype(np.float64)
+    rows = _rows("sklearn SGDClassifier.fit x5", f"n={n:,} d={X.shape[1]} f64",
+                 lambda: SGDClassifier(**SGD_FIT).fit(X, y), "sklearn_sgd_fit", (X, y),
+                 max(1, repeat // 3), 5 * X.nbytes, bw, echo)
+    _, _, Xs, ys = sparse_logistic_data(n=n)
+    nbytes = Xs.data.nbytes + Xs.indices.nbytes + Xs.indptr.nbytes
+    rows += _rows("sklearn SGDClassifier.fit x5", f"n={n:,} d=2^18 CSR, {Xs.nnz // n} a row",
+                  lambda: SGDClassifier(**SGD_FIT).fit(Xs, ys), "sklearn_sgd_fit", (Xs, ys),
+                  max(1, repeat // 3), 5 * nbytes, bw, echo)
     return rows
 
 
