@@ -173,3 +173,14 @@ def test_float32_input_keeps_float32():
     assert ours.coef_.dtype == theirs.coef_.dtype == np.float32
     # scikit-learn keeps its running scale in float32 there; fastmb keeps it in float64
     np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-4, atol=1e-5)
+
+
+def test_readme_example_runs():
+    import os
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
+        text = f.read()
+    scope = {}
+    exec(text.split("## A tour")[1].split("```python")[1].split("```")[0], scope)
+    exec(text.split("## scikit-learn estimators")[1].split("```python")[1].split("```")[0], scope)
+    assert scope["clf"].predict_proba(scope["X"][:3]).shape == (3, 10)
