@@ -40,9 +40,11 @@ LAYERS = [
     {"federation"},
     {"cli", "adapters", "distributed", "torch", "sklearn", "__init__", "__main__"},
 ]
+# (fastmb.adapters.sklearn imports scikit-learn at its top: its estimators subclass
+# scikit-learn's; whoever uses it without the extra imports it lazily)
 OPTIONAL = ("numba.cuda", "fastmb.kernels.cuda", "sklearn", "matplotlib", "tqdm", "filelock",
             "tomllib", "tomli", "dask", "distributed", "dp_accounting", "torch", "flwr",
-            "cryptography", "scipy", "opacus", "jax")
+            "cryptography", "scipy", "opacus", "jax", "fastmb.adapters.sklearn")
 
 
 def _layer(module):
