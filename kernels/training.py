@@ -8,9 +8,11 @@ The loop over epochs and mini-batches runs here, in compiled code. A mini-batch'
 gradient is the weighted mean of its samples' gradients, summed in the parameters'
 dtype (at most ``batch`` terms). The update, with all options on, is::
 
+    g = g + l2 * W / sum(w)         (l2: the weights only, not the biases; scikit-learn's
+                                     MLP alpha, a penalty of the batch's summed loss)
     d = g + weight_decay * p + prox_mu * (p - p0)
     v = momentum * v + d            (v starts at 0; skipped when momentum == 0)
-    p = p - lr_t * v
+    p = p - lr_t * v                (nesterov: p = p - lr_t * (d + momentum * v))
 
 or with Adam (Kingma and Ba 2015, in scikit-learn's form: the bias corrections fold into
 the step size, and ``eps`` is added to the uncorrected root)::
@@ -223,7 +225,7 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
     """
     sizes, w_off, _, u_off, _, loss, hdelta = spec
     (batch, lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu, _, clip,
-     noise_std, use_adam, beta1, beta2, eps) = opts
+     noise_std, nesterov, l2, use_adam, beta1, beta2, eps) = opts
     P = params0.shape[0]
     has_w = sw.shape[0] > 0
     has_idx = idx.shape[0] > 0
@@ -238,7 +240,8 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
     # a proximal term and DP noise change every coordinate at every step: those run the
     # dense update.
     sparse_step = (is_sparse(X) and n_state == 0 and weight_decay == 0.0 and prox_mu == 0.0
-                   and path != PATH_DP)
+                   and l2 == 0.0 and path != PATH_DP)
+    n_layers = sizes.shape[0] - 1
     w0 = w_off[0]
     nout0 = sizes[1]
     w0_end = w0 + n_cols(X) * nout0
@@ -318,6 +321,10 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
                                            b_hi, zs, hs, ds)
                 if r >= 0:
                     break
+                if l2 != 0.0:
+                    for l in range(n_layers):
+                        for j in range(w_off[l], w_off[l] + sizes[l] * sizes[l + 1]):
+                            g[j] += l2 * p[j]
                 inv = 1.0 / wsum if wsum > 0 else 0.0
                 lr_t = lr_at(lr_schedule, lr, power_t, t, total)
                 if use_adam:
@@ -334,7 +341,10 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
                     for j in range(P):
                         d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])
                         v[j] = momentum * v[j] + d
-                        p[j] -= lr_t * v[j]
+                        if nesterov:
+                            p[j] -= lr_t * (d + momentum * v[j])
+                        else:
+                            p[j] -= lr_t * v[j]
                 elif weight_decay != 0.0 or prox_mu != 0.0:
                     for j in range(P):
                         d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])

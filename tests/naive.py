@@ -242,7 +242,7 @@ def lr_at(t, total, lr, schedule, power_t):
 def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
         weight_decay=0.0, prox_mu=0.0, shuffle=True, seed=0, sample_weight=None,
         schedule="constant", power_t=0.5, key=None, clip_norm=None, noise_multiplier=0.0,
-        max_steps=-1, optimizer="sgd", betas=(0.9, 0.999), eps=1e-8):
+        max_steps=-1, optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, nesterov=False, l2=0.0):
     """Mini-batch SGD, one Python step at a time; ``key`` defaults to client 0's stream.
 
     ``optimizer="adam"``: Adam as written in Kingma and Ba's Algorithm 1 with the bias
@@ -283,6 +283,7 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
                 step_key = hash2(noise_key, t)
                 g += noise_multiplier * clip_norm * np.array(
                     [normal(step_key, j) for j in range(len(p))])
+            g = g + l2 * _weights_only(model, p)
             wsum = w[idx].sum()
             g = g / wsum if wsum > 0 else 0 * g
             d = g + weight_decay * p + prox_mu * (p - p0)
@@ -295,9 +296,18 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
                 p = p - step * m / (np.sqrt(s) + eps)
             else:
                 v = momentum * v + d
-                p = p - lr_t * v
+                p = p - lr_t * (d + momentum * v if nesterov else v)
             t += 1
     return p
+
+
+def _weights_only(model, p):
+    """``p`` with its biases zeroed (the weights an ``l2`` penalty acts on)."""
+    out = p.copy()
+    for (_, b) in model.layers(out):
+        if b is not None:
+            b[:] = 0
+    return out
 
 
 def train_clients(model, params, X, y, offsets, *, seed=0, epochs=1, sample_weight=None,

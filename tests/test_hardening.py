@@ -422,7 +422,8 @@ def test_chunked_training_is_bit_identical(monkeypatch):
             (fastmb.Linear(5, 3, loss="softmax"), dict(batch_size=8, schedule="cosine")),
             (fastmb.MLP([5, 6, 3]), dict(momentum=0.5, batch_size=8, clip_norm=1.0,
                                          noise_multiplier=0.3)),
-            (fastmb.MLP([5, 6, 3]), dict(optimizer="adam", lr=0.01, batch_size=4))]
+            (fastmb.MLP([5, 6, 3]), dict(optimizer="adam", lr=0.01, batch_size=4)),
+            (fastmb.MLP([5, 6, 3]), dict(momentum=0.9, nesterov=True, l2=0.1, batch_size=8))]
     def train(model, p0, kw):
         return (fastmb.train_clients(model, p0, X, y, off, epochs=[3, 2, 5, 1],
                                      max_steps=[-1, -1, 7, 20], **kw),

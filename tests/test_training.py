@@ -51,6 +51,9 @@ def test_sgd_matches_naive(model):
     dict(batch_size=100, epochs=3),
     dict(sample_weight="random"),
     dict(optimizer="adam", lr=0.01),
+    dict(momentum=0.9, nesterov=True),
+    dict(momentum=0.5, nesterov=True, l2=0.3, weight_decay=0.01, schedule="invscaling"),
+    dict(optimizer="adam", lr=0.01, l2=0.2, sample_weight="random"),
     dict(optimizer="adam", betas=(0.5, 0.9), eps=1e-3, weight_decay=0.01, prox_mu=0.1,
          schedule="invscaling", batch_size=1, epochs=1, sample_weight="random"),
 ])
@@ -127,6 +130,9 @@ def test_adam_matches_scikit_learns_optimizer(case):
     (dict(optimizer="adam", betas=(0.9,)), TypeError, "betas must be a pair"),
     (dict(optimizer="adam", betas=(-0.1, 0.9)), ValueError, "betas.0. must be >= 0"),
     (dict(optimizer="adam", eps=0.0), ValueError, "eps must be > 0"),
+    (dict(nesterov=True), ValueError, "nesterov=True needs optimizer='sgd' with momentum"),
+    (dict(nesterov=1, momentum=0.9), TypeError, "nesterov must be a bool"),
+    (dict(l2=-1.0), ValueError, "l2 must be >= 0"),
 ])
 def test_adam_bad_options(options, exc, match):
     model = MODEL_CASES["linear-softmax"]()

@@ -56,6 +56,8 @@ class TrainRecord(NamedTuple):
     path: int
     clip: float
     noise_std: float
+    nesterov: bool
+    l2: float
     adam: bool
     beta1: float
     beta2: float
@@ -96,6 +98,8 @@ class TrainOptions:
     optimizer: str = "sgd"
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
+    nesterov: bool = False
+    l2: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.schedule, str) or self.schedule not in SCHEDULES:
@@ -107,12 +111,16 @@ class TrainOptions:
         if isinstance(self.betas, (str, bytes)) or not hasattr(self.betas, "__len__") \
                 or len(self.betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
-        if not isinstance(self.shuffle, (bool, np.bool_)):
-            raise TypeError(f"shuffle must be a bool, got {type(self.shuffle).__name__}")
+        for flag in ("shuffle", "nesterov"):
+            if not isinstance(getattr(self, flag), (bool, np.bool_)):
+                raise TypeError(f"{flag} must be a bool, got "
+                                f"{type(getattr(self, flag)).__name__}")
         checked = dict(
             batch_size=V.check_number("batch_size", self.batch_size, low=1, high=MAX_STEPS,
                                       integer=True),
             shuffle=bool(self.shuffle),
+            nesterov=bool(self.nesterov),
+            l2=V.check_number("l2", self.l2, low=0),
             lr=V.check_number("lr", self.lr, low=0, low_open=True),
             power_t=V.check_number("power_t", self.power_t, low=0),
             momentum=V.check_number("momentum", self.momentum, low=0, high=1),
@@ -129,6 +137,8 @@ class TrainOptions:
         if self.optimizer == "adam" and checked["momentum"] != 0.0:
             raise ValueError("momentum is an option of optimizer='sgd'; Adam's first moment "
                              "is betas[0]")
+        if checked["nesterov"] and (checked["momentum"] == 0.0 or self.optimizer != "sgd"):
+            raise ValueError("nesterov=True needs optimizer='sgd' with momentum > 0")
         if self.clip_norm is None:
             if checked["noise_multiplier"] > 0:
                 raise ValueError("noise_multiplier > 0 needs clip_norm: the noise is calibrated "
@@ -167,7 +177,8 @@ class TrainOptions:
         return TrainRecord(self.batch_size, SCHEDULES[self.schedule], self.shuffle, self.lr,
                            self.power_t, self.momentum, self.weight_decay, self.prox_mu,
                            path, clip, self.noise_multiplier * (0.0 if clip == np.inf else clip),
-                           self.optimizer == "adam", self.betas[0], self.betas[1], self.eps)
+                           self.nesterov, self.l2, self.optimizer == "adam", self.betas[0],
+                           self.betas[1], self.eps)
 
     def state_size(self, P):
         """The optimizer's state a client carries between steps: momentum ``(P,)``, Adam's

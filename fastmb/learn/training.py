@@ -94,14 +94,14 @@ def _as_epochs(epochs, K):
 def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
         weight_decay=0.0, prox_mu=0.0, shuffle=True, seed=0, sample_weight=None,
         schedule="constant", power_t=0.5, clip_norm=None, noise_multiplier=0.0,
-        optimizer="sgd", betas=(0.9, 0.999), eps=1e-8):
+        optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, nesterov=False, l2=0.0):
     """Mini-batch SGD on one client's data; returns new parameters (``params`` is not changed).
 
     Each step uses the weighted mean gradient of one mini-batch ``g`` and updates::
 
         d = g + weight_decay * p + prox_mu * (p - params)   # FedProx pulls towards params
         v = momentum * v + d                                # v starts at zero
-        p = p - lr_t * v
+        p = p - lr_t * v                                    # nesterov: lr_t * (d + momentum * v)
 
     or, with ``optimizer="adam"`` (scikit-learn's form of Adam; ``t`` counts steps from 1)::
 
@@ -122,6 +122,12 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
     momentum : float in [0, 1], default 0
     weight_decay : float, default 0
         L2 penalty ``weight_decay / 2 * |p|^2`` on all parameters.
+    l2 : float, default 0
+        L2 penalty ``l2 / 2 * |W|^2`` on the weights only (not the biases) of each
+        mini-batch's summed loss: ``g`` becomes ``(sum_i w_i g_i + l2 * W) / sum_i w_i``, so
+        the penalty's weight falls as batches grow (scikit-learn's MLP ``alpha``).
+    nesterov : bool, default False
+        Nesterov momentum (PyTorch's form, above); needs ``momentum > 0``.
     prox_mu : float, default 0
         FedProx proximal term ``prox_mu / 2 * |p - params|^2``.
     shuffle : bool, default True
@@ -181,7 +187,8 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
                          weight_decay=weight_decay, prox_mu=prox_mu, shuffle=shuffle, seed=seed,
                          sample_weight=sample_weight, schedule=schedule, power_t=power_t,
                          clip_norm=clip_norm, noise_multiplier=noise_multiplier,
-                         optimizer=optimizer, betas=betas, eps=eps)[0]
+                         optimizer=optimizer, betas=betas, eps=eps, nesterov=nesterov,
+                         l2=l2)[0]
 
 
 class TrainPlan:
@@ -339,7 +346,7 @@ def train_clients(model, params, X, y, client_offsets, *, rows=None, clients=Non
                   max_steps=None, batch_size=32, lr=0.01, momentum=0.0, weight_decay=0.0,
                   prox_mu=0.0, shuffle=True, seed=0, sample_weight=None, schedule="constant",
                   power_t=0.5, clip_norm=None, noise_multiplier=0.0, optimizer="sgd",
-                  betas=(0.9, 0.999), eps=1e-8, device="cpu"):
+                  betas=(0.9, 0.999), eps=1e-8, nesterov=False, l2=0.0, device="cpu"):
     """Local SGD of K clients from the same starting ``params``, in parallel, in one call.
 
     Client k owns rows ``client_offsets[k]:client_offsets[k+1]`` of ``X`` and ``y``
@@ -370,7 +377,7 @@ def train_clients(model, params, X, y, client_offsets, *, rows=None, clients=Non
         Stop a client after this many mini-batch steps (stragglers); a negative value or
         None means no limit. The learning-rate schedule still spans ``epochs``.
     batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule, power_t, \
-clip_norm, noise_multiplier, optimizer, betas, eps
+clip_norm, noise_multiplier, optimizer, betas, eps, nesterov, l2
         As in :func:`sgd`. Each client starts Adam's moments at zero.
     device : {"cpu", "cuda"}, default "cpu"
         ``"cuda"``: one thread block per client on the GPU, each client's samples pushed
@@ -407,12 +414,12 @@ clip_norm, noise_multiplier, optimizer, betas, eps
                            weight_decay=weight_decay, prox_mu=prox_mu, shuffle=shuffle, seed=seed,
                            schedule=schedule, power_t=power_t, clip_norm=clip_norm,
                            noise_multiplier=noise_multiplier, optimizer=optimizer,
-                           betas=betas, eps=eps)
+                           betas=betas, eps=eps, nesterov=nesterov, l2=l2)
     options.check_sample_weight(sample_weight)
     gpu = _device.gpu(device)
     if gpu:
-        if options.optimizer != "sgd":
-            raise ValueError(f"optimizer={options.optimizer!r} runs on the CPU only (the GPU's "
+        if options.optimizer != "sgd" or options.nesterov or options.l2:
+            raise ValueError("optimizer='adam', nesterov and l2 run on the CPU only (the GPU's "
                              "training kernel has SGD with momentum)")
         b = gpu.Batch(model, params, X, y, sample_weight)
         idx, off = _rows_and_offsets(b.n, client_offsets, rows)
