@@ -280,10 +280,22 @@ def as_sample_weight(sample_weight, n, name="sample_weight"):
     if sample_weight is None:
         return np.empty(0, np.float64)
     w = as_weights(sample_weight, n, name, "sample")
+    exp = _weight_exponent(w)
+    return np.ldexp(w, -exp) if exp else w
+
+
+def _weight_exponent(w):
     frac, exp = np.frexp(w.max())
-    if frac == 0.5:
-        exp -= 1
-    return np.ldexp(w, -int(exp)) if exp else w
+    return int(exp) - 1 if frac == 0.5 else int(exp)
+
+
+def sample_weight_scale(sample_weight):
+    """The power of two :func:`as_sample_weight` multiplies (checked) weights by: a term
+    that does not scale with the weights (an L2 penalty of the batch's summed loss) is
+    multiplied by it too, so that results keep the caller's scale."""
+    if sample_weight is None:
+        return 1.0
+    return float(np.ldexp(1.0, -_weight_exponent(np.asarray(sample_weight, np.float64))))
 
 
 def check_number(name, value, *, low=None, high=None, low_open=False, integer=False):

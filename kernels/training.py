@@ -225,7 +225,7 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
     """
     sizes, w_off, _, u_off, _, loss, hdelta = spec
     (batch, lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu, _, clip,
-     noise_std, nesterov, l2, use_adam, beta1, beta2, eps) = opts
+     noise_std, nesterov, l2, use_adam, beta1, beta2, eps, step0) = opts
     P = params0.shape[0]
     has_w = sw.shape[0] > 0
     has_idx = idx.shape[0] > 0
@@ -281,7 +281,7 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
         ep = epochs[k]
         if ms >= 0:
             ep = min(ep, (ms + n_batches - 1) // n_batches)
-        t = e_lo * n_batches
+        t = e_lo * n_batches + step0
         r = -1
         for e in range(e_lo, min(e_hi, ep)):
             if shuffle:

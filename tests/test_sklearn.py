@@ -11,7 +11,7 @@ import scipy.sparse as sp  # noqa: E402
 from sklearn import linear_model as L  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
-from fastmb.sklearn import SGDClassifier, SGDRegressor  # noqa: E402
+from fastmb.sklearn import MLPClassifier, MLPRegressor, SGDClassifier, SGDRegressor  # noqa: E402
 
 # scikit-learn marks the same checks as expected failures for its own SGD estimators
 # (sklearn/utils/_test_common/instance_generator.py): with shuffling and a per-sample
@@ -24,8 +24,15 @@ SGD_XFAIL = {
 }
 
 
-@parametrize_with_checks([SGDClassifier(random_state=0), SGDRegressor(random_state=0)],
-                         expected_failed_checks=lambda est: SGD_XFAIL)
+def _expected_failures(est):
+    # scikit-learn's MLP estimators have none, and neither have fastmb's
+    return SGD_XFAIL if type(est).__name__.startswith("SGD") else {}
+
+
+@parametrize_with_checks([SGDClassifier(random_state=0), SGDRegressor(random_state=0),
+                          MLPClassifier(random_state=0, max_iter=100),
+                          MLPRegressor(random_state=0, max_iter=100)],
+                         expected_failed_checks=_expected_failures)
 def test_scikit_learn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sklearn.exceptions.ConvergenceWarning)
@@ -184,3 +191,63 @@ def test_readme_example_runs():
     exec(text.split("## A tour")[1].split("```python")[1].split("```")[0], scope)
     exec(text.split("## scikit-learn estimators")[1].split("```python")[1].split("```")[0], scope)
     assert scope["clf"].predict_proba(scope["X"][:3]).shape == (3, 10)
+
+
+def _same_net(a, b, rtol=1e-10, atol=1e-12):
+    assert a.n_iter_ == b.n_iter_ and a.t_ == b.t_
+    for x, y in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
+def test_mlp_equals_scikit_learn(solver, activation):
+    # Without shuffling, every mini-batch step is scikit-learn's (its initialization, Adam
+    # or Nesterov momentum, L2 on the weights); sums run in another order (BLAS, float64),
+    # so the weights agree to rounding. scikit-learn's stopping rule reads its running
+    # loss, fastmb's the loss after each epoch: n_iter_no_change is set out of reach here.
+    from sklearn import neural_network as NN
+
+    X, y2, y3, yr, sw = _data(n=150, seed=6)
+    kw = dict(hidden_layer_sizes=(6, 5), activation=activation, solver=solver,
+              shuffle=False, random_state=0, max_iter=6, batch_size=32,
+              learning_rate_init=0.01, alpha=0.01, n_iter_no_change=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sklearn.exceptions.ConvergenceWarning)
+        for y in (y2, y3):
+            ours, theirs = MLPClassifier(**kw).fit(X, y), NN.MLPClassifier(**kw).fit(X, y)
+            _same_net(ours, theirs)
+            np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X),
+                                       rtol=1e-9, atol=1e-12)
+            np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+        for y in (yr, np.column_stack([yr, -yr])):
+            ours = MLPRegressor(**kw).fit(X, y, sample_weight=sw)
+            theirs = NN.MLPRegressor(**kw).fit(X, y, sample_weight=sw)
+            _same_net(ours, theirs)
+            np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-9, atol=1e-9)
+
+
+def test_mlp_partial_fit_early_stopping_and_errors():
+    from sklearn import neural_network as NN
+
+    X, y2, y3, yr, _ = _data(n=400, seed=7)
+    ours, theirs = MLPClassifier((8,), shuffle=False, random_state=0), \
+        NN.MLPClassifier((8,), shuffle=False, random_state=0)
+    for _ in range(3):
+        ours.partial_fit(X, y3, classes=[0, 1, 2])
+        theirs.partial_fit(X, y3, classes=[0, 1, 2])
+    _same_net(ours, theirs, rtol=1e-9, atol=1e-11)
+    es = MLPClassifier((16,), early_stopping=True, random_state=0, max_iter=300).fit(X, y2)
+    assert es.best_loss_ is None and len(es.validation_scores_) == es.n_iter_
+    assert es.best_validation_score_ == max(es.validation_scores_)
+    reg = MLPRegressor(hidden_layer_sizes=(16,), random_state=0, learning_rate_init=0.01,
+                       max_iter=500)
+    assert reg.fit(sp.csr_matrix(X), yr).score(X, yr) > 0.9  # CSR input
+    with pytest.raises(ValueError, match="solver='lbfgs' is not implemented"):
+        MLPClassifier(solver="lbfgs").fit(X, y2)
+    with pytest.raises(ValueError, match="y should be a 1d array"):  # multilabel
+        MLPClassifier().fit(X, np.column_stack([y2 == "yes", y3 == 1]).astype(int))
+    with pytest.raises(ValueError, match="loss='poisson' is not implemented"):
+        MLPRegressor(loss="poisson").fit(X, yr)
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
+        MLPRegressor(early_stopping=True).partial_fit(X, yr)

@@ -54,6 +54,7 @@ def test_sgd_matches_naive(model):
     dict(momentum=0.9, nesterov=True),
     dict(momentum=0.5, nesterov=True, l2=0.3, weight_decay=0.01, schedule="invscaling"),
     dict(optimizer="adam", lr=0.01, l2=0.2, sample_weight="random"),
+    dict(l2=0.3, batch_size=10, sample_weight="large"),  # weights rescaled inside: l2 too
     dict(optimizer="adam", betas=(0.5, 0.9), eps=1e-3, weight_decay=0.01, prox_mu=0.1,
          schedule="invscaling", batch_size=1, epochs=1, sample_weight="random"),
 ])
@@ -65,6 +66,8 @@ def test_sgd_options_match_naive(options):
     if kw.get("sample_weight") == "random":
         kw["sample_weight"] = np.random.default_rng(0).uniform(0, 1, 30)
         kw["sample_weight"][:7] = 0.0  # a whole zero-weight batch when unshuffled
+    elif kw.get("sample_weight") == "large":
+        kw["sample_weight"] = np.random.default_rng(0).uniform(0.5, 5.0, 30)
     assert_allclose(fastmb.sgd(model, params, X, y, **kw), naive.sgd(model, params, X, y, **kw),
                     **F64)
 

@@ -37,7 +37,10 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from .. import _validation as V
 from ..kernels import linear_sgd as K
-from ..models import Linear
+from ..learn import gradients as G
+from ..learn.options import TrainOptions
+from ..learn.training import EpochTrainer
+from ..models import MLP, Linear
 
 _CLASSIFIER_LOSSES = {"hinge": (K.HINGE, 1.0), "squared_hinge": (K.SQUARED_HINGE, 1.0),
                       "perceptron": (K.HINGE, 0.0), "log_loss": (K.LOG_LOSS, 0.0),
@@ -499,4 +502,385 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
         return safe_sparse_dot(X, self.coef_, dense_output=True) + self.intercept_[0]
 
 
-__all__ = ["SGDClassifier", "SGDRegressor"]
+_MLP_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh",
+                    "relu": "relu"}
+
+
+class _BaseMLP(BaseEstimator):
+    """What MLPClassifier and MLPRegressor share: scikit-learn's initialization, the epoch
+    loop with its stopping rule, the flat parameters and ``coefs_``/``intercepts_`` views."""
+
+    def _check_params(self):
+        if self.solver == "lbfgs":
+            raise ValueError("solver='lbfgs' is not implemented in fastmb; use 'adam' or "
+                             "'sgd'")
+        if self.solver not in ("adam", "sgd"):
+            raise ValueError(f"The 'solver' parameter must be 'adam' or 'sgd', got "
+                             f"{self.solver!r}")
+        if self.activation not in _MLP_ACTIVATIONS:
+            raise ValueError(f"The 'activation' parameter must be one of "
+                             f"{sorted(_MLP_ACTIVATIONS)}, got {self.activation!r}")
+        if self.learning_rate not in ("constant", "invscaling", "adaptive"):
+            raise ValueError(f"The 'learning_rate' parameter must be 'constant', 'invscaling' "
+                             f"or 'adaptive', got {self.learning_rate!r}")
+        sizes = self.hidden_layer_sizes
+        sizes = [sizes] if isinstance(sizes, numbers.Integral) else list(sizes)
+        for h in sizes:
+            _number("hidden_layer_sizes", h, 1, integer=True)
+        _number("alpha", self.alpha, 0.0)
+        _number("learning_rate_init", self.learning_rate_init, 0.0, low_open=True)
+        _number("power_t", self.power_t, 0.0)
+        _number("max_iter", self.max_iter, 1, integer=True)
+        _number("tol", self.tol, 0.0)
+        _number("momentum", self.momentum, 0.0, 1.0)
+        _number("validation_fraction", self.validation_fraction, 0.0, 1.0, low_open=True)
+        _number("beta_1", self.beta_1, 0.0, 1.0)
+        _number("beta_2", self.beta_2, 0.0, 1.0)
+        if self.beta_1 >= 1 or self.beta_2 >= 1 or self.validation_fraction >= 1:
+            raise ValueError("beta_1, beta_2 and validation_fraction must be < 1")
+        _number("epsilon", self.epsilon, 0.0, low_open=True)
+        _number("n_iter_no_change", self.n_iter_no_change, 1, integer=True)
+        if self.batch_size != "auto":
+            _number("batch_size", self.batch_size, 1, integer=True)
+        return sizes
+
+    def _make_model(self, n_in, hidden, n_out, loss):
+        if not hidden:
+            return Linear(n_in, n_out, loss)
+        return MLP([n_in, *hidden, n_out], _MLP_ACTIVATIONS[self.activation], loss)
+
+    def _initial_params(self, model, dtype, rs):
+        """scikit-learn's Glorot-uniform start (factor 2 for the logistic activation), drawn
+        layer by layer, weights then biases, from the estimator's RandomState."""
+        params = np.empty(model.n_params, dtype)
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        for W, b in model.layers(params):
+            fan_in, fan_out = W.shape
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            W[...] = rs.uniform(-bound, bound, (fan_in, fan_out))
+            b[...] = rs.uniform(-bound, bound, fan_out)
+        return params
+
+    def _publish(self, model, params):
+        self._model, self._params = model, params
+        layers = model.layers(params)
+        self.coefs_ = [W for W, _ in layers]
+        self.intercepts_ = [b for _, b in layers]
+        self.n_layers_ = model.n_layers + 1
+        self.n_outputs_ = model.n_outputs if model.loss != "logistic" else 1
+
+    def _options(self, batch, lr):
+        sgd = self.solver == "sgd"
+        return TrainOptions(batch_size=batch, lr=lr, shuffle=bool(self.shuffle),
+                            seed=int(self._rs.randint(2**31 - 1)), optimizer=self.solver,
+                            betas=(float(self.beta_1), float(self.beta_2)),
+                            eps=float(self.epsilon),
+                            momentum=float(self.momentum) if sgd else 0.0,
+                            nesterov=bool(sgd and self.nesterovs_momentum and self.momentum > 0),
+                            l2=float(self.alpha))
+
+    def _penalty(self, n):
+        return 0.5 * self.alpha * sum(float(np.dot(W.ravel(), W.ravel())) for W in self.coefs_) / n
+
+    def _fit(self, X, t, model, sw, incremental):
+        """``t``: the kernels' labels (class indices) or targets."""
+        n = X.shape[0]
+        first = not hasattr(self, "_params") or not (incremental or self.warm_start) \
+            or self._model != model
+        if first:
+            self._rs = check_random_state(self.random_state)
+            self._resume = None  # the optimizer's state, kept by warm_start and partial_fit
+            params = self._initial_params(model, X.dtype, self._rs)
+            self.loss_curve_, self.t_, self.n_iter_ = [], 0, 0
+            self.best_loss_, self._no_improvement_count = np.inf, 0
+            self.validation_scores_, self.best_validation_score_ = [], -np.inf
+            self._lr = float(self.learning_rate_init)
+        else:
+            params = self._params.astype(X.dtype)
+        self.n_iter_ = 0  # counts this call's epochs, as scikit-learn's does
+        early = self.early_stopping and not incremental
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        train = np.arange(n)
+        if early:
+            strat = t if isinstance(self, ClassifierMixin) else None
+            train, val = next((StratifiedShuffleSplit if strat is not None else ShuffleSplit)(
+                test_size=self.validation_fraction, random_state=self._rs).split(
+                np.zeros((n, 1)), strat))
+            if val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase "
+                                 "'validation_fraction' or the size of your dataset.")
+            train = np.sort(train)
+        Xt, tt = X[train], t[train]
+        swt = None if sw is None else sw[train]
+        batch = min(200, train.shape[0]) if self.batch_size == "auto" else \
+            int(np.clip(self.batch_size, 1, train.shape[0]))
+        if self.batch_size != "auto" and self.batch_size > train.shape[0]:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
+                          "going to be clipped", stacklevel=3)
+        max_iter = 1 if incremental else self.max_iter
+        trainer = EpochTrainer(model, params, Xt, tt, self._options(batch, self._lr),
+                               max_iter, sample_weight=swt, resume=self._resume)
+        best = None
+        for _ in range(max_iter):
+            p = trainer.run(self._lr)
+            self._publish(model, p)
+            self.n_iter_ += 1
+            self.t_ += train.shape[0]
+            loss = G.loss(model, p, Xt, tt, sample_weight=swt) * self._loss_scale
+            self.loss_ = loss + self._penalty(train.shape[0])
+            self.loss_curve_.append(self.loss_)
+            if early:
+                score = self._score_rows(X[val], t[val], None if sw is None else sw[val])
+                self.validation_scores_.append(score)
+                self._no_improvement_count = (self._no_improvement_count + 1
+                                              if score < self.best_validation_score_ + self.tol
+                                              else 0)
+                if score > self.best_validation_score_:
+                    self.best_validation_score_ = score
+                    best = p.copy()
+            else:
+                self._no_improvement_count = (self._no_improvement_count + 1
+                                              if self.loss_ > self.best_loss_ - self.tol else 0)
+                self.best_loss_ = min(self.best_loss_, self.loss_)
+            if self.solver == "sgd" and self.learning_rate == "invscaling":
+                self._lr = self.learning_rate_init / (self.t_ + 1) ** self.power_t
+            if self._no_improvement_count > self.n_iter_no_change:
+                if self.solver == "sgd" and self.learning_rate == "adaptive" and \
+                        self._lr > 1e-6:
+                    self._lr /= 5.0
+                    self._no_improvement_count = 0
+                    continue
+                break
+        params = (best if best is not None else trainer.params).copy()
+        self._publish(model, params)
+        self._resume = trainer.resume_state()
+        if early:
+            self.best_loss_ = None
+        else:
+            self.validation_scores_, self.best_validation_score_ = None, None
+        if not incremental and self.n_iter_ == self.max_iter and \
+                self._no_improvement_count <= self.n_iter_no_change:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
+                          "and the optimization hasn't converged yet.", ConvergenceWarning,
+                          stacklevel=3)
+        return self
+
+    def _outputs(self, X):
+        check_is_fitted(self, "_params")
+        X = validate_data(self, X, accept_sparse="csr", reset=False,
+                          dtype=[np.float64, np.float32])
+        return self._raw(X)
+
+    def _raw(self, X):
+        """The network's outputs ``(n, n_outputs)`` for validated ``X``."""
+        f = G.decision_function(self._model, self._params.astype(X.dtype, copy=False), X)
+        return f.reshape(X.shape[0], -1)
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """A multi-layer perceptron classifier, as ``sklearn.neural_network.MLPClassifier``.
+
+    scikit-learn's arguments, methods and fitted attributes; each epoch is one call of
+    fastmb's training kernel (``solver`` ``"adam"`` or ``"sgd"`` with Nesterov momentum;
+    ``"lbfgs"`` raises). Two classes train one logistic output, more a softmax layer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastmb.sklearn import MLPClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(300, 4)); y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    >>> clf = MLPClassifier((16,), learning_rate_init=0.01, max_iter=500,
+    ...                     random_state=0).fit(X, y)
+    >>> [c.shape for c in clf.coefs_], clf.score(X, y) > 0.9
+    ([(4, 16), (16, 1)], True)
+    """
+
+    _loss_scale = 1.0
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+    def fit(self, X, y, sample_weight=None):
+        """Train for ``max_iter`` epochs at most (scikit-learn's stopping rule)."""
+        return self._fit_classes(X, y, sample_weight, None, incremental=False)
+
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over ``(X, y)``; the first call needs ``classes``."""
+        if not hasattr(self, "classes_") and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        return self._fit_classes(X, y, sample_weight, classes, incremental=True)
+
+    def _fit_classes(self, X, y, sample_weight, classes, incremental):
+        hidden = self._check_params()
+        reset = not (incremental and hasattr(self, "classes_"))
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32],
+                             reset=reset)
+        check_classification_targets(y)
+        if reset:
+            self.classes_ = np.unique(y if classes is None else classes)
+            if incremental and hasattr(self, "_params"):
+                del self._params
+        if not np.isin(y, self.classes_).all():
+            raise ValueError(f"y has classes {np.setdiff1d(y, self.classes_)!r} that are "
+                             f"not in classes {self.classes_!r}")
+        k = len(self.classes_)
+        if k < 2:
+            raise ValueError(f"The number of classes has to be greater than one; got {k} "
+                             "class")
+        binary = k == 2
+        model = self._make_model(X.shape[1], hidden, 1 if binary else k,
+                                 "logistic" if binary else "softmax")
+        self.out_activation_ = "logistic" if binary else "softmax"
+        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X)
+        t = np.searchsorted(self.classes_, y)
+        return self._fit(X, t, model, sw, incremental)
+
+    def _score_rows(self, X, t, sw):
+        f = self._raw(X)
+        idx = (f[:, 0] > 0).astype(int) if f.shape[1] == 1 else f.argmax(axis=1)
+        return float(np.average(idx == t, weights=sw))
+
+    def predict_proba(self, X):
+        """Class probabilities, ``(n, n_classes)``."""
+        f = self._outputs(X)
+        if f.shape[1] == 1:
+            p = 1.0 / (1.0 + np.exp(-f[:, 0]))
+            return np.column_stack([1 - p, p])
+        e = np.exp(f - f.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict_log_proba(self, X):
+        """``log(predict_proba(X))``."""
+        return np.log(self.predict_proba(X))
+
+    def predict(self, X):
+        """The class of each row."""
+        f = self._outputs(X)
+        idx = (f[:, 0] > 0).astype(int) if f.shape[1] == 1 else f.argmax(axis=1)
+        return self.classes_[idx]
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """A multi-layer perceptron regressor, as ``sklearn.neural_network.MLPRegressor``.
+
+    scikit-learn's arguments, methods and fitted attributes, on fastmb's training kernel
+    (``loss="squared_error"``; ``"poisson"`` and ``solver="lbfgs"`` raise).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastmb.sklearn import MLPRegressor
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(400, 3)); y = X @ [1.0, -2.0, 0.5]
+    >>> reg = MLPRegressor(hidden_layer_sizes=(16,), max_iter=500, random_state=0).fit(X, y)
+    >>> reg.score(X, y) > 0.95
+    True
+    """
+
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
+                 solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000):
+        self.loss = loss
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.target_tags.multi_output = True
+        return tags
+
+    def fit(self, X, y, sample_weight=None):
+        """Train for ``max_iter`` epochs at most (scikit-learn's stopping rule)."""
+        return self._fit_targets(X, y, sample_weight, incremental=False)
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over ``(X, y)``."""
+        return self._fit_targets(X, y, sample_weight, incremental=True)
+
+    def _fit_targets(self, X, y, sample_weight, incremental):
+        hidden = self._check_params()
+        if self.loss != "squared_error":
+            raise ValueError(f"loss={self.loss!r} is not implemented in fastmb; use "
+                             "'squared_error'")
+        reset = not (incremental and hasattr(self, "_params"))
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32],
+                             multi_output=True, y_numeric=True, reset=reset)
+        y2 = np.array(y, dtype=X.dtype).reshape(X.shape[0], -1)
+        k = y2.shape[1]
+        model = self._make_model(X.shape[1], hidden, k, "squared")
+        self.out_activation_ = "identity"
+        # scikit-learn's squared loss averages over the outputs too, fastmb's sums them
+        self._loss_scale = 1.0 / k
+        self._y_1d = y.ndim == 1
+        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X)
+        return self._fit(X, y2, model, sw, incremental)
+
+    def _score_rows(self, X, t, sw):
+        return r2_score(t, self._raw(X), sample_weight=sw)
+
+    def predict(self, X):
+        """The predicted targets, ``(n,)`` or ``(n, n_outputs)``."""
+        f = self._outputs(X)
+        return f[:, 0] if self._y_1d else f
+
+
+__all__ = ["MLPClassifier", "MLPRegressor", "SGDClassifier", "SGDRegressor"]

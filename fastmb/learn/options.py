@@ -39,6 +39,8 @@ MAX_STEPS = 2**62
 class TrainRecord(NamedTuple):
     """The options as the training kernels take them: one typed record of scalars.
 
+    ``step0`` shifts the step count (the schedule's and Adam's ``t``) of a training that
+    continues an earlier one (:class:`fastmb.learn.training.EpochTrainer`).
     ``lr_schedule`` is the code of :data:`SCHEDULES`; ``path`` is how a mini-batch's gradient
     is computed, one of ``kernels.training.PATH_*`` (sample by sample, the one-output linear
     loop, matrix products: ``kernels/_layers.py``, or those with DP-SGD's clipping and
@@ -62,6 +64,7 @@ class TrainRecord(NamedTuple):
     beta1: float
     beta2: float
     eps: float
+    step0: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

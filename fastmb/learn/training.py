@@ -200,11 +200,15 @@ class TrainPlan:
 
     __slots__ = ("X", "idx", "model", "offsets", "options", "record", "seed", "sw", "yc", "yr")
 
-    def __init__(self, model, b, idx, offsets, options):
+    def __init__(self, model, b, idx, offsets, options, weight_scale=1.0):
         self.model, self.X, self.yc, self.yr, self.sw = model, b.X, b.yc, b.yr, b.sw
         self.idx, self.offsets, self.seed = idx, offsets, np.uint64(options.seed)
         self.options = options
+        # the kernels see the sample weights scaled by a power of two (as_sample_weight):
+        # the l2 term, which does not scale with them, is scaled alike (exactly)
         self.record = options.record(model)
+        if weight_scale != 1.0:
+            self.record = self.record._replace(l2=self.record.l2 * weight_scale)
 
     def run(self, params, clients, epochs, max_steps, seed=None):
         """Train ``clients`` (int64 ids) from ``params``: ``(out, bad)``; no checks here.
@@ -292,6 +296,90 @@ class TrainPlan:
                         f"at row {row}; lower lr or scale the inputs")
 
 
+class EpochTrainer:
+    """One model trained an epoch at a time, the optimizer's state kept between calls: for
+    callers that check a stopping rule after every epoch (the scikit-learn estimators).
+
+    ``run(lr)`` trains the next epoch in one kernel call, continuing from the parameters,
+    the momentum or Adam's moments and the step count of the epochs before, with the
+    learning rate ``lr`` for this epoch. The epochs are those ``sgd(..., epochs=n)`` runs,
+    bit for bit, when ``lr`` stays the same.
+
+    Parameters
+    ----------
+    model, params, X, y, sample_weight
+        As in :func:`sgd`; ``params`` is copied.
+    options : TrainOptions
+    max_epochs : int
+        The epochs a learning-rate schedule spans.
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> from fastmb.learn.options import TrainOptions
+    >>> from fastmb.learn.training import EpochTrainer
+    >>> X = np.random.default_rng(0).normal(size=(64, 3)); y = X.sum(axis=1)
+    >>> model = fastmb.Linear(3)
+    >>> opts = TrainOptions(batch_size=8, lr=0.05, optimizer="adam")
+    >>> tr = EpochTrainer(model, model.init(dtype=np.float64), X, y, opts, max_epochs=2)
+    >>> p = tr.run(0.05).copy(); p2 = tr.run(0.05)
+    >>> bool((p2 == fastmb.sgd(model, model.init(dtype=np.float64), X, y, epochs=2,
+    ...                        batch_size=8, lr=0.05, optimizer="adam")).all())
+    True
+    """
+
+    def __init__(self, model, params, X, y, options, max_epochs, sample_weight=None,
+                 resume=None):
+        b, self.plan = plan_training(model, params, X, y, [0, V.n_samples(X)], None, options,
+                                    sample_weight)
+        P = b.params.shape[0]
+        self.params0 = b.params.copy()
+        self.out = self.params0.copy()[None, :]
+        self.state = np.zeros((1, options.state_size(P)), b.params.dtype)
+        self.epoch = 0
+        self.steps = 0  # updates made, including those of the training resumed
+        if resume is not None:
+            # another trainer's optimizer state and step count, continued on this data: the
+            # kernel continues (epoch >= 1) from out and state, its steps shifted by step0
+            state, self.steps = resume
+            self.state[...] = state
+            self.epoch = 1
+        self.max_epochs = V.check_number("max_epochs", max_epochs, low=1, high=MAX_STEPS,
+                                         integer=True)
+        self._keys = np.empty(1, np.uint64)
+        K_.client_keys(self.plan.seed, np.zeros(1, np.int64), self._keys)
+
+    @property
+    def params(self):
+        """The current parameters (a view, changed by the next ``run``)."""
+        return self.out[0]
+
+    def run(self, lr):
+        """Train the next epoch at learning rate ``lr``; returns :attr:`params`."""
+        plan = self.plan
+        lr = V.check_number("lr", lr, low=0, low_open=True)
+        e = self.epoch
+        n_batches = -(-int(plan.offsets[1]) // plan.record.batch)
+        record = plan.record._replace(lr=float(lr), step0=self.steps - e * n_batches)
+        bad = np.full(1, -1, np.int64)
+        K_.SGD[record.path](self.params0, plan.X, plan.yc, plan.yr, plan.sw, plan.model.layout,
+                            plan.idx, plan.offsets[:1], plan.offsets[1:], self._keys,
+                            np.array([max(self.max_epochs, e + 1)]), np.full(1, -1),
+                            e, e + 1, record, self.out, self.state, bad, np.zeros(1, np.int64),
+                            0, 1)
+        plan.raise_bad(bad)
+        if not np.isfinite(self.out).all():
+            raise ValueError("training diverged: the parameters overflowed; lower the "
+                             "learning rate or scale the inputs")
+        self.epoch = e + 1
+        self.steps += n_batches
+        return self.params
+
+    def resume_state(self):
+        """What a trainer on other data needs to continue this one (``resume=``)."""
+        return self.state.copy(), self.steps
+
+
 def _rows_and_offsets(n, client_offsets, rows):
     """Checked ``(idx, offsets)`` for a data set of ``n`` rows (``idx`` empty without rows)."""
     if rows is None:
@@ -313,7 +401,7 @@ def plan_training(model, params, X, y, client_offsets, rows, options, sample_wei
     options.check_sample_weight(sample_weight)
     b = Batch(model, params, X, y, sample_weight)
     idx, off = _rows_and_offsets(b.n, client_offsets, rows)
-    return b, TrainPlan(model, b, idx, off, options)
+    return b, TrainPlan(model, b, idx, off, options, V.sample_weight_scale(sample_weight))
 
 
 def _selection(n_clients, clients, epochs, max_steps):
