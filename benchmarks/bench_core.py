@@ -168,3 +168,27 @@ class SklearnSGDFit:
 
     def time_fit(self, impl, kind):
         self.call()
+
+
+class SklearnMLPFit:
+    """``fastmb.sklearn.MLPClassifier`` beside scikit-learn's: one epoch of an MLP
+    128-64-10 on 50,000 rows, solver sgd (batch 32) and adam (batch 200)."""
+
+    params = [["fastmb", "sklearn"], ["sgd", "adam"]]
+    param_names = ["impl", "solver"]
+    timeout = 300
+
+    def setup(self, impl, solver):
+        try:
+            from fastmb.sklearn import MLPClassifier
+        except ImportError:
+            raise NotImplementedError("scikit-learn is not installed") from None
+        _, _, X, y = B.mlp_data(sizes=(128, 64, 10), batch=50_000)
+        if impl == "fastmb":
+            self.call = _prepared(B._quiet_fit(lambda: MLPClassifier(**B.MLP_FIT[solver]),
+                                               X, y))
+        else:
+            self.call = _peer(B.sklearn_mlp_fit, X, y, solver)
+
+    def time_fit(self, impl, solver):
+        self.call()

@@ -10,12 +10,21 @@ row of each task, or -1), and the kernel returns the first of them, or -1. The A
 turns that into an error naming the row; it needs to know nothing of the tasks.
 """
 
+import math
+
 import numpy as np
 from numba import prange
 
 from ._input import block_like, block_set, input_row, n_cols, n_rows
 from ._jit import jit
-from ._layers import batch_deltas, block_group_grad, block_sample_grad, ghost_sq
+from ._layers import (
+    _block,
+    batch_deltas,
+    batch_forward,
+    block_group_grad,
+    block_sample_grad,
+    ghost_sq,
+)
 from ._model import (
     LOSS_HINGE,
     LOSS_LOGISTIC,
@@ -164,6 +173,51 @@ def per_sample_norm(params, X, yc, yr, spec, out):
                     first_bad = lo + i
         bad[t] = first_bad
     return first_flagged(bad)
+
+
+@jit(parallel=True, min_size=ROW_WORK_MIN_SIZE, blas=True)
+def loss_blocks(params, X, yc, yr, sw, spec, totals):
+    """Weighted mean loss of a model with hidden layers, a task's ROWS_PER_TASK rows through
+    the layers together (matrix products: ``batch_forward``), then each row's loss. The
+    row-by-row path (:func:`loss_grad`) computes each row's matrix-vector products alone:
+    an MLP 128-64-10 on 50,000 rows took 88 ms that way, 6-12 ms in blocks.
+
+    ``totals`` (n_tasks, 2) float64 receives each task's weighted loss sum and weight sum,
+    merged in task order. Returns ``(mean loss, first row that is not finite or -1)``.
+    """
+    sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+    L = sizes.shape[0] - 1
+    n = n_rows(X)
+    n_tasks = totals.shape[0]
+    has_w = sw.shape[0] > 0
+    bad = np.empty(n_tasks, np.int64)
+    U = u_off[u_off.shape[0] - 1]
+    for t in prange(n_tasks):
+        lo = t * ROWS_PER_TASK
+        b = min(n, lo + ROWS_PER_TASK) - lo
+        A0, rows, Zb, Hb, Db = block_buffers(X, lo, b, U, params)
+        first_bad = batch_forward(params, A0, rows, 0, L, sizes, w_off, b_off, u_off, act, Zb,
+                                  Hb)
+        F = _block(Zb, b, u_off[L - 1], u_off[L])
+        DL = _block(Db, b, u_off[L - 1], u_off[L])
+        lsum = 0.0
+        wsum = 0.0
+        for i in range(b):
+            w = sw[lo + i] if has_w else 1.0
+            lv = loss_and_delta(F[i], DL[i], loss, hdelta, yc, yr, lo + i, np.bool_(True))
+            if not math.isfinite(lv) and first_bad < 0:
+                first_bad = lo + i
+            lsum += w * lv
+            wsum += w
+        totals[t, 0] = lsum
+        totals[t, 1] = wsum
+        bad[t] = first_bad
+    lsum = 0.0
+    wsum = 0.0
+    for t in range(n_tasks):
+        lsum += totals[t, 0]
+        wsum += totals[t, 1]
+    return lsum / wsum, first_flagged(bad)
 
 
 @jit(parallel=True, min_size=ROW_WORK_MIN_SIZE)

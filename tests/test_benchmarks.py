@@ -137,3 +137,17 @@ def test_bench_sklearn_sgd_fit_and_its_peer(benchmark):
     theirs = sklearn_sgd_fit(X, y)()
     assert ours.n_iter_ == theirs.n_iter_ == 5
     assert abs(ours.score(X, y) - theirs.score(X, y)) < 0.05
+
+
+def test_bench_sklearn_mlp_fit_and_its_peer(benchmark):
+    # The MLP rows: one epoch each, fastmb's estimator and scikit-learn's, same shapes.
+    from fastmb.cli.bench import MLP_FIT, _quiet_fit, mlp_data, sklearn_mlp_fit
+    from fastmb.sklearn import MLPClassifier
+
+    _, _, X, y = mlp_data(sizes=(16, 8, 4), batch=400)
+    ours = {"sgd": benchmark(_quiet_fit(lambda: MLPClassifier(**MLP_FIT["sgd"]), X, y)),
+            "adam": _quiet_fit(lambda: MLPClassifier(**MLP_FIT["adam"]), X, y)()}
+    for solver, est in ours.items():
+        theirs = sklearn_mlp_fit(X, y, solver)()
+        assert est.n_iter_ == theirs.n_iter_ == 1
+        assert [c.shape for c in est.coefs_] == [c.shape for c in theirs.coefs_]

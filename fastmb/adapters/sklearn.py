@@ -611,8 +611,11 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
             train = np.sort(train)
-        Xt, tt = X[train], t[train]
-        swt = None if sw is None else sw[train]
+        if early:
+            Xt, tt = X[train], t[train]
+            swt = None if sw is None else sw[train]
+        else:  # no copy of the training set
+            Xt, tt, swt = X, t, sw
         batch = min(200, train.shape[0]) if self.batch_size == "auto" else \
             int(np.clip(self.batch_size, 1, train.shape[0]))
         if self.batch_size != "auto" and self.batch_size > train.shape[0]:

@@ -512,6 +512,28 @@ def sklearn_sgd_fit(X, y):
     return fit
 
 
+#: The MLP rows: one epoch of an MLP 128-64-10 (``fit`` with ``max_iter=1``).
+MLP_FIT = {"sgd": dict(hidden_layer_sizes=(64,), solver="sgd", batch_size=32, max_iter=1,
+                       random_state=0),
+           "adam": dict(hidden_layer_sizes=(64,), solver="adam", max_iter=1, random_state=0)}
+
+
+def _quiet_fit(make, X, y):
+    def fit():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one epoch: "not converged"
+            return make().fit(X, y)
+
+    return fit
+
+
+def sklearn_mlp_fit(X, y, solver):
+    """scikit-learn's own ``MLPClassifier(**MLP_FIT[solver]).fit``."""
+    from sklearn.neural_network import MLPClassifier
+
+    return _quiet_fit(lambda: MLPClassifier(**MLP_FIT[solver]), X, y)
+
+
 def mlp_step_flops(sizes, batch):
     """Flops of one training step: forward, input-side deltas (not for layer 0), weight grads."""
     prods = [a * b for a, b in itertools.pairwise(sizes)]
@@ -540,6 +562,7 @@ PEERS = {
                   ("JAX lax.scan (batch 32)", jax_sgd_epoch)],
     "sgd_epoch_sparse": [("sklearn SGDClassifier (batch 1)", sklearn_sgd_epoch)],
     "sklearn_sgd_fit": [("sklearn SGDClassifier", sklearn_sgd_fit)],
+    "sklearn_mlp_fit": [("sklearn MLPClassifier", sklearn_mlp_fit)],
     "mlp_per_sample": [("NumPy batched backprop + einsum", numpy_mlp_per_sample),
                        ("torch.func vmap(grad)", torch_mlp_per_sample)],
     "mlp_norms": [("materialize (fastmb) + np.linalg.norm", materialized_norms)],
@@ -753,6 +776,14 @@ def _sklearn_rows(n, repeat, bw, echo):
     rows += _rows("sklearn SGDClassifier.fit x5", f"n={n:,} d=2^18 CSR, {Xs.nnz // n} a row",
                   lambda: SGDClassifier(**SGD_FIT).fit(Xs, ys), "sklearn_sgd_fit", (Xs, ys),
                   max(1, repeat // 3), 5 * nbytes, bw, echo)
+    from ..adapters.sklearn import MLPClassifier
+
+    _, _, Xm, ym = mlp_data(sizes=(128, 64, 10), batch=max(64, n // 4))
+    for solver, batch in (("sgd", "batch 32"), ("adam", "batch 200")):
+        rows += _rows(f"sklearn MLPClassifier {solver} x1",
+                      f"128-64-10 n={len(Xm):,} f32 {batch}",
+                      _quiet_fit(lambda s=solver: MLPClassifier(**MLP_FIT[s]), Xm, ym),
+                      "sklearn_mlp_fit", (Xm, ym, solver), max(1, repeat // 3), None, bw, echo)
     return rows
 
 

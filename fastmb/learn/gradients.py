@@ -52,6 +52,16 @@ def loss_grad_batch(b, want_grad):
     return float(value), V.finite_result(g, "the mean gradient")
 
 
+def loss_blocks_batch(b):
+    """The mean loss of a model with hidden layers, its rows through the layers in blocks
+    (matrix products; ``kernels.gradients.loss_blocks``)."""
+    totals = np.empty((-(-b.n // K.ROWS_PER_TASK), 2), np.float64)
+    value, row = K.loss_blocks(b.params, b.X, b.yc, b.yr, b.sw, b.model.layout, totals)
+    b.check(row)
+    V.finite_result(np.float64(value), "the mean loss")
+    return float(value)
+
+
 def evaluate_batch(b):
     totals = np.empty((_n_chunks(b.n, 0), 2), np.float64)
     lsum, right = K.loss_correct(b.params, b.X, b.yc, b.yr, b.model.layout, totals)
@@ -124,7 +134,10 @@ def loss(model, params, X, y, sample_weight=None, device="cpu"):
     gpu = _device.gpu(device)
     if gpu:
         return gpu.loss_grad(model, params, X, y, sample_weight, want_grad=False)[0]
-    value, _ = loss_grad_batch(Batch(model, params, X, y, sample_weight), want_grad=False)
+    b = Batch(model, params, X, y, sample_weight)
+    if b.model.n_layers > 1:
+        return loss_blocks_batch(b)
+    value, _ = loss_grad_batch(b, want_grad=False)
     return value
 
 
