@@ -57,6 +57,18 @@ def finite_row(a):
 
 
 @jit(inline="always")
+def merge_totals(totals):
+    """``(sum of column 0, sum of column 1)`` of the tasks' (loss, weight) sums, in task
+    order (so the result does not depend on which thread ran which task)."""
+    lsum = 0.0
+    wsum = 0.0
+    for t in range(totals.shape[0]):
+        lsum += totals[t, 0]
+        wsum += totals[t, 1]
+    return lsum, wsum
+
+
+@jit(inline="always")
 def first_flagged(bad):
     """The smallest row recorded in ``bad`` (one slot per task, -1 for none), or -1."""
     row = -1
@@ -212,11 +224,7 @@ def loss_blocks(params, X, yc, yr, sw, spec, totals):
         totals[t, 0] = lsum
         totals[t, 1] = wsum
         bad[t] = first_bad
-    lsum = 0.0
-    wsum = 0.0
-    for t in range(n_tasks):
-        lsum += totals[t, 0]
-        wsum += totals[t, 1]
+    lsum, wsum = merge_totals(totals)
     return lsum / wsum, first_flagged(bad)
 
 
@@ -258,11 +266,7 @@ def loss_grad(params, X, yc, yr, sw, spec, want_grad, acc, totals, grad_out):
         totals[c, 0] = lsum
         totals[c, 1] = wsum
         bad[c] = first_bad
-    lsum = 0.0
-    wsum = 0.0
-    for c in range(n_chunks):
-        lsum += totals[c, 0]
-        wsum += totals[c, 1]
+    lsum, wsum = merge_totals(totals)
     if want_grad:
         for j in range(P):
             s = 0.0

@@ -64,7 +64,16 @@ def _number(name, value, low, high=None, integer=False, low_open=False):
     return value
 
 
-class _BaseSGD(BaseEstimator):
+class _SparseInput(BaseEstimator):
+    """fastmb's estimators take SciPy sparse X (CSR, or converted to it once)."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+
+class _BaseSGD(_SparseInput):
     """What the classifier and the regressor share: the checks, one binary problem's fit."""
 
     _losses: dict = {}
@@ -255,11 +264,6 @@ class SGDClassifier(ClassifierMixin, _BaseSGD):
         self.warm_start = warm_start
         self.average = average
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True
-        return tags
-
     def fit(self, X, y, coef_init=None, intercept_init=None, sample_weight=None):
         """Fit by SGD for ``max_iter`` epochs at most (scikit-learn's stopping rule)."""
         self._check_params()
@@ -437,11 +441,6 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
         self.warm_start = warm_start
         self.average = average
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True
-        return tags
-
     def fit(self, X, y, coef_init=None, intercept_init=None, sample_weight=None):
         """Fit by SGD for ``max_iter`` epochs at most (scikit-learn's stopping rule)."""
         self._check_params()
@@ -506,7 +505,7 @@ _MLP_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh
                     "relu": "relu"}
 
 
-class _BaseMLP(BaseEstimator):
+class _BaseMLP(_SparseInput):
     """What MLPClassifier and MLPRegressor share: scikit-learn's initialization, the epoch
     loop with its stopping rule, the flat parameters and ``coefs_``/``intercepts_`` views."""
 
@@ -732,11 +731,6 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self.n_iter_no_change = n_iter_no_change
         self.max_fun = max_fun
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True
-        return tags
-
     def fit(self, X, y, sample_weight=None):
         """Train for ``max_iter`` epochs at most (scikit-learn's stopping rule)."""
         return self._fit_classes(X, y, sample_weight, None, incremental=False)
@@ -847,7 +841,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True
         tags.target_tags.multi_output = True
         return tags
 
