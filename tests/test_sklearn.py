@@ -251,3 +251,13 @@ def test_mlp_partial_fit_early_stopping_and_errors():
         MLPRegressor(loss="poisson").fit(X, yr)
     with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
         MLPRegressor(early_stopping=True).partial_fit(X, yr)
+
+
+def test_verbose_reports_each_epoch(capsys):
+    X, y2, _, yr, _ = _data(n=60)
+    SGDClassifier(verbose=1, max_iter=3, tol=None).fit(X, y2)
+    assert capsys.readouterr().out.count("-- Epoch") == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sklearn.exceptions.ConvergenceWarning)
+        MLPRegressor(hidden_layer_sizes=(4,), verbose=True, max_iter=2).fit(X, yr)
+    assert "Iteration 2, loss = " in capsys.readouterr().out

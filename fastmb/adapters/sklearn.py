@@ -176,7 +176,12 @@ class _BaseSGD(_SparseInput):
         epoch = 0
         for epoch in range(max_iter):
             order = rng.permutation(train) if self.shuffle else train
-            _, objective, finite = K.sgd_epoch(w, state, q, Xk, y, sw, order, spec, reset_below)
+            sumloss, objective, finite = K.sgd_epoch(w, state, q, Xk, y, sw, order, spec,
+                                                     reset_below)
+            if self.verbose:
+                print(f"-- Epoch {epoch + 1}\nNorm: {np.linalg.norm(w) * state[1]:.2f}, "
+                      f"Bias: {state[0]:.6f}, T: {int(state[2]) - 1}, Avg. loss: "
+                      f"{sumloss / max(train.size, 1):f}")
             if not finite:
                 raise ValueError(f"Floating-point under-/overflow occurred at epoch #{epoch + 1}. "
                                  "Scaling input data with StandardScaler or MinMaxScaler "
@@ -632,6 +637,8 @@ class _BaseMLP(_SparseInput):
             loss = G.loss(model, p, Xt, tt, sample_weight=swt) * self._loss_scale
             self.loss_ = loss + self._penalty(train.shape[0])
             self.loss_curve_.append(self.loss_)
+            if self.verbose:
+                print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
             if early:
                 score = self._score_rows(X[val], t[val], None if sw is None else sw[val])
                 self.validation_scores_.append(score)
