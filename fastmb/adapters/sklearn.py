@@ -211,6 +211,32 @@ class _BaseSGD(_SparseInput):
         sw = np.array(_check_sample_weight(sample_weight, X, dtype=np.float64))
         return X, y, sw
 
+    def _start(self, X, coef_init, intercept_init, reset, shape):
+        """The coefficients (of ``shape``) and intercepts a fit starts from: the given ones
+        (checked), the fitted ones when continuing, or zeros; starts the step count."""
+        rows = shape[0] if len(shape) == 2 else 1
+        if coef_init is not None:
+            coef = np.array(coef_init, dtype=X.dtype, order="C")
+            if coef.size != int(np.prod(shape)) or coef.ndim > 2:
+                raise ValueError(f"Provided coef_init does not match dataset: expected shape "
+                                 f"{shape}, got {coef.shape}")
+            coef = coef.reshape(shape)
+        elif not reset and hasattr(self, "coef_"):
+            coef = np.array(self.coef_, dtype=X.dtype, order="C")
+        else:
+            coef = np.zeros(shape, X.dtype)
+        if intercept_init is not None:
+            intercept = np.array(intercept_init, dtype=X.dtype).reshape(-1)
+            if intercept.shape != (rows,):
+                raise ValueError("Provided intercept_init does not match dataset.")
+        elif not reset and hasattr(self, "intercept_"):
+            intercept = np.array(self.intercept_, dtype=X.dtype)
+        else:
+            intercept = np.zeros(rows, X.dtype)
+        if not hasattr(self, "t_"):
+            self.t_ = 1.0
+        return coef, intercept
+
     def _rng(self):
         return np.random.default_rng(check_random_state(self.random_state).randint(2**31 - 1))
 
@@ -311,27 +337,8 @@ class SGDClassifier(ClassifierMixin, _BaseSGD):
                              f"{n_classes} class")
         weights = compute_class_weight(self.class_weight, classes=self.classes_, y=y)
         rows = 1 if n_classes == 2 else n_classes
-        d = X.shape[1]
-        if coef_init is not None:
-            coef = np.array(coef_init, dtype=X.dtype, order="C")
-            if coef.size != rows * d or coef.ndim > 2:
-                raise ValueError(f"Provided coef_init does not match dataset: expected shape "
-                                 f"({rows}, {d}), got {coef.shape}")
-            coef = coef.reshape(rows, d)
-        elif not reset and hasattr(self, "coef_"):
-            coef = np.array(self.coef_, dtype=X.dtype, order="C")
-        else:
-            coef = np.zeros((rows, d), X.dtype)
-        if intercept_init is not None:
-            intercept = np.array(intercept_init, dtype=X.dtype).reshape(-1)
-            if intercept.shape != (rows,):
-                raise ValueError("Provided intercept_init does not match dataset.")
-        elif not reset and hasattr(self, "intercept_"):
-            intercept = np.array(self.intercept_, dtype=X.dtype)
-        else:
-            intercept = np.zeros(rows, X.dtype)
-        if not hasattr(self, "t_"):
-            self.t_ = 1.0
+        coef, intercept = self._start(X, coef_init, intercept_init, reset,
+                                      (rows, X.shape[1]))
         Xk = self._kernel_X(X)
         kind, param = self._losses[self.loss]
         param = self.epsilon if param is None else param
@@ -468,26 +475,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
     def _partial_fit(self, X, y, sample_weight, max_iter, coef_init, intercept_init, reset):
         X, y, sw = self._prepare(X, y, sample_weight, reset, y_numeric=True)
         y = np.array(y, dtype=np.float64)
-        d = X.shape[1]
-        if coef_init is not None:
-            coef = np.array(coef_init, dtype=X.dtype, order="C").reshape(-1)
-            if coef.shape != (d,):
-                raise ValueError(f"Provided coef_init does not match dataset: expected "
-                                 f"{d} coefficients, got {coef.shape[0]}")
-        elif not reset and hasattr(self, "coef_"):
-            coef = np.array(self.coef_, dtype=X.dtype)
-        else:
-            coef = np.zeros(d, X.dtype)
-        if intercept_init is not None:
-            intercept = np.array(intercept_init, dtype=X.dtype).reshape(-1)
-            if intercept.shape != (1,):
-                raise ValueError("Provided intercept_init does not match dataset.")
-        elif not reset and hasattr(self, "intercept_"):
-            intercept = np.array(self.intercept_, dtype=X.dtype)
-        else:
-            intercept = np.zeros(1, X.dtype)
-        if not hasattr(self, "t_"):
-            self.t_ = 1.0
+        coef, intercept = self._start(X, coef_init, intercept_init, reset, (X.shape[1],))
         kind, _ = self._losses[self.loss]
         decay = 0.01 if V.is_sparse(X) else 1.0
         spec = self._spec(kind, self.epsilon, 1.0, 1.0, decay)
