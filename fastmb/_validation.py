@@ -256,14 +256,17 @@ def as_weights(weights, n, name, unit, allow_zero_sum=False):
 
 
 def relative_weights(w):
-    """``(w / max(w), 1 / sum(w / max(w)))``: the weights of a mean ``sum_k w_k u_k / sum_k w_k``
-    relative to the largest, and the reciprocal of their total.
+    """``(w * 2**-e, 1 / sum(w * 2**-e))``: the weights of a mean ``sum_k w_k u_k / sum_k w_k``
+    scaled by the power of two that brings the largest into (0.5, 1], and the reciprocal of
+    their total.
 
-    With the largest weight 1 the total lies in [1, K], so its reciprocal is exact enough
-    and finite for any positive finite weights, subnormal or near 1e308, whose raw sum
-    could underflow to zero or overflow. ``w`` is non-negative, not all zero.
+    The total then lies in (0.5, K], so its reciprocal is finite for any positive finite
+    weights, subnormal or near 1e308, whose raw sum could underflow to zero or overflow.
+    Scaling by a power of two is exact: integer weights stay exact, and a mean whose terms
+    and total are exact in binary (weights summing to a power of two) is exact too.
+    ``w`` is non-negative, not all zero.
     """
-    rel = w / w.max()
+    rel = np.ldexp(w, -_weight_exponent(w))
     return rel, 1.0 / float(np.sum(rel))
 
 

@@ -94,3 +94,22 @@ def prefetch(typingctx, arr, i):
         return context.get_dummy_value()
 
     return types.void(arr, i), codegen
+
+
+@intrinsic
+def address_as_pointer(typingctx, address, like):
+    """The integer ``address`` as a pointer to values of ``like``'s float type, for
+    ``numba.carray``: how one kernel call reads K client arrays that live in K separate
+    buffers (a Flower reply's bytes) without stacking them first.
+
+    The caller owns the promise: every address points at a live, aligned buffer of at
+    least the length the kernel reads (the API checks each buffer's size, and keeps the
+    buffers referenced for the whole call)."""
+    if not (isinstance(address, types.Integer) and isinstance(like, types.Float)):
+        return None
+    ptrty = types.CPointer(like)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(ptrty))
+
+    return ptrty(address, like), codegen

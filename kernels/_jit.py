@@ -116,9 +116,13 @@ class Parallel:
                 size += a.size
             elif isinstance(a, tuple):  # sparse rows (``_input.SparseRows``)
                 size += sum(v.size for v in a if isinstance(v, np.ndarray))
-        if size < self.min_size:
-            return self.serial
-        return self.parallel
+        return self.for_size(size)
+
+    def for_size(self, size):
+        """The variant for a call touching ``size`` array elements: for a kernel that reads
+        memory its array arguments do not show (``weighted_mean_at`` reads K clients'
+        buffers through addresses), the caller counts the elements itself."""
+        return self.serial if size < self.min_size else self.parallel
 
     def __call__(self, *args):
         kernel = self.pick(args)

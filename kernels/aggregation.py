@@ -10,8 +10,9 @@ nothing in a loop bound by memory bandwidth.
 import math
 
 import numpy as np
-from numba import prange
+from numba import carray, prange
 
+from ._intrinsics import address_as_pointer
 from ._jit import jit
 
 BLOCK = 4096
@@ -180,3 +181,77 @@ def shard_sums(U, w, shard, sums):
         for j in range(hi - lo):
             acc[j] = 0.0
         _fold_rows(U[r0:r1], w[r0:r1], lo, hi, acc)
+
+
+@jit
+def _row_at(addrs, k, seg, like, n):
+    """Client k's array of segment ``seg`` (n values of ``like``'s type) read in place."""
+    return carray(address_as_pointer(addrs[k, seg], like), n)
+
+
+@jit(parallel=True)
+def weighted_mean_at(addrs, seg_off, tasks, w, inv_total, out):
+    """:func:`weighted_mean` of K clients whose arrays live in separate buffers.
+
+    A model is L arrays (segments); ``addrs[k, s]`` is the address of client k's array s,
+    ``seg_off[s]:seg_off[s + 1]`` its place in the flat ``out``. ``tasks[t] = (s, lo)``
+    names a block ``[lo, min(lo + MEAN_BLOCK, n_s))`` of segment s: each block is summed
+    over the clients in order, four at a time, in the grouping of ``_fold_rows`` (the
+    same bits as ``weighted_mean`` on the stacked rows, on any number of threads).
+    Returns the count of non-finite outputs (a NaN/Inf in any input reaches one).
+    """
+    K = addrs.shape[0]
+    like = out[0]
+    nbad = 0
+    for t in prange(tasks.shape[0]):
+        s = tasks[t, 0]
+        lo = tasks[t, 1]
+        n = seg_off[s + 1] - seg_off[s]
+        hi = min(n, lo + MEAN_BLOCK)
+        m = hi - lo
+        acc = np.zeros(m, np.float64)
+        k = 0
+        while k + 4 <= K:
+            r0 = _row_at(addrs, k, s, like, n)
+            r1 = _row_at(addrs, k + 1, s, like, n)
+            r2 = _row_at(addrs, k + 2, s, like, n)
+            r3 = _row_at(addrs, k + 3, s, like, n)
+            w0, w1, w2, w3 = w[k], w[k + 1], w[k + 2], w[k + 3]
+            for j in range(m):
+                acc[j] += (w0 * r0[lo + j] + w1 * r1[lo + j]) + (w2 * r2[lo + j]
+                                                                  + w3 * r3[lo + j])
+            k += 4
+        while k < K:
+            r0 = _row_at(addrs, k, s, like, n)
+            w0 = w[k]
+            for j in range(m):
+                acc[j] += w0 * r0[lo + j]
+            k += 1
+        base = seg_off[s] + lo
+        cnt = 0
+        for j in range(m):
+            v = acc[j] * inv_total
+            out[base + j] = v
+            if not math.isfinite(v):
+                cnt += 1
+        nbad += cnt
+    return nbad
+
+
+@jit(parallel=True)
+def gather_at(addrs, seg_off, tasks, U):
+    """``U[k, seg_off[s] + j]`` = element j of client k's array s: the (K, P) stack of
+    arrays that live in separate buffers (for the rules that need every update at
+    once), copied block by block in parallel (``tasks`` as in ``weighted_mean_at``)."""
+    K = addrs.shape[0]
+    like = U[0, 0]
+    for t in prange(tasks.shape[0]):
+        s = tasks[t, 0]
+        lo = tasks[t, 1]
+        n = seg_off[s + 1] - seg_off[s]
+        hi = min(n, lo + MEAN_BLOCK)
+        base = seg_off[s]
+        for k in range(K):
+            r = _row_at(addrs, k, s, like, n)
+            for j in range(lo, hi):
+                U[k, base + j] = r[j]

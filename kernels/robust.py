@@ -52,6 +52,15 @@ def _load_sorted(U, lo, B, pairs, buf):
             buf[b, j] = fmax(x, y)
 
 
+@jit(fastmath=False)
+def _divide(s, n):
+    """``s / n`` correctly rounded, as ``np.mean`` divides: under the kernels' fastmath
+    (``arcp``) LLVM may turn a division by a loop constant into a multiplication by its
+    rounded reciprocal, one ulp off. A division per output value costs nothing beside
+    the sorting network."""
+    return s / n
+
+
 @jit(parallel=True)
 def rank_mean(U, pairs, r_lo, r_hi, out):
     """``out[j]`` = mean of the sorted values of column j with ranks ``r_lo:r_hi``.
@@ -62,7 +71,7 @@ def rank_mean(U, pairs, r_lo, r_hi, out):
     K, P = U.shape
     nblocks = (P + SORT_BLOCK - 1) // SORT_BLOCK
     ntasks = (nblocks + SORT_TASK - 1) // SORT_TASK
-    inv = 1.0 / (r_hi - r_lo)
+    cnt = np.float64(r_hi - r_lo)
     for t in prange(ntasks):
         buf = np.empty((K, SORT_BLOCK), U.dtype)
         acc = np.empty(SORT_BLOCK, np.float64)
@@ -76,7 +85,7 @@ def rank_mean(U, pairs, r_lo, r_hi, out):
                 for j in range(B):
                     acc[j] += buf[r, j]
             for j in range(B):
-                out[lo + j] = acc[j] * inv
+                out[lo + j] = _divide(acc[j], cnt)
 
 
 @jit(parallel=True)
@@ -112,7 +121,7 @@ def closest_to_median_mean(U, pairs, beta, out):
                     else:
                         s += buf[k, j]
                         k += 1
-                out[lo + j] = s / beta
+                out[lo + j] = _divide(s, np.float64(beta))
 
 
 @jit(parallel=True)

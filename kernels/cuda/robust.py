@@ -20,7 +20,7 @@ def rank_mean(U, pairs, r_lo, r_hi, lo, buf, out):
     K = U.shape[0]
     P = U.shape[1]
     C = buf.shape[1]
-    inv = 1.0 / (r_hi - r_lo)
+    cnt = float(r_hi - r_lo)
     for j in range(cuda.grid(1), C, cuda.gridsize(1)):
         c = lo + j
         if c < P:
@@ -36,4 +36,4 @@ def rank_mean(U, pairs, r_lo, r_hi, lo, buf, out):
             s = 0.0
             for i in range(r_lo, r_hi):
                 s += float(buf[i, j])  # float64, as on the CPU (and in the simulator)
-            out[c] = s * inv
+            out[c] = s / cnt  # IEEE division (no fastmath here), as on the CPU
