@@ -449,8 +449,49 @@ def fuzz_csr():
     mutated()
 
 
+def fuzz_npy():
+    """Flower's wire format: a reply's ``.npy`` bytes read in place by fastmb's strategies.
+
+    Each mutated array goes through ``array_from_npy`` and, when it decodes, through a
+    whole FedAvg and FedMedian round beside two intact replies (the kernels then read the
+    decoded buffers through their addresses: a wrong length would read past them)."""
+    import logging
+
+    from flwr.common import Code, FitRes, Parameters, Status
+
+    from fastmb.adapters._flower_core import array_from_npy, npy_bytes
+    from fastmb.flower_legacy import FedAvg, FedMedian
+
+    logging.disable(logging.WARNING)
+    good = [npy_bytes(np.arange(12, dtype=np.float32).reshape(3, 4)),
+            npy_bytes(np.arange(4, dtype=np.float64))]
+
+    def result(tensors):
+        return (None, FitRes(Status(Code.OK, ""), Parameters(tensors, "numpy.ndarray"), 3, {}))
+
+    def check(data):
+        a = _guard(lambda: array_from_npy(data))
+        if a is not None:
+            assert a.nbytes <= len(data) - 10  # inside the message, after its header
+            np.asarray(a).sum()
+        results = [result([data, good[1]]), result(good), result(good)]
+        for strategy in (FedAvg(), FedMedian()):
+            out = _guard(lambda s=strategy: s.aggregate_fit(1, results, []))
+            if out is not None:
+                assert len(out[0].tensors) == 2
+
+    @RUNS
+    @given(st.sampled_from(good), _bytes_mutations())
+    def mutated(valid, edits):
+        check(_apply(valid, edits))
+
+    for valid in good:
+        _every_truncation_and_flip(valid, check)
+    mutated()
+
+
 TARGETS = {"sparse": fuzz_sparse, "quantized": fuzz_quantized, "checkpoints": fuzz_checkpoints,
-           "states": fuzz_states, "csr": fuzz_csr}
+           "states": fuzz_states, "csr": fuzz_csr, "npy": fuzz_npy}
 
 if __name__ == "__main__":
     TARGETS[sys.argv[1]]()

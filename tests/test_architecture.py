@@ -38,13 +38,15 @@ LAYERS = [
     {"aggregate"},
     {"privacy", "secure", "slicing"},
     {"federation"},
-    {"cli", "adapters", "distributed", "torch", "sklearn", "__init__", "__main__"},
+    {"cli", "adapters", "distributed", "torch", "sklearn", "flower", "flower_legacy", "__init__",
+     "__main__"},
 ]
-# (fastmb.adapters.sklearn imports scikit-learn at its top: its estimators subclass
-# scikit-learn's; whoever uses it without the extra imports it lazily)
+# (fastmb.adapters.sklearn and .flower import their library at their top: their classes
+# subclass the library's; whoever uses them without the extra imports them lazily)
 OPTIONAL = ("numba.cuda", "fastmb.kernels.cuda", "sklearn", "matplotlib", "tqdm", "filelock",
             "tomllib", "tomli", "dask", "distributed", "dp_accounting", "torch", "flwr",
-            "cryptography", "scipy", "opacus", "jax", "fastmb.adapters.sklearn")
+            "cryptography", "scipy", "opacus", "jax", "fastmb.adapters.sklearn",
+            "fastmb.adapters.flower")
 
 
 def _layer(module):

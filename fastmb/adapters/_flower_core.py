@@ -54,7 +54,7 @@ def _parse_header(head, name):
         raise ValueError(f"{name}: fortran_order must be True or False, got {fortran!r}")
     try:
         dtype = np.dtype(d["descr"]) if isinstance(d["descr"], str) else None
-    except TypeError:
+    except Exception:  # np.dtype parses a hostile string with ast: SyntaxError and others
         dtype = None
     if dtype is None or dtype.kind not in "biuf":
         raise ValueError(f"{name}: the array must hold real numbers (bool, int or float), "

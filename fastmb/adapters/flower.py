@@ -445,7 +445,7 @@ class NumPyClient(_FlowerNumPyClient):
         return new, V.n_samples(self.X), {"train_loss": float(loss)}
 
     def fit(self, parameters, config):
-        new, n, metrics = self.train(self._params(parameters), config)
+        _, n, metrics = self.train(self._params(parameters), config)
         return self.get_parameters(config), n, metrics
 
     def evaluate(self, parameters, config):

@@ -124,8 +124,8 @@ class _FedOpt:
         new = rnd._shaped(st.step(x, agg, self._eta(server_round), self.beta_1, self.beta_2,
                                   self.tau))
         self.current_weights = [new[k] for k in rnd.keys]
-        self.m_t = [a for a in rnd._shaped(st.m).values()]
-        self.v_t = [a for a in rnd._shaped(st.v).values()]
+        self.m_t = list(rnd._shaped(st.m).values())
+        self.v_t = list(rnd._shaped(st.v).values())
         return ndarrays_to_parameters(self.current_weights), _metrics(self, server_round,
                                                                       results)
 
