@@ -184,9 +184,12 @@ def shard_sums(U, w, shard, sums):
 
 
 @jit
-def _row_at(addrs, k, seg, like, n):
-    """Client k's array of segment ``seg`` (n values of ``like``'s type) read in place."""
-    return carray(address_as_pointer(addrs[k, seg], like), n)
+def _span_at(addrs, k, seg, n, lo, m, like):
+    """Values ``lo:lo + m`` of client k's array of segment ``seg`` (n values of ``like``'s
+    float type), read in place. A slice, indexed from 0, as ``_fold_rows`` reads its rows:
+    an offset inside the index (``r[lo + j]``) kept LLVM from vectorizing the loop
+    (measured: 5x slower)."""
+    return carray(address_as_pointer(addrs[k, seg], like), n)[lo:lo + m]
 
 
 @jit(parallel=True)
@@ -207,26 +210,22 @@ def weighted_mean_at(addrs, seg_off, tasks, w, inv_total, out):
         s = tasks[t, 0]
         lo = tasks[t, 1]
         n = seg_off[s + 1] - seg_off[s]
-        hi = min(n, lo + MEAN_BLOCK)
-        m = hi - lo
+        m = min(n, lo + MEAN_BLOCK) - lo
         acc = np.zeros(m, np.float64)
-        k = 0
-        while k + 4 <= K:
-            r0 = _row_at(addrs, k, s, like, n)
-            r1 = _row_at(addrs, k + 1, s, like, n)
-            r2 = _row_at(addrs, k + 2, s, like, n)
-            r3 = _row_at(addrs, k + 3, s, like, n)
+        for q in range(K // 4):  # (a range: a literal k = 0 would compile _span_at twice)
+            k = 4 * q
+            r0 = _span_at(addrs, k, s, n, lo, m, like)
+            r1 = _span_at(addrs, k + 1, s, n, lo, m, like)
+            r2 = _span_at(addrs, k + 2, s, n, lo, m, like)
+            r3 = _span_at(addrs, k + 3, s, n, lo, m, like)
             w0, w1, w2, w3 = w[k], w[k + 1], w[k + 2], w[k + 3]
             for j in range(m):
-                acc[j] += (w0 * r0[lo + j] + w1 * r1[lo + j]) + (w2 * r2[lo + j]
-                                                                  + w3 * r3[lo + j])
-            k += 4
-        while k < K:
-            r0 = _row_at(addrs, k, s, like, n)
+                acc[j] += (w0 * r0[j] + w1 * r1[j]) + (w2 * r2[j] + w3 * r3[j])
+        for k in range(K - K % 4, K):
+            r0 = _span_at(addrs, k, s, n, lo, m, like)
             w0 = w[k]
             for j in range(m):
-                acc[j] += w0 * r0[lo + j]
-            k += 1
+                acc[j] += w0 * r0[j]
         base = seg_off[s] + lo
         cnt = 0
         for j in range(m):
@@ -249,9 +248,9 @@ def gather_at(addrs, seg_off, tasks, U):
         s = tasks[t, 0]
         lo = tasks[t, 1]
         n = seg_off[s + 1] - seg_off[s]
-        hi = min(n, lo + MEAN_BLOCK)
-        base = seg_off[s]
+        m = min(n, lo + MEAN_BLOCK) - lo
+        base = seg_off[s] + lo
         for k in range(K):
-            r = _row_at(addrs, k, s, like, n)
-            for j in range(lo, hi):
+            r = _span_at(addrs, k, s, n, lo, m, like)
+            for j in range(m):
                 U[k, base + j] = r[j]
