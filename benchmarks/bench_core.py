@@ -192,3 +192,36 @@ class SklearnMLPFit:
 
     def time_fit(self, impl, solver):
         self.call()
+
+
+class FlowerFedAvg:
+    """``fastmb.flower.FedAvg`` (Message API) and ``fastmb.flower_legacy.FedAvg`` beside
+    Flower's own strategies on the same 100 replies, at P = 85,614 and P = 1,001,000."""
+
+    params = [["fastmb", "flower"], ["message", "legacy"], [85_000, 1_000_000]]
+    param_names = ["impl", "api", "P"]
+    timeout = 300
+
+    def setup(self, impl, api, P):
+        try:
+            from fastmb.flower import FedAvg
+            from fastmb.flower_legacy import FedAvg as LegacyFedAvg
+        except ImportError:
+            raise NotImplementedError("flwr is not installed") from None
+        import logging
+
+        logging.getLogger("flwr").setLevel(logging.ERROR)
+        data = B.flower_strategy_data(100, P)
+        msgs, fits, _ = data
+        if impl == "flower":
+            peer = B.flower_message_fedavg if api == "message" else B.flower_legacy_fedavg
+            self.call = _peer(peer, *data)
+        elif api == "message":
+            strategy = FedAvg()
+            self.call = _prepared(lambda: strategy.aggregate_train(1, msgs))
+        else:
+            legacy = LegacyFedAvg()
+            self.call = _prepared(lambda: legacy.aggregate_fit(1, fits, []))
+
+    def time_aggregate(self, impl, api, P):
+        self.call()

@@ -46,7 +46,7 @@ LAYERS = [
 OPTIONAL = ("numba.cuda", "fastmb.kernels.cuda", "sklearn", "matplotlib", "tqdm", "filelock",
             "tomllib", "tomli", "dask", "distributed", "dp_accounting", "torch", "flwr",
             "cryptography", "scipy", "opacus", "jax", "fastmb.adapters.sklearn",
-            "fastmb.adapters.flower")
+            "fastmb.adapters.flower", "fastmb.adapters.flower_legacy")
 
 
 def _layer(module):

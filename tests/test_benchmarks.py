@@ -151,3 +151,24 @@ def test_bench_sklearn_mlp_fit_and_its_peer(benchmark):
         theirs = sklearn_mlp_fit(X, y, solver)()
         assert est.n_iter_ == theirs.n_iter_ == 1
         assert [c.shape for c in est.coefs_] == [c.shape for c in theirs.coefs_]
+
+
+def test_bench_flower_strategies_and_their_peers(benchmark):
+    # The rows `fastmb bench` adds for fastmb.flower: both APIs agree with Flower's FedAvg.
+    pytest.importorskip("flwr")
+    from flwr.common import parameters_to_ndarrays
+
+    from fastmb.cli.bench import flower_legacy_fedavg, flower_message_fedavg, flower_strategy_data
+    from fastmb.flower import FedAvg
+    from fastmb.flower_legacy import FedAvg as LegacyFedAvg
+
+    msgs, fits, P = data = flower_strategy_data(K=6, P=1000)
+    ours = benchmark(FedAvg().aggregate_train, 1, msgs)[0]
+    theirs = flower_message_fedavg(*data)()[0]
+    for k in theirs:
+        np.testing.assert_allclose(ours[k].numpy(), theirs[k].numpy(), rtol=1e-5, atol=1e-6)
+    ours = parameters_to_ndarrays(LegacyFedAvg().aggregate_fit(1, fits, [])[0])
+    theirs = parameters_to_ndarrays(flower_legacy_fedavg(*data)()[0])
+    assert sum(a.size for a in ours) == P
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

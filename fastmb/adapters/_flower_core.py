@@ -148,7 +148,7 @@ def npy_bytes(a):
 def result_dtype(dtypes):
     """The dtype Flower's arithmetic gives an average of arrays of ``dtypes``
     (``array * float``: float16/32/64 stay, integers and booleans become float64)."""
-    return np.result_type(*dtypes, 1.0)
+    return np.result_type(*dtypes, 1.0)  # (any iterable of dtypes)
 
 
 def _tasks(lengths):
@@ -214,7 +214,7 @@ class RoundUpdates:
         self.keys = [k for k, _ in first]
         if len(set(self.keys)) != len(self.keys):
             raise ValueError(f"{clients[0]}: repeated array keys")
-        self.shapes = {k: np.shape(a) for k, a in first}
+        self.shapes = {k: a.shape for k, a in first}
         per_key = {k: [] for k in self.keys}
         for model, who in zip(models, clients):
             if [k for k, _ in model] != self.keys:
@@ -224,26 +224,26 @@ class RoundUpdates:
                                      f"{sorted(self.keys)}")
                 model = sorted(model, key=lambda kv: self.keys.index(kv[0]))
             for k, a in model:
-                if np.shape(a) != self.shapes[k]:
-                    raise ValueError(f"{who}: array {k!r} has shape {np.shape(a)}, "
+                if a.shape != self.shapes[k]:
+                    raise ValueError(f"{who}: array {k!r} has shape {a.shape}, "
                                      f"{clients[0]}'s has {self.shapes[k]}")
                 per_key[k].append(a)
-        self.out_dtype = {k: result_dtype([a.dtype for a in per_key[k]]) for k in self.keys}
+        self.out_dtype = {k: result_dtype({a.dtype for a in per_key[k]}) for k in self.keys}
         self.groups = []
         for dt in (np.dtype(np.float32), np.dtype(np.float64)):
             keys = [k for k in self.keys
                     if (self.out_dtype[k] == np.float32) == (dt == np.float32)]
             if not keys:
                 continue
-            addrs = np.empty((self.K, len(keys)), np.int64)
-            keep = []
-            for s, k in enumerate(keys):
-                for c, a in enumerate(per_key[k]):
-                    if not (a.dtype == dt and a.flags.c_contiguous):
+            addrs, keep = [], []
+            for k in keys:
+                for a in per_key[k]:
+                    if not (a.dtype is dt or a.dtype == dt) or not a.flags.c_contiguous:
                         a = np.ascontiguousarray(a, dt)  # the one copy: a converted array
                     keep.append(a)
-                    addrs[c, s] = a.__array_interface__["data"][0]
-            lengths = [int(np.prod(self.shapes[k], dtype=np.int64)) for k in keys]
+                    addrs.append(a.__array_interface__["data"][0])
+            addrs = np.array(addrs, np.int64).reshape(len(keys), self.K).T.copy()
+            lengths = [keep[i * self.K].size for i in range(len(keys))]
             self.groups.append(_Group(dt, keys, lengths, addrs, keep))
         self.clients = clients
         self._per_key = per_key

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import logging
 import os
 import platform
 import subprocess
@@ -309,6 +310,49 @@ def flower_fedavg(U, w):
     return lambda: aggregate(results)
 
 
+def flower_strategy_data(K=100, P=85_000, seed=4):
+    """K clients' float32 models as Flower's two strategy APIs receive them: Message API
+    replies (an ArrayRecord and the ``num-examples`` metric) and legacy ``FitRes``. The
+    model is an MLP's weights and biases (784-100-64-10: 85,614 parameters) or one
+    1000 x 1000 layer with its bias (1,001,000) for P above 100,000."""
+    from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+    from flwr.app.metadata import Metadata
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    shapes = ([(784, 100), (100,), (100, 64), (64,), (64, 10), (10,)] if P <= 100_000
+              else [(1000, 1000), (1000,)])
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(10, 1000, K)
+    msgs, fits = [], []
+    for i in range(K):
+        arrays = [rng.normal(size=sh).astype(np.float32) for sh in shapes]
+        rec = RecordDict({"arrays": ArrayRecord({f"l{j}": Array(a) for j, a in enumerate(arrays)}),
+                          "metrics": MetricRecord({"num-examples": int(counts[i])})})
+        md = Metadata(run_id=1, message_id=f"m{i}", src_node_id=i + 1, dst_node_id=0,
+                      reply_to_message_id="", group_id="1", created_at=0.0, ttl=3600.0,
+                      message_type=MessageType.TRAIN)
+        msgs.append(Message(content=rec, metadata=md))
+        fits.append((None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays),
+                                  int(counts[i]), {})))
+    return msgs, fits, sum(int(np.prod(sh)) for sh in shapes)
+
+
+def flower_message_fedavg(msgs, fits, P):
+    """Flower's own ``FedAvg.aggregate_train`` (Message API) on the same replies."""
+    from flwr.serverapp.strategy import FedAvg
+
+    strategy = FedAvg()
+    return lambda: strategy.aggregate_train(1, msgs)
+
+
+def flower_legacy_fedavg(msgs, fits, P):
+    """Flower's own legacy ``FedAvg.aggregate_fit`` (in place, its default)."""
+    from flwr.server.strategy import FedAvg
+
+    strategy = FedAvg()
+    return lambda: strategy.aggregate_fit(1, fits, [])
+
+
 def numpy_fedavg(U, w):
     """``(w @ U) / w.sum()``: one BLAS matrix-vector product."""
     w32, total = w.astype(np.float32), w.sum()
@@ -575,6 +619,8 @@ PEERS = {
     "torch_per_sample": [("Opacus GradSampleModule (hooks)", opacus_grad_sample),
                          ("torch.func vmap(grad)", torch_func_grad_sample)],
     "torch_norms": [("Opacus ghost clipping", opacus_ghost_norms)],
+    "flower_message": [("Flower FedAvg.aggregate_train", flower_message_fedavg)],
+    "flower_legacy": [("Flower FedAvg.aggregate_fit", flower_legacy_fedavg)],
     "dp_step": [("fastmb non-private step", fastmb_plain_step),
                 ("PyTorch plain step", torch_mlp_step),
                 ("Opacus ghost (fastest)", opacus_ghost_step),
@@ -614,6 +660,10 @@ def _rows(kernel, size, fast, peers, data, repeat, limit_bytes, bw, echo, limit_
             call = factory(*data)
         except ImportError:
             continue
+        # fastmb's threads spin for a while after a parallel kernel, taking a core from
+        # whatever runs next: let them go to sleep before the peer is timed (measured: a
+        # NumPy-bound peer 3-4x slower right after a parallel kernel on 2 cores)
+        time.sleep(0.5)
         t_peer = best_time(call, max(1, repeat // 2))
         rows.append(dict(kernel=kernel, size=size, fastmb_s=t_fast, peer=label, peer_s=t_peer,
                          ratio=t_peer / t_fast, limit=limit))
@@ -726,6 +776,7 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
 
     rows += _torch_rows(sz(1024), repeat, bw, peak, echo)
     rows += _sklearn_rows(sz(200_000), repeat, bw, echo)
+    rows += _flower_rows(sz(100), [sz(85_000), sz(1_000_000)], repeat, bw, echo)
 
     extra = {"bandwidth_GBps": bw / 1e9, "gemm_GFLOPs": peak / 1e9,
              "gemm64_GFLOPs": peak64 / 1e9}
@@ -784,6 +835,30 @@ def _sklearn_rows(n, repeat, bw, echo):
                       f"128-64-10 n={len(Xm):,} f32 {batch}",
                       _quiet_fit(lambda s=solver: MLPClassifier(**MLP_FIT[s]), Xm, ym),
                       "sklearn_mlp_fit", (Xm, ym, solver), max(1, repeat // 3), None, bw, echo)
+    return rows
+
+
+def _flower_rows(K, sizes, repeat, bw, echo):
+    """fastmb's Flower FedAvg (both APIs) beside Flower's own on the same K replies; the
+    limit reads every client's arrays once. No rows without Flower."""
+    try:
+        from ..adapters import flower as fm
+        from ..adapters import flower_legacy as fl
+    except ImportError:
+        return []
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # one INFO line per call otherwise
+    rows = []
+    for P in sizes:
+        data = flower_strategy_data(K, P)
+        msgs, fits, n = data
+        size = f"K={K} x P={n:,} f32"
+        ours, legacy = fm.FedAvg(), fl.FedAvg()
+        rows += _rows("Flower FedAvg, Message API", size,
+                      lambda s=ours, m=msgs: s.aggregate_train(1, m), "flower_message", data,
+                      max(1, repeat // 3), 4 * K * n, bw, echo)
+        rows += _rows("Flower FedAvg, legacy API", size,
+                      lambda s=legacy, f=fits: s.aggregate_fit(1, f, []), "flower_legacy", data,
+                      max(1, repeat // 3), 4 * K * n, bw, echo)
     return rows
 
 
