@@ -447,3 +447,19 @@ def test_flower_simulation_matches_flower_fedavg(tmp_path):
     assert a["evaluate"]["3"]["eval_loss"] == pytest.approx(b["evaluate"]["3"]["eval_loss"],
                                                             rel=1e-5)
     assert a["evaluate"]["3"]["eval_loss"] < a["evaluate"]["1"]["eval_loss"]
+
+
+def test_readme_example_runs(tmp_path):
+    """The README's Flower example, as written, in its own process (it starts Ray)."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    start = text.index("## Flower strategies")
+    code = text[text.index("```python", start) + 9:text.index("```", text.index("```python",
+                                                                            start) + 9)]
+    script = tmp_path / "readme_flower.py"
+    script.write_text(code)
+    res = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    acc = float(res.stdout.split("accuracy")[-1].split()[0])
+    assert acc > 0.8

@@ -7,6 +7,17 @@ are not always the Message API's (legacy Bulyan runs Krum theta times; legacy Kr
 ``num_clients_to_keep=0`` returns the chosen client's arrays as they are; legacy FedOpt
 strategies default to ``tau=1e-9``). The tensors of each ``FitRes.parameters`` are read
 in place (no ``np.load`` copy).
+
+Examples
+--------
+>>> import numpy as np
+>>> from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+>>> from fastmb.flower_legacy import FedAvg
+>>> results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.full(2, v)]), n, {}))
+...            for v, n in ((1.0, 3), (5.0, 1))]
+>>> params, _ = FedAvg(fit_metrics_aggregation_fn=lambda m: {}).aggregate_fit(1, results, [])
+>>> parameters_to_ndarrays(params)
+[array([2., 2.])]
 """
 
 from __future__ import annotations
