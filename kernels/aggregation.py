@@ -47,6 +47,18 @@ def _fold_rows(U, w, lo, hi, acc):
         k += 1
 
 
+@jit
+def _store_mean(acc, inv_total, out):
+    """``out = acc * inv_total`` in out's dtype; returns how many results are not finite."""
+    cnt = 0
+    for j in range(acc.shape[0]):
+        v = acc[j] * inv_total
+        out[j] = v
+        if not math.isfinite(v):
+            cnt += 1
+    return cnt
+
+
 @jit(parallel=True)
 def weighted_mean(U, w, inv_total, out):
     """``out[j] = inv_total * sum_k w[k] * U[k, j]``; returns the count of non-finite outputs.
@@ -66,13 +78,7 @@ def weighted_mean(U, w, inv_total, out):
         hi = min(P, lo + MEAN_BLOCK)
         acc = np.zeros(hi - lo, np.float64)
         _fold_rows(U, w, lo, hi, acc)
-        cnt = 0
-        for j in range(hi - lo):
-            v = acc[j] * inv_total
-            out[lo + j] = v
-            if not math.isfinite(v):
-                cnt += 1
-        nbad += cnt
+        nbad += _store_mean(acc, inv_total, out[lo:hi])
     return nbad
 
 
@@ -227,13 +233,7 @@ def weighted_mean_at(addrs, seg_off, tasks, w, inv_total, out):
             for j in range(m):
                 acc[j] += w0 * r0[j]
         base = seg_off[s] + lo
-        cnt = 0
-        for j in range(m):
-            v = acc[j] * inv_total
-            out[base + j] = v
-            if not math.isfinite(v):
-                cnt += 1
-        nbad += cnt
+        nbad += _store_mean(acc, inv_total, out[base:base + m])
     return nbad
 
 

@@ -395,6 +395,13 @@ class ServerState:
         return out
 
 
+def fedadam_eta(eta, beta_1, beta_2, server_round):
+    """Flower's FedAdam step size at ``server_round``: ``eta * sqrt(1 - beta_2^(t+1)) /
+    (1 - beta_1^(t+1))`` (its bias correction, with Flower's exponent t + 1)."""
+    return (eta * np.sqrt(1 - np.power(beta_2, server_round + 1.0))
+            / (1 - np.power(beta_1, server_round + 1.0)))
+
+
 def flat_groups(rnd, arrays):
     """``arrays`` (key -> array, the model's current parameters) as flat vectors per group
     of ``rnd`` (checked against the round's keys and shapes)."""

@@ -110,6 +110,18 @@ def _inconsistent(reason):
     raise InconsistentMessageReplies(reason=reason)
 
 
+def _same_keys(replies, name, record, cls):
+    """The keys of ``record`` (the first reply's ``cls`` record ``name``), which every reply's
+    record of that name must have."""
+    keys = set(record.keys())
+    for r in replies[1:]:
+        other = r.content.get(name)
+        if not isinstance(other, cls) or set(other.keys()) != keys:
+            _inconsistent(f"All {cls.__name__}s must have the same keys for aggregation. This "
+                          "condition wasn't met. Skipping aggregation.")
+    return keys
+
+
 def _check(replies, weighted_by_key, train):
     """Flower's ``validate_message_reply_consistency`` (the same checks and reasons) in one
     pass: one ArrayRecord (for training) with the same keys in every reply, one
@@ -118,23 +130,12 @@ def _check(replies, weighted_by_key, train):
     if train:
         if any(len(r.arrays) != 1 for r in replies):
             _inconsistent("Expected exactly one ArrayRecord in replies. Skipping aggregation.")
-        name, rec = first.arrays[0]
-        keys = set(rec.keys())
-        for r in replies[1:]:
-            other = r.content.get(name)
-            if not isinstance(other, ArrayRecord) or set(other.keys()) != keys:
-                _inconsistent("All ArrayRecords must have the same keys for aggregation. "
-                              "This condition wasn't met. Skipping aggregation.")
+        _same_keys(replies, *first.arrays[0], ArrayRecord)
     if any(len(r.metrics) != 1 for r in replies):
         _inconsistent("Expected exactly one MetricRecord in replies, but found more. "
                       "Skipping aggregation.")
     name, rec = first.metrics[0]
-    keys = set(rec.keys())
-    for r in replies[1:]:
-        other = r.content.get(name)
-        if not isinstance(other, MetricRecord) or set(other.keys()) != keys:
-            _inconsistent("All MetricRecords must have the same keys for aggregation. This "
-                          "condition wasn't met. Skipping aggregation.")
+    keys = _same_keys(replies, name, rec, MetricRecord)
     if weighted_by_key not in keys:
         _inconsistent(f"Missing required key `{weighted_by_key}` in the MetricRecord of reply "
                       "messages. Cannot average ArrayRecords and MetricRecords. Skipping "
@@ -306,8 +307,7 @@ class FedAdam(_FedOpt, fs.FedAdam):
     _kind = "FedAdam"
 
     def _eta(self, server_round):
-        return (self.eta * np.sqrt(1 - np.power(self.beta_2, server_round + 1.0))
-                / (1 - np.power(self.beta_1, server_round + 1.0)))
+        return C.fedadam_eta(self.eta, self.beta_1, self.beta_2, server_round)
 
 
 class FedYogi(_FedOpt, fs.FedYogi):

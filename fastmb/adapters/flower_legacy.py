@@ -153,8 +153,7 @@ class FedAdam(_FedOpt, fs.FedAdam):
     _kind = "FedAdam"
 
     def _eta(self, server_round):
-        return (self.eta * np.sqrt(1 - np.power(self.beta_2, server_round + 1.0))
-                / (1 - np.power(self.beta_1, server_round + 1.0)))
+        return C.fedadam_eta(self.eta, self.beta_1, self.beta_2, server_round)
 
 
 class FedYogi(_FedOpt, fs.FedYogi):
