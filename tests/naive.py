@@ -100,6 +100,51 @@ def sample_grad(model, params, x, y):
     return value, np.concatenate(flat)
 
 
+def slice_forward(model, params, a, start, stop):
+    """Outputs of layers [start, stop) for one input row ``a`` (the model's input at 0,
+    the activations at the cut otherwise): activations, or raw outputs at the top."""
+    layers = weights(model, params)
+    a = np.asarray(a, np.float64)
+    for i in range(start, stop):
+        W, b = layers[i]
+        z = a @ W + b
+        a = activation(z, model.activation) if i < len(layers) - 1 else z
+    return a
+
+
+def slice_backward(model, params, a, g_out, start, stop):
+    """(parameter gradient of the slice's block, gradient w.r.t. its input ``a``) for one
+    row, given ``g_out``, the gradient w.r.t. the slice's outputs; by textbook
+    backpropagation through layers [start, stop) only."""
+    layers = weights(model, params)
+    L = len(layers)
+    inputs, pre = [], []
+    x = np.asarray(a, np.float64)
+    for i in range(start, stop):
+        W, b = layers[i]
+        inputs.append(x)
+        z = x @ W + b
+        pre.append(z)
+        x = activation(z, model.activation) if i < L - 1 else z
+    delta = np.asarray(g_out, np.float64)
+    if stop < L:
+        delta = delta * activation_deriv(pre[-1], model.activation)
+    grads = []
+    for j, i in enumerate(range(stop - 1, start - 1, -1)):
+        W, _ = layers[i]
+        k = stop - 1 - start - j
+        grads.append((np.outer(inputs[k], delta), delta.copy()))
+        g_in = W @ delta
+        if i > start:
+            delta = g_in * activation_deriv(pre[k - 1], model.activation)
+    flat = []
+    for gW, gb in reversed(grads):
+        flat.append(gW.ravel())
+        if model.fit_intercept:
+            flat.append(gb)
+    return np.concatenate(flat), g_in
+
+
 def _label(y, i):
     return y[i]
 

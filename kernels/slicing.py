@@ -1,0 +1,157 @@
+"""Layers ``[lo, hi)`` of a model run alone: the depth slices of split learning.
+
+A slice reads its input where the model's input would be (``_model``'s layer-range seam):
+the model's rows for ``lo = 0`` (dense or sparse), the activations at the cut otherwise.
+Each row goes through ``forward_range`` and ``backward_range``, the same linked code that
+``decision`` (``predict``) and the per-row gradients run, so a slice computes what the
+whole model computes for those layers, operation for operation:
+
+* forward: the activations leaving layer ``hi - 1`` (after the hidden activation), or the
+  model's raw outputs when ``hi = L``. ``[0, c)`` then ``[c, L)`` is ``decision``'s pass
+  split in two, bit for bit.
+* backward: given ``G``, the loss's gradient with respect to the slice's outputs (the
+  output deltas when ``hi = L``), the slice's parameter gradient and ``G_in``, the
+  gradient with respect to its input: ``G_in[i] = sum_j W_lo[i, j] delta_lo[j]``, the dot
+  product the whole model's backward pass takes before multiplying by the activation's
+  derivative, in the same order; the layer below applies that derivative itself, so a
+  gradient crossing the cut is the unsplit pass's value, bit for bit.
+
+Rows are split into tasks by the problem size only, per-task partial sums are merged in
+task order by the caller: the same bits on any number of threads.
+"""
+
+import math
+
+import numpy as np
+from numba import prange
+
+from ._input import input_row, n_rows
+from ._jit import jit
+from ._model import (
+    MODE_ADD,
+    MODE_WRITE,
+    _act_deriv,
+    backward_range,
+    forward_range,
+    loss_and_delta,
+    workspace,
+)
+from .gradients import ROW_WORK_MIN_SIZE, ROWS_PER_TASK, first_flagged
+
+
+@jit(parallel=True, min_size=ROW_WORK_MIN_SIZE)
+def slice_forward(params, A, lo, hi, spec, out):
+    """``out[r]`` = the outputs of layers ``[lo, hi)`` for input row ``r`` of ``A``; returns
+    the first row whose outputs are not finite, or -1."""
+    sizes, w_off, b_off, u_off, act, _, _ = spec
+    n = n_rows(A)
+    L = sizes.shape[0] - 1
+    base = u_off[hi - 1]
+    k = sizes[hi]
+    n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    bad = np.empty(n_tasks, np.int64)
+    for t in prange(n_tasks):
+        zs, hs, _ = workspace(u_off, params)
+        first_bad = -1
+        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            ok = forward_range(params, input_row(A, r), lo, hi, sizes, w_off, b_off, u_off,
+                               act, zs, hs)
+            src = hs if hi < L else zs
+            for j in range(k):
+                v = src[base + j]
+                out[r, j] = v
+                ok = ok and math.isfinite(v)
+            if not ok and first_bad < 0:
+                first_bad = r
+        bad[t] = first_bad
+    return first_flagged(bad)
+
+
+@jit(parallel=True, min_size=ROW_WORK_MIN_SIZE)
+def slice_backward(params, A, G, lo, hi, spec, per_sample, G_in, out):
+    """The backward pass of layers ``[lo, hi)``: ``G[r]`` is row r's gradient with respect
+    to the slice's outputs. ``per_sample``: ``out[r]`` is row r's parameter gradient of the
+    slice (its ``P_slice`` coordinates); otherwise ``out[t]`` is the sum over task t's rows,
+    added in row order in the parameters' dtype. ``G_in[r]`` (when ``lo > 0``; else an
+    empty array) is the gradient with respect to the slice's input row. Returns the first
+    row whose forward pass or gradient is not finite, or -1."""
+    sizes, w_off, b_off, u_off, act, _, _ = spec
+    n = n_rows(A)
+    L = sizes.shape[0] - 1
+    p0 = w_off[lo]
+    P = params.shape[0]
+    dbase = u_off[hi - 1]
+    k = sizes[hi]
+    nin = sizes[lo]
+    nout = sizes[lo + 1]
+    n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    bad = np.empty(n_tasks, np.int64)
+    for t in prange(n_tasks):
+        zs, hs, ds = workspace(u_off, params)
+        g = np.zeros(P, params.dtype)
+        first_bad = -1
+        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            x = input_row(A, r)
+            ok = forward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs)
+            for j in range(k):
+                gj = G[r, j]
+                ok = ok and math.isfinite(gj)
+                if hi < L:
+                    # the slice's outputs are activations: delta = G * act'(z)
+                    ds[dbase + j] = gj * _act_deriv(zs[dbase + j], hs[dbase + j], act)
+                else:
+                    ds[dbase + j] = gj
+            mode = MODE_WRITE if per_sample else MODE_ADD
+            backward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs, ds, g,
+                           mode)
+            if per_sample:
+                o = out[r]
+                for j in range(o.shape[0]):
+                    o[j] = g[p0 + j]
+                    ok = ok and math.isfinite(g[p0 + j])
+            if G_in.shape[0] > 0:
+                # delta_lo's dot products with the rows of W_lo: backward_range's order
+                W = params[w_off[lo]:w_off[lo] + nin * nout]
+                dl = ds[u_off[lo]:u_off[lo] + nout]
+                gi = G_in[r]
+                for i in range(nin):
+                    row = W[i * nout:(i + 1) * nout]
+                    s = row[0] * dl[0]
+                    for j in range(1, nout):
+                        s += row[j] * dl[j]
+                    gi[i] = s
+                    ok = ok and math.isfinite(s)
+            if not ok and first_bad < 0:
+                first_bad = r
+        if not per_sample:
+            o = out[t]
+            for j in range(o.shape[0]):
+                o[j] = g[p0 + j]
+        bad[t] = first_bad
+    return first_flagged(bad)
+
+
+@jit(parallel=True, min_size=ROW_WORK_MIN_SIZE)
+def output_deltas(F, yc, yr, spec, out):
+    """``out[r]`` = the derivative of row r's loss with respect to its raw outputs ``F[r]``
+    (the loss head of ``sample_grad``); returns the mean loss (float64, task sums merged in
+    order) and the first row whose loss is not finite, or -1."""
+    _, _, _, _, _, loss, hdelta = spec
+    n = F.shape[0]
+    n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    bad = np.empty(n_tasks, np.int64)
+    sums = np.empty(n_tasks, np.float64)
+    for t in prange(n_tasks):
+        first_bad = -1
+        s = 0.0
+        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            lv = loss_and_delta(F[r], out[r], loss, hdelta, yc, yr, r, np.bool_(True))
+            s += lv
+            if not math.isfinite(lv) and first_bad < 0:
+                first_bad = r
+        sums[t] = s
+        bad[t] = first_bad
+    total = 0.0
+    for t in range(n_tasks):
+        total += sums[t]
+    return total / n, first_flagged(bad)

@@ -1,0 +1,146 @@
+"""Depth slices (``fastmb.slicing``): layers [a, b) forward and backward on their own.
+
+Against the naive references (``naive.slice_forward``/``slice_backward``), finite
+differences through the loss, and the unsplit model: a forward pass split at any cut is
+``decision_function`` bit for bit, and gradients joined across a cut are the whole
+model's per-row gradients bit for bit (``per_sample_grad``'s to rounding).
+"""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import fastmb
+from fastmb.slicing import backward, check_cut, forward, loss_head, param_range
+
+from . import naive
+from .conftest import MODEL_CASES, make_data
+
+DEEP = fastmb.MLP([5, 7, 6, 4, 3], activation="tanh", loss="softmax")
+
+
+def _ranges(model):
+    L = model.n_layers
+    return [(a, b) for a in range(L) for b in range(a + 1, L + 1)]
+
+
+@pytest.mark.parametrize("name", [*sorted(MODEL_CASES), "deep"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_forward_against_naive_and_predict(name, dtype):
+    model = DEEP if name == "deep" else MODEL_CASES[name]()
+    p, X, _ = make_data(model, 70, dtype=dtype)
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    for a, b in _ranges(model):
+        A = X if a == 0 else forward(model, p, X, 0, a)
+        out = forward(model, p, A, a, b)
+        assert out.dtype == dtype and out.shape == (70, model.sizes[b])
+        ref = np.array([naive.slice_forward(model, p, r, a, b) for r in A])
+        np.testing.assert_allclose(out, ref, rtol=tol, atol=tol)
+    F = fastmb.decision_function(model, p, X).reshape(70, -1)  # (n,) for one output
+    for c in range(1, model.n_layers):
+        np.testing.assert_array_equal(forward(model, p, forward(model, p, X, 0, c), c), F)
+
+
+@pytest.mark.parametrize("name", [*sorted(MODEL_CASES), "deep"])
+def test_backward_against_naive(name):
+    model = DEEP if name == "deep" else MODEL_CASES[name]()
+    p, X, _ = make_data(model, 70)
+    rng = np.random.default_rng(3)
+    for a, b in _ranges(model):
+        A = X if a == 0 else forward(model, p, X, 0, a)
+        G = rng.normal(size=(70, model.sizes[b]))
+        per, G_in = backward(model, p, A, G, a, b, per_sample=True)
+        total, G_in2 = backward(model, p, A, G, a, b)
+        p0, p1 = param_range(model, a, b)
+        assert per.shape == (70, p1 - p0)
+        refs = [naive.slice_backward(model, p, r, g, a, b) for r, g in zip(A, G)]
+        np.testing.assert_allclose(per, np.array([r[0] for r in refs]), rtol=1e-10,
+                                   atol=1e-12)
+        np.testing.assert_allclose(total, per.sum(0), rtol=1e-12, atol=1e-12)
+        if a == 0:
+            assert G_in is None and G_in2 is None
+        else:
+            np.testing.assert_allclose(G_in, np.array([r[1] for r in refs]), rtol=1e-10,
+                                       atol=1e-12)
+            np.testing.assert_array_equal(G_in, G_in2)
+
+
+@pytest.mark.parametrize("name", ["mlp-relu-softmax", "mlp-tanh-logistic", "deep",
+                                  "mlp-sigmoid-squared", "linear-huber"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_split_gradients_equal_the_unsplit_model(name, dtype):
+    """Client [0, c), server [c, L) and the loss: the joined per-row gradients are the
+    whole model's per-row gradients bit for bit (the range [0, L): forward, loss head,
+    backward, the code SGD's per-sample path runs), and ``per_sample_grad``'s (matrix
+    products over a block of rows: another summation order) to rounding."""
+    model = DEEP if name == "deep" else MODEL_CASES[name]()
+    p, X, y = make_data(model, 50, dtype=dtype)
+    value, D = loss_head(model, forward(model, p, X), y)
+    whole, _ = backward(model, p, X, D, per_sample=True)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    ref = fastmb.per_sample_grad(model, p, X, y)
+    np.testing.assert_allclose(whole, ref, rtol=tol, atol=tol * np.abs(ref).max())
+    assert value == pytest.approx(fastmb.loss(model, p, X, y), rel=tol)
+    for c in range(1, model.n_layers):
+        H = forward(model, p, X, 0, c)                 # client -> server: activations
+        F = forward(model, p, H, c)
+        v2, D2 = loss_head(model, F, y)
+        assert v2 == value
+        np.testing.assert_array_equal(D2, D)
+        g_top, G_cut = backward(model, p, H, D, c, per_sample=True)   # server -> client
+        g_bottom, _ = backward(model, p, X, G_cut, 0, c, per_sample=True)
+        np.testing.assert_array_equal(np.concatenate([g_bottom, g_top], axis=1), whole)
+
+
+def test_gradients_against_finite_differences():
+    """The sum of a two-slice backward is the mean loss's gradient times n, by central
+    differences in float64."""
+    model = DEEP
+    p, X, y = make_data(model, 12)
+    H = forward(model, p, X, 0, 2)
+    _, D = loss_head(model, forward(model, p, H, 2), y)
+    g_top, G_cut = backward(model, p, H, D, 2)
+    g_bottom, _ = backward(model, p, X, G_cut, 0, 2)
+    fd = naive.finite_difference_grad(model, p, X, y)
+    np.testing.assert_allclose(np.concatenate([g_bottom, g_top]) / len(X), fd, rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_sparse_input_to_the_first_slice():
+    model = fastmb.MLP([6, 5, 2])
+    p, X, _ = make_data(model, 30)
+    X[X < 0.5] = 0.0
+    S = sp.csr_matrix(X)
+    np.testing.assert_array_equal(forward(model, p, S, 0, 1), forward(model, p, X, 0, 1))
+    G = np.ones((30, 5))
+    np.testing.assert_allclose(backward(model, p, S, G, 0, 1)[0],
+                               backward(model, p, X, G, 0, 1)[0], rtol=1e-12)
+    with pytest.raises(TypeError, match="dense"):
+        forward(model, p, sp.csr_matrix(np.ones((3, 5))), 1)
+
+
+def test_bad_slices_and_inputs():
+    model = DEEP
+    p, X, _ = make_data(model, 10)
+    for a, b in [(0, 0), (2, 1), (0, 5), (-1, 2)]:
+        with pytest.raises(ValueError, match="slice"):
+            forward(model, p, X, a, b)
+    for c in (0, 4, 7):
+        with pytest.raises(ValueError, match="cut"):
+            check_cut(model, c)
+    with pytest.raises(TypeError):
+        check_cut(model, 1.5)
+    with pytest.raises(ValueError, match=r"\(n, 7\)"):
+        forward(model, p, np.ones((3, 6)), 1)
+    H = forward(model, p, X, 0, 1)
+    with pytest.raises(ValueError, match="G_out"):
+        backward(model, p, H, np.ones((10, 2)), 1, 2)
+    G = np.ones((10, 6))
+    G[4, 1] = np.nan
+    with pytest.raises(ValueError, match="row 4"):
+        backward(model, p, H, G, 1, 2)
+    H[3, 0] = np.inf
+    with pytest.raises(ValueError, match="row 3"):
+        forward(model, p, H, 1)
+    with pytest.raises(ValueError, match="F must"):
+        loss_head(model, np.ones((2, 4)), [0, 1])
