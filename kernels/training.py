@@ -185,6 +185,54 @@ def sample_batch(p, g, X, yc, yr, sw, spec, idx, perm, lo, b_lo, b_hi, zs, hs, d
     return wsum, -1
 
 
+@jit
+def apply_update(p, g, v, params0, j0, j1, l0, l1, sizes, w_off, inv, lr_t, t, opts):
+    """The optimizer's step on coordinates ``j0:j1`` of ``p`` (the weights of layers
+    ``l0:l1`` for the ``l2`` term), from the mini-batch's summed gradient ``g`` and its
+    weight's reciprocal ``inv``, at step ``t`` with learning rate ``lr_t`` (module
+    docstring). ``v`` is the optimizer's state over the whole vector (momentum ``(P,)``,
+    Adam's moments ``(2P,)``, or empty).
+
+    Every coordinate's update reads that coordinate only, so a model's parameters can be
+    updated in blocks: split learning steps a client's layers and a server's layers apart
+    with this same code, and gets the unsplit step's bits. Linked, not inlined: one
+    compiled copy serves every path's kernel and the split-learning kernels.
+    """
+    (_, _, _, _, _, momentum, weight_decay, prox_mu, _, _, _, nesterov, l2, use_adam, beta1,
+     beta2, eps, _) = opts
+    P = p.shape[0]
+    if l2 != 0.0:
+        for l in range(l0, l1):
+            for j in range(w_off[l], w_off[l] + sizes[l] * sizes[l + 1]):
+                g[j] += l2 * p[j]
+    if use_adam:
+        t1 = t + 1.0
+        a = lr_t * math.sqrt(1.0 - beta2 ** t1) / (1.0 - beta1 ** t1)
+        m = v[:P]
+        s2 = v[P:]
+        for j in range(j0, j1):
+            d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])
+            m[j] = beta1 * m[j] + (1.0 - beta1) * d
+            s2[j] = beta2 * s2[j] + (1.0 - beta2) * d * d
+            p[j] -= a * m[j] / (math.sqrt(s2[j]) + eps)
+    elif momentum != 0.0:
+        for j in range(j0, j1):
+            d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])
+            v[j] = momentum * v[j] + d
+            if nesterov:
+                p[j] -= lr_t * (d + momentum * v[j])
+            else:
+                p[j] -= lr_t * v[j]
+    elif weight_decay != 0.0 or prox_mu != 0.0:
+        for j in range(j0, j1):
+            d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])
+            p[j] -= lr_t * d
+    else:
+        step = lr_t * inv
+        for j in range(j0, j1):
+            p[j] -= step * g[j]
+
+
 @jit(inline="always")
 def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, epochs, max_steps,
                  e_lo, e_hi, opts, out, V, bad, order, o_lo, o_hi):
@@ -321,41 +369,14 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
                                            b_hi, zs, hs, ds)
                 if r >= 0:
                     break
-                if l2 != 0.0:
-                    for l in range(n_layers):
-                        for j in range(w_off[l], w_off[l] + sizes[l] * sizes[l + 1]):
-                            g[j] += l2 * p[j]
                 inv = 1.0 / wsum if wsum > 0 else 0.0
                 lr_t = lr_at(lr_schedule, lr, power_t, t, total)
-                if use_adam:
-                    t1 = t + 1.0
-                    a = lr_t * math.sqrt(1.0 - beta2 ** t1) / (1.0 - beta1 ** t1)
-                    m = v[:P]
-                    s2 = v[P:]
-                    for j in range(P):
-                        d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])
-                        m[j] = beta1 * m[j] + (1.0 - beta1) * d
-                        s2[j] = beta2 * s2[j] + (1.0 - beta2) * d * d
-                        p[j] -= a * m[j] / (math.sqrt(s2[j]) + eps)
-                elif use_mom:
-                    for j in range(P):
-                        d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])
-                        v[j] = momentum * v[j] + d
-                        if nesterov:
-                            p[j] -= lr_t * (d + momentum * v[j])
-                        else:
-                            p[j] -= lr_t * v[j]
-                elif weight_decay != 0.0 or prox_mu != 0.0:
-                    for j in range(P):
-                        d = g[j] * inv + weight_decay * p[j] + prox_mu * (p[j] - params0[j])
-                        p[j] -= lr_t * d
-                elif sparse_step:
+                if sparse_step:
                     sparse_update(p, g, lr_t * inv, X, idx, perm, lo, b_lo, b_hi, w0, w0_end,
                                   nout0)
                 else:
-                    step = lr_t * inv
-                    for j in range(P):
-                        p[j] -= step * g[j]
+                    apply_update(p, g, v, params0, 0, P, 0, n_layers, sizes, w_off, inv, lr_t,
+                                 t, opts)
                 t += 1
             if r >= 0:
                 break
