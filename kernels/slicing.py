@@ -25,8 +25,9 @@ import math
 import numpy as np
 from numba import prange
 
-from ._input import input_row, n_rows
+from ._input import block_like, block_set, input_row, n_rows
 from ._jit import jit
+from ._layers import _block, batch_backward, batch_forward, batch_weight_grads
 from ._model import (
     MODE_ADD,
     MODE_WRITE,
@@ -36,6 +37,8 @@ from ._model import (
     loss_and_delta,
     workspace,
 )
+from ._rng import hash2
+from ._rng import shuffle as shuffle_inplace
 from .gradients import ROW_WORK_MIN_SIZE, ROWS_PER_TASK, first_flagged
 
 
@@ -155,3 +158,190 @@ def output_deltas(F, yc, yr, spec, out):
     for t in range(n_tasks):
         total += sums[t]
     return total / n, first_flagged(bad)
+
+
+# ----------------------------------------------------------------------------- training
+#
+# One mini-batch of split training, a slice at a time. Each party holds its own block of
+# the parameters (``params`` below is that block, ``spec`` the model's layout with the
+# block's offsets: ``fastmb.slicing.split`` builds it) and computes with the very code the
+# unsplit training kernel runs for those layers: ``batched`` the matrix products of
+# ``_layers`` (``sgd``'s path from batch 8), otherwise row by row (``forward_range``,
+# ``backward_range``). A slice's input block is ``X``'s rows ``rows`` (the model's input
+# for the first slice, the activations received at a cut for the others). A party keeps
+# nothing between its forward and its backward call: the backward call runs the slice's
+# forward pass again (activation recomputation), which gives the same bits.
+
+
+@jit
+def _rows_block(X, rows, like):
+    A0 = block_like(X, rows.shape[0], like)
+    for s in range(rows.shape[0]):
+        block_set(A0, s, X, rows[s])
+    return A0
+
+
+@jit
+def _buffers(u_off, b, like):
+    n = b * u_off[u_off.shape[0] - 1]
+    return (np.empty(n, like.dtype), np.empty(n, like.dtype), np.empty(n, like.dtype))
+
+
+@jit
+def _cut_gradient(params, w_off, sizes, lo, D, G_in):
+    """``G_in = D W_lo^T``: the gradient leaving the slice at its input, the product the
+    unsplit backward pass takes before the activation's derivative (same call, same bits)."""
+    nin = sizes[lo]
+    nout = sizes[lo + 1]
+    W = params[w_off[lo]:w_off[lo] + nin * nout].reshape((nin, nout))
+    np.dot(D, W.T, G_in)
+
+
+@jit
+def _row_cut_gradient(params, w_off, sizes, u_off, lo, ds, gi):
+    nin = sizes[lo]
+    nout = sizes[lo + 1]
+    W = params[w_off[lo]:w_off[lo] + nin * nout]
+    dl = ds[u_off[lo]:u_off[lo] + nout]
+    for i in range(nin):
+        row = W[i * nout:(i + 1) * nout]
+        s = row[0] * dl[0]
+        for j in range(1, nout):
+            s += row[j] * dl[j]
+        gi[i] = s
+
+
+@jit
+def step_forward(params, spec, X, rows, lo, hi, batched, out):
+    """``out`` (b, sizes[hi]) = the outputs of layers ``[lo, hi)`` for the rows ``rows`` of
+    ``X``; returns the first flagged row of ``rows`` (a non-finite first layer), or -1."""
+    sizes, w_off, b_off, u_off, act, _, _ = spec
+    L = sizes.shape[0] - 1
+    b = rows.shape[0]
+    bad = -1
+    if batched:
+        A0 = _rows_block(X, rows, params)
+        Zb, Hb, _ = _buffers(u_off, b, params)
+        bad = batch_forward(params, A0, rows, lo, hi, sizes, w_off, b_off, u_off, act, Zb, Hb)
+        src = _block(Hb if hi < L else Zb, b, u_off[hi - 1], u_off[hi])
+        for i in range(b):
+            for j in range(sizes[hi]):
+                out[i, j] = src[i, j]
+        return bad
+    zs, hs, _ = workspace(u_off, params)
+    base = u_off[hi - 1]
+    for s in range(b):
+        ok = forward_range(params, input_row(X, rows[s]), lo, hi, sizes, w_off, b_off, u_off,
+                           act, zs, hs)
+        src = hs if hi < L else zs
+        for j in range(sizes[hi]):
+            out[s, j] = src[base + j]
+        if not ok and bad < 0:
+            bad = rows[s]
+    return bad
+
+
+@jit
+def step_backward(params, spec, X, rows, lo, hi, batched, G_out, g, G_in):
+    """The backward pass of layers ``[lo, hi)`` for one mini-batch, given ``G_out`` (b,
+    sizes[hi]), the gradient with respect to the slice's outputs (activations: ``hi < L``):
+    the block's summed gradient into ``g`` (overwritten) and, when ``G_in`` has rows, the
+    gradient at the slice's input. Returns the first flagged row, or -1."""
+    sizes, w_off, b_off, u_off, act, _, _ = spec
+    b = rows.shape[0]
+    bad = -1
+    if batched:
+        A0 = _rows_block(X, rows, params)
+        Zb, Hb, Db = _buffers(u_off, b, params)
+        bad = batch_forward(params, A0, rows, lo, hi, sizes, w_off, b_off, u_off, act, Zb, Hb)
+        D = _block(Db, b, u_off[hi - 1], u_off[hi])
+        Z = _block(Zb, b, u_off[hi - 1], u_off[hi])
+        H = _block(Hb, b, u_off[hi - 1], u_off[hi])
+        for i in range(b):
+            for j in range(sizes[hi]):
+                D[i, j] = G_out[i, j] * _act_deriv(Z[i, j], H[i, j], act)
+        batch_backward(params, lo, hi, sizes, w_off, u_off, act, Zb, Hb, Db, b)
+        batch_weight_grads(A0, lo, hi, sizes, w_off, b_off, u_off, Hb, Db, g)
+        if G_in.shape[0] > 0:
+            _cut_gradient(params, w_off, sizes, lo, _block(Db, b, u_off[lo], u_off[lo + 1]),
+                          G_in)
+        return bad
+    for j in range(g.shape[0]):
+        g[j] = 0
+    zs, hs, ds = workspace(u_off, params)
+    base = u_off[hi - 1]
+    for s in range(b):
+        x = input_row(X, rows[s])
+        ok = forward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs)
+        for j in range(sizes[hi]):
+            ds[base + j] = G_out[s, j] * _act_deriv(zs[base + j], hs[base + j], act)
+        backward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs, ds, g,
+                       MODE_ADD)
+        if G_in.shape[0] > 0:
+            _row_cut_gradient(params, w_off, sizes, u_off, lo, ds, G_in[s])
+        if not ok and bad < 0:
+            bad = rows[s]
+    return bad
+
+
+@jit
+def step_top(params, spec, X, rows, labels, yc, yr, lo, batched, g, G_in):
+    """The top slice ``[lo, L)`` with the loss: forward, the loss head on the labels of rows
+    ``labels``, backward; the block's summed gradient into ``g`` (overwritten) and the
+    gradient at the slice's input into ``G_in`` (when it has rows). Returns the first
+    flagged row of ``labels`` (outputs or loss not finite), or -1."""
+    sizes, w_off, b_off, u_off, act, loss, hdelta = spec
+    L = sizes.shape[0] - 1
+    b = rows.shape[0]
+    bad = -1
+    if batched:
+        A0 = _rows_block(X, rows, params)
+        Zb, Hb, Db = _buffers(u_off, b, params)
+        first = batch_forward(params, A0, rows, lo, L, sizes, w_off, b_off, u_off, act, Zb,
+                              Hb)
+        F = _block(Zb, b, u_off[L - 1], u_off[L])
+        DL = _block(Db, b, u_off[L - 1], u_off[L])
+        for i in range(b):
+            lv = loss_and_delta(F[i], DL[i], loss, hdelta, yc, yr, labels[i], np.bool_(False))
+            ok = math.isfinite(lv)
+            for j in range(F.shape[1]):
+                ok = ok and math.isfinite(F[i, j]) and math.isfinite(DL[i, j])
+            if (not ok or (first >= 0 and rows[i] == first)) and bad < 0:
+                bad = labels[i]
+        if bad >= 0:
+            return bad
+        batch_backward(params, lo, L, sizes, w_off, u_off, act, Zb, Hb, Db, b)
+        batch_weight_grads(A0, lo, L, sizes, w_off, b_off, u_off, Hb, Db, g)
+        if G_in.shape[0] > 0:
+            _cut_gradient(params, w_off, sizes, lo, _block(Db, b, u_off[lo], u_off[lo + 1]),
+                          G_in)
+        return -1
+    for j in range(g.shape[0]):
+        g[j] = 0
+    zs, hs, ds = workspace(u_off, params)
+    lo_out = u_off[L - 1]
+    for s in range(b):
+        x = input_row(X, rows[s])
+        ok = forward_range(params, x, lo, L, sizes, w_off, b_off, u_off, act, zs, hs)
+        f = zs[lo_out:u_off[L]]
+        dout = ds[lo_out:u_off[L]]
+        lv = loss_and_delta(f, dout, loss, hdelta, yc, yr, labels[s], np.bool_(False))
+        ok = ok and math.isfinite(lv)
+        for j in range(f.shape[0]):
+            ok = ok and math.isfinite(f[j])
+        if not ok:
+            return labels[s]
+        backward_range(params, x, lo, L, sizes, w_off, b_off, u_off, act, zs, hs, ds, g,
+                       MODE_ADD)
+        if G_in.shape[0] > 0:
+            _row_cut_gradient(params, w_off, sizes, u_off, lo, ds, G_in[s])
+    return bad
+
+
+@jit
+def epoch_order(n, key, e, shuffle, perm):
+    """Epoch ``e``'s row order for the stream ``key``: ``sgd``'s permutation."""
+    for j in range(n):
+        perm[j] = j
+    if shuffle:
+        shuffle_inplace(perm, hash2(key, e))

@@ -1,9 +1,12 @@
 """Model slicing: layer ranges of a model run, trained and served on their own.
 
 :mod:`.depth` runs layers ``[start, stop)`` forward and backward (the depth slices of split
-learning: what crosses a cut is an explicit array each way).
+learning: what crosses a cut is an explicit array each way); :mod:`.split` trains a model
+split between a client and a server (vanilla and U-shaped), bit for bit as ``fastmb.sgd``.
 """
 
 from .depth import backward, check_cut, check_range, forward, loss_head, param_range
+from .split import CutMessage, Party, SplitResult, split_sgd
 
-__all__ = ["backward", "check_cut", "check_range", "forward", "loss_head", "param_range"]
+__all__ = ["CutMessage", "Party", "SplitResult", "backward", "check_cut", "check_range",
+           "forward", "loss_head", "param_range", "split_sgd"]
