@@ -186,8 +186,9 @@ def forward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs):
 @jit(inline="always")
 def forward(params, x, sizes, w_off, b_off, u_off, act, zs, hs):
     """Forward pass of the whole model for one sample ``x`` (:func:`forward_range` ``[0, L)``)."""
-    return forward_range(params, x, 0, sizes.shape[0] - 1, sizes, w_off, b_off, u_off, act,
-                         zs, hs)
+    # (an int64 zero: a literal 0 would compile forward_range once more than the slices do)
+    return forward_range(params, x, np.int64(0), sizes.shape[0] - 1, sizes, w_off, b_off,
+                         u_off, act, zs, hs)
 
 
 @jit(inline="always")
@@ -417,8 +418,8 @@ def backward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs, d
 @jit(inline="always")
 def backward(params, x, sizes, w_off, b_off, u_off, act, zs, hs, ds, g, mode):
     """Backward pass of the whole model (:func:`backward_range` ``[0, L)``)."""
-    return backward_range(params, x, 0, sizes.shape[0] - 1, sizes, w_off, b_off, u_off, act,
-                          zs, hs, ds, g, np.int64(mode))
+    return backward_range(params, x, np.int64(0), sizes.shape[0] - 1, sizes, w_off, b_off,
+                          u_off, act, zs, hs, ds, g, np.int64(mode))
 
 
 @jit(inline="always")

@@ -104,7 +104,7 @@ def slice_backward(params, A, G, lo, hi, spec, per_sample, G_in, out):
                     ds[dbase + j] = gj * _act_deriv(zs[dbase + j], hs[dbase + j], act)
                 else:
                     ds[dbase + j] = gj
-            mode = MODE_WRITE if per_sample else MODE_ADD
+            mode = np.int64(MODE_WRITE if per_sample else MODE_ADD)
             backward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs, ds, g,
                            mode)
             if per_sample:
@@ -276,7 +276,7 @@ def step_backward(params, spec, X, rows, lo, hi, batched, G_out, g, G_in):
         for j in range(sizes[hi]):
             ds[base + j] = G_out[s, j] * _act_deriv(zs[base + j], hs[base + j], act)
         backward_range(params, x, lo, hi, sizes, w_off, b_off, u_off, act, zs, hs, ds, g,
-                       MODE_ADD)
+                       np.int64(MODE_ADD))
         if G_in.shape[0] > 0:
             _row_cut_gradient(params, w_off, sizes, u_off, lo, ds, G_in[s])
         if not ok and bad < 0:
@@ -332,7 +332,7 @@ def step_top(params, spec, X, rows, labels, yc, yr, lo, batched, g, G_in):
         if not ok:
             return labels[s]
         backward_range(params, x, lo, L, sizes, w_off, b_off, u_off, act, zs, hs, ds, g,
-                       MODE_ADD)
+                       np.int64(MODE_ADD))
         if G_in.shape[0] > 0:
             _row_cut_gradient(params, w_off, sizes, u_off, lo, ds, G_in[s])
     return bad

@@ -64,9 +64,13 @@ SCHED_CONSTANT, SCHED_INVSCALING, SCHED_COSINE = 0, 1, 2
 NOISE_TAG = np.uint64(0xD1B54A32D192ED03)
 
 
-@jit(inline="always")
+@jit(fastmath=False)
 def lr_at(lr_schedule, lr, power_t, t, total):
-    """The learning rate of step ``t`` of ``total`` under the schedule (module docstring)."""
+    """The learning rate of step ``t`` of ``total`` under the schedule (module docstring).
+
+    IEEE arithmetic (no fastmath) in a linked function, as :func:`apply_update`: the step's
+    values then do not depend on the code around the call (split learning calls these two
+    from each party and gets the unsplit kernel's bits)."""
     if lr_schedule == SCHED_INVSCALING:
         return lr / (t + 1.0) ** power_t
     if lr_schedule == SCHED_COSINE:
@@ -185,7 +189,7 @@ def sample_batch(p, g, X, yc, yr, sw, spec, idx, perm, lo, b_lo, b_hi, zs, hs, d
     return wsum, -1
 
 
-@jit
+@jit(fastmath=False)
 def apply_update(p, g, v, params0, j0, j1, l0, l1, sizes, w_off, inv, lr_t, t, opts):
     """The optimizer's step on coordinates ``j0:j1`` of ``p`` (the weights of layers
     ``l0:l1`` for the ``l2`` term), from the mini-batch's summed gradient ``g`` and its
@@ -195,8 +199,11 @@ def apply_update(p, g, v, params0, j0, j1, l0, l1, sizes, w_off, inv, lr_t, t, o
 
     Every coordinate's update reads that coordinate only, so a model's parameters can be
     updated in blocks: split learning steps a client's layers and a server's layers apart
-    with this same code, and gets the unsplit step's bits. Linked, not inlined: one
-    compiled copy serves every path's kernel and the split-learning kernels.
+    with this same code, and gets the unsplit step's bits. Compiled without fastmath:
+    with reassociation and contraction allowed, LLVM grouped ``g * inv + wd * p + mu *
+    (p - p0)`` differently in different callers (one ulp in float64); in IEEE order the
+    values are the same wherever it is called, or inlined. The loops are elementwise and
+    still vectorize.
     """
     (_, _, _, _, _, momentum, weight_decay, prox_mu, _, _, _, nesterov, l2, use_adam, beta1,
      beta2, eps, _) = opts
@@ -273,7 +280,7 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
     """
     sizes, w_off, _, u_off, _, loss, hdelta = spec
     (batch, lr_schedule, shuffle, lr, power_t, momentum, weight_decay, prox_mu, _, clip,
-     noise_std, nesterov, l2, use_adam, beta1, beta2, eps, step0) = opts
+     noise_std, _, l2, use_adam, _, _, _, step0) = opts
     P = params0.shape[0]
     has_w = sw.shape[0] > 0
     has_idx = idx.shape[0] > 0
@@ -375,8 +382,9 @@ def _sgd_clients(path, params0, X, yc, yr, sw, spec, idx, starts, ends, keys, ep
                     sparse_update(p, g, lr_t * inv, X, idx, perm, lo, b_lo, b_hi, w0, w0_end,
                                   nout0)
                 else:
-                    apply_update(p, g, v, params0, 0, P, 0, n_layers, sizes, w_off, inv, lr_t,
-                                 t, opts)
+                    # (int64 zeros: a literal 0 would compile the helper once more)
+                    apply_update(p, g, v, params0, np.int64(0), P, np.int64(0), n_layers,
+                                 sizes, w_off, inv, lr_t, t, opts)
                 t += 1
             if r >= 0:
                 break

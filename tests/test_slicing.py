@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 import fastmb
-from fastmb.slicing import backward, check_cut, forward, loss_head, param_range
+from fastmb.slicing import backward, check_cut, forward, loss_head, param_range, split_sgd
 
 from . import naive
 from .conftest import MODEL_CASES, make_data
@@ -144,3 +144,68 @@ def test_bad_slices_and_inputs():
         forward(model, p, H, 1)
     with pytest.raises(ValueError, match="F must"):
         loss_head(model, np.ones((2, 4)), [0, 1])
+
+
+# --------------------------------------------------------------------------- split learning
+
+SPLIT_OPTIONS = [dict(), dict(momentum=0.9), dict(momentum=0.5, nesterov=True, l2=0.01),
+                 dict(optimizer="adam", betas=(0.8, 0.99)),
+                 dict(weight_decay=0.01, prox_mu=0.1, schedule="invscaling", power_t=0.3),
+                 dict(schedule="cosine", shuffle=False)]
+
+
+@pytest.mark.parametrize("opts", SPLIT_OPTIONS, ids=lambda o: ",".join(o) or "plain")
+@pytest.mark.parametrize("batch", [3, 16], ids=["per-row", "batched"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_sgd_is_sgd_bit_for_bit(opts, batch, dtype):
+    """Every cut, vanilla and U-shaped, equals unsplit ``sgd`` with the same seed."""
+    model = DEEP
+    p, X, y = make_data(model, 45, dtype=dtype)
+    ref = fastmb.sgd(model, p, X, y, epochs=2, batch_size=batch, lr=0.05, seed=4, **opts)
+    for cut, top in [(1, None), (2, None), (3, None), (1, 2), (1, 3), (2, 3)]:
+        res = split_sgd(model, p, X, y, cut, top=top, epochs=2, batch_size=batch, lr=0.05,
+                        seed=4, **opts)
+        np.testing.assert_array_equal(res.params, ref)
+        assert res.params.dtype == dtype
+        assert res.steps == 2 * -(-45 // batch)
+
+
+def test_split_sgd_messages_and_bytes():
+    model = fastmb.MLP([6, 5, 4, 2])
+    p, X, y = make_data(model, 20, dtype=np.float32)
+    res = split_sgd(model, p, X, y, 1, batch_size=8, epochs=1)
+    # 20 rows x 5 floats up with 20 int64 labels; 20 x 5 floats of gradient down
+    assert (res.bytes_up, res.bytes_down, res.messages) == (20 * 5 * 4 + 20 * 8, 20 * 5 * 4, 6)
+    res = split_sgd(model, p, X, y, 1, top=2, batch_size=8, epochs=1)
+    # U-shaped: no labels travel; activations and gradients of both cuts
+    assert (res.bytes_up, res.bytes_down, res.messages) == (20 * (5 + 4) * 4,
+                                                             20 * (4 + 5) * 4, 12)
+
+
+def test_split_sgd_sparse_and_regression():
+    model = fastmb.MLP([6, 5, 2], loss="squared")
+    p, X, y = make_data(model, 30)
+    X[np.abs(X) < 0.7] = 0.0
+    S = sp.csr_matrix(X)
+    for batch in (2, 10):
+        ref = fastmb.sgd(model, p, S, y, batch_size=batch, lr=0.05, momentum=0.9)
+        res = split_sgd(model, p, S, y, 1, batch_size=batch, lr=0.05, momentum=0.9)
+        np.testing.assert_array_equal(res.params, ref)
+        np.testing.assert_array_equal(res.params, fastmb.sgd(model, p, X, y, batch_size=batch,
+                                                             lr=0.05, momentum=0.9))
+
+
+def test_split_sgd_bad_input():
+    model = DEEP
+    p, X, y = make_data(model, 10)
+    with pytest.raises(ValueError, match="cut"):
+        split_sgd(model, p, X, y, 4)
+    with pytest.raises(ValueError, match="cut"):
+        split_sgd(fastmb.Linear(5), fastmb.Linear(5).init(), X, y, 1)
+    with pytest.raises(ValueError, match="top"):
+        split_sgd(model, p, X, y, 2, top=2)
+    with pytest.raises(ValueError, match="lr"):
+        split_sgd(model, p, X, y, 2, lr=0)
+    X[7, 2] = np.nan
+    with pytest.raises(ValueError, match="row 7"):
+        split_sgd(model, p, X, y, 2)
