@@ -242,11 +242,13 @@ def step_forward(params, spec, X, rows, lo, hi, batched, out):
 
 
 @jit
-def step_backward(params, spec, X, rows, lo, hi, batched, G_out, g, G_in):
+def step_backward(params, spec, X, rows, lo, hi, batched, G_out, g, G_in, accumulate):
     """The backward pass of layers ``[lo, hi)`` for one mini-batch, given ``G_out`` (b,
     sizes[hi]), the gradient with respect to the slice's outputs (activations: ``hi < L``):
-    the block's summed gradient into ``g`` (overwritten) and, when ``G_in`` has rows, the
-    gradient at the slice's input. Returns the first flagged row, or -1."""
+    the block's summed gradient into ``g`` and, when ``G_in`` has rows, the gradient at the
+    slice's input. Returns the first flagged row, or -1. ``g`` is overwritten, except on
+    the per-row path with ``accumulate``: the rows are then added to what ``g`` holds (a
+    mini-batch's later micro-batches, in the unsplit kernel's row order)."""
     sizes, w_off, b_off, u_off, act, _, _ = spec
     b = rows.shape[0]
     bad = -1
@@ -266,8 +268,9 @@ def step_backward(params, spec, X, rows, lo, hi, batched, G_out, g, G_in):
             _cut_gradient(params, w_off, sizes, lo, _block(Db, b, u_off[lo], u_off[lo + 1]),
                           G_in)
         return bad
-    for j in range(g.shape[0]):
-        g[j] = 0
+    if not accumulate:
+        for j in range(g.shape[0]):
+            g[j] = 0
     zs, hs, ds = workspace(u_off, params)
     base = u_off[hi - 1]
     for s in range(b):
@@ -285,11 +288,12 @@ def step_backward(params, spec, X, rows, lo, hi, batched, G_out, g, G_in):
 
 
 @jit
-def step_top(params, spec, X, rows, labels, yc, yr, lo, batched, g, G_in):
+def step_top(params, spec, X, rows, labels, yc, yr, lo, batched, g, G_in, accumulate):
     """The top slice ``[lo, L)`` with the loss: forward, the loss head on the labels of rows
-    ``labels``, backward; the block's summed gradient into ``g`` (overwritten) and the
-    gradient at the slice's input into ``G_in`` (when it has rows). Returns the first
-    flagged row of ``labels`` (outputs or loss not finite), or -1."""
+    ``labels``, backward; the block's summed gradient into ``g`` (as in
+    :func:`step_backward`, ``accumulate`` adds on the per-row path) and the gradient at the
+    slice's input into ``G_in`` (when it has rows). Returns the first flagged row of
+    ``labels`` (outputs or loss not finite), or -1."""
     sizes, w_off, b_off, u_off, act, loss, hdelta = spec
     L = sizes.shape[0] - 1
     b = rows.shape[0]
@@ -316,8 +320,9 @@ def step_top(params, spec, X, rows, labels, yc, yr, lo, batched, g, G_in):
             _cut_gradient(params, w_off, sizes, lo, _block(Db, b, u_off[lo], u_off[lo + 1]),
                           G_in)
         return -1
-    for j in range(g.shape[0]):
-        g[j] = 0
+    if not accumulate:
+        for j in range(g.shape[0]):
+            g[j] = 0
     zs, hs, ds = workspace(u_off, params)
     lo_out = u_off[L - 1]
     for s in range(b):

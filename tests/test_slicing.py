@@ -11,7 +11,15 @@ import pytest
 import scipy.sparse as sp
 
 import fastmb
-from fastmb.slicing import backward, check_cut, forward, loss_head, param_range, split_sgd
+from fastmb.slicing import (
+    backward,
+    check_cut,
+    forward,
+    loss_head,
+    param_range,
+    split_sgd,
+    timeline,
+)
 
 from . import naive
 from .conftest import MODEL_CASES, make_data
@@ -209,3 +217,69 @@ def test_split_sgd_bad_input():
     X[7, 2] = np.nan
     with pytest.raises(ValueError, match="row 7"):
         split_sgd(model, p, X, y, 2)
+
+
+# --------------------------------------------------------------------------- micro-batches
+
+
+@pytest.mark.parametrize("pipeline", ["gpipe", "1f1b"])
+def test_microbatches_give_the_unpipelined_step(pipeline):
+    """Per row (batch < 8) the micro-batches' gradients add in the unsplit row order: bit
+    for bit ``sgd``; batched, the matrix products are summed in pieces: to rounding."""
+    model = DEEP
+    p, X, y = make_data(model, 45)
+    for batch, m in [(6, 3), (6, 2), (4, 4), (16, 4), (16, 2)]:
+        ref = fastmb.sgd(model, p, X, y, epochs=2, batch_size=batch, lr=0.05, momentum=0.9)
+        for cut, top in [(2, None), (1, 3)]:
+            res = split_sgd(model, p, X, y, cut, top=top, epochs=2, batch_size=batch, lr=0.05,
+                            momentum=0.9, microbatches=m, pipeline=pipeline)
+            if batch < 8:
+                np.testing.assert_array_equal(res.params, ref)
+            else:
+                np.testing.assert_allclose(res.params, ref, rtol=1e-12, atol=1e-14)
+            sizes = [min(batch, 45 - lo) for lo in range(0, 45, batch)]
+            n_micro = sum(-(-k // (batch // m)) for k in sizes)
+            assert res.messages == (2 if top is None else 4) * 2 * n_micro
+            tl = res.timeline
+            assert tl.peak_micro.tolist() == ([m] * len(tl.busy) if pipeline == "gpipe"
+                                              else [min(m, len(tl.busy) - s)
+                                                    for s in range(len(tl.busy))])
+
+
+def test_microbatches_must_divide_the_batch():
+    model = DEEP
+    p, X, y = make_data(model, 10)
+    with pytest.raises(ValueError, match="divide"):
+        split_sgd(model, p, X, y, 2, batch_size=8, microbatches=3)
+    with pytest.raises(ValueError, match="pipeline"):
+        split_sgd(model, p, X, y, 2, pipeline="zigzag")
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("p_stages,m", [(2, 1), (2, 4), (3, 4), (4, 8), (5, 3)])
+def test_timeline_bubble_formulas(schedule, p_stages, m):
+    t = timeline([0.5] * p_stages, [1.0] * p_stages, m, schedule)
+    assert t.idle_fraction == pytest.approx((p_stages - 1) / (m + p_stages - 1))
+    assert t.makespan == pytest.approx(1.5 * (m + p_stages - 1))
+    rng = np.random.default_rng(p_stages * 10 + m)
+    times = rng.uniform(0.1, 2.0, p_stages)
+    fwd_only = timeline(times, np.zeros(p_stages), m, schedule)
+    assert fwd_only.makespan == pytest.approx(times.sum() + (m - 1) * times.max())
+
+
+def test_timeline_links_memory_and_bytes():
+    t = timeline([1.0, 1.0], [2.0, 2.0], 4, "gpipe", up_bytes=[100], down_bytes=[50],
+                 bandwidth=100.0, latency=0.5, activation_bytes=[10, 20])
+    # each transfer: 0.5 s latency + bytes / bandwidth; the link carries one at a time
+    assert t.bytes_up == 400 and t.bytes_down == 200
+    assert t.activation_bytes.tolist() == [40, 80]
+    ends = {(s, k, i): e for s, k, i, _, e in t.ops}
+    assert ends[(1, "F", 0)] == pytest.approx(1.0 + 1.5 + 1.0)
+    free = timeline([1.0, 1.0], [2.0, 2.0], 4, "gpipe")
+    assert t.makespan > free.makespan
+    with pytest.raises(ValueError, match="same length"):
+        timeline([1.0], [1.0, 2.0], 2)
+    with pytest.raises(ValueError, match="one per link"):
+        timeline([1.0, 1.0], [1.0, 1.0], 2, up_bytes=[1, 2])
+    with pytest.raises(ValueError, match="schedule"):
+        timeline([1.0], [1.0], 2, "zigzag")

@@ -2,11 +2,13 @@
 
 :mod:`.depth` runs layers ``[start, stop)`` forward and backward (the depth slices of split
 learning: what crosses a cut is an explicit array each way); :mod:`.split` trains a model
-split between a client and a server (vanilla and U-shaped), bit for bit as ``fastmb.sgd``.
+split between a client and a server (vanilla and U-shaped), bit for bit as ``fastmb.sgd``,
+with micro-batches through the cut; :mod:`.pipeline` lays those out in time (GPipe, 1F1B).
 """
 
 from .depth import backward, check_cut, check_range, forward, loss_head, param_range
+from .pipeline import Timeline, timeline
 from .split import CutMessage, Party, SplitResult, split_sgd
 
-__all__ = ["CutMessage", "Party", "SplitResult", "backward", "check_cut", "check_range",
-           "forward", "loss_head", "param_range", "split_sgd"]
+__all__ = ["CutMessage", "Party", "SplitResult", "Timeline", "backward", "check_cut",
+           "check_range", "forward", "loss_head", "param_range", "split_sgd", "timeline"]

@@ -20,6 +20,7 @@ put on any transport.
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -31,6 +32,7 @@ from ..learn.gradients import Batch
 from ..learn.options import TrainOptions
 from ..models import Layout
 from .depth import check_cut, param_range
+from .pipeline import SCHEDULES, Timeline, timeline
 
 
 class CutMessage(NamedTuple):
@@ -51,13 +53,15 @@ class CutMessage(NamedTuple):
 
 class SplitResult(NamedTuple):
     """:func:`split_sgd`'s result: the joined parameters, the bytes each way, the number
-    of messages and of mini-batch steps."""
+    of messages and of mini-batch steps, and the pipeline's :class:`Timeline` of one
+    mini-batch."""
 
     params: np.ndarray
     bytes_up: int
     bytes_down: int
     messages: int
     steps: int
+    timeline: Timeline
 
 
 def block_layout(model, start, stop):
@@ -74,6 +78,10 @@ def block_layout(model, start, stop):
 class Party:
     """One party of split learning: layers ``[start, stop)`` of ``model``, its parameter
     block (a copy of ``params[p0:p1]``) and its optimizer state.
+
+    A mini-batch is one or more micro-batches: ``forward`` for each, then ``backward`` (or
+    ``top`` for the layers with the loss) for each, in micro-batch order, adding their
+    gradients (``first=True`` starts a mini-batch); then ``step`` updates the block.
 
     Parameters
     ----------
@@ -98,18 +106,39 @@ class Party:
         n = self.params.shape[0]
         self.state = np.zeros(options.state_size(n), self.params.dtype)
         self.grad = np.zeros(n, self.params.dtype)
+        self._scratch = np.zeros(n, self.params.dtype)
+        self.seconds = {"forward": 0.0, "backward": 0.0}
+        self.calls = {"forward": 0, "backward": 0}
+        self.first_call = {}   # the first call of each kind: it may include compiling
 
     @property
     def nbytes(self):
         """Bytes of the party's parameters."""
         return int(self.params.nbytes)
 
+    def activation_bytes(self, b):
+        """Bytes a micro-batch of b rows leaves on this party between its forward and its
+        backward: the input block, the layers' pre-activations and activations."""
+        sizes = self.model.sizes
+        units = sizes[self.start] + 2 * sum(sizes[self.start + 1:self.stop + 1])
+        return int(b * units * self.params.itemsize)
+
+    def _timed(self, what, t0):
+        dt = time.perf_counter() - t0
+        if what not in self.first_call:
+            self.first_call[what] = dt
+            return
+        self.seconds[what] += dt
+        self.calls[what] += 1
+
     def forward(self, X, rows):
         """The block's outputs for rows ``rows`` of ``X`` (the model's input, or what the
         party below sent)."""
+        t0 = time.perf_counter()
         out = np.empty((rows.shape[0], self.model.sizes[self.stop]), self.params.dtype)
         bad = KS.step_forward(self.params, self.spec, X, rows, self.start, self.stop,
                               self.batched, out)
+        self._timed("forward", t0)
         if bad >= 0:
             raise ValueError(f"a NaN or Inf reached layer {self.start} (input row {bad})")
         return out
@@ -118,41 +147,65 @@ class Party:
         shape = (b, self.model.sizes[self.start]) if self.start > 0 else (0, 0)
         return np.empty(shape, self.params.dtype)
 
-    def backward(self, X, rows, G_out, t, total):
-        """Backward pass given the gradient at the block's outputs, then the step ``t`` of
-        ``total``; returns the gradient at the block's input (None for the first block)."""
+    def _target(self, first):
+        # per row, the kernel adds to the mini-batch's sum (the unsplit row order); a
+        # batched micro-batch's products are written apart and added
+        return self.grad if first or not self.batched else self._scratch
+
+    def _gathered(self, first):
+        if not first and self.batched:
+            self.grad += self._scratch
+
+    def backward(self, X, rows, G_out, first=True):
+        """Backward pass of a micro-batch given the gradient at the block's outputs, its
+        gradient added to the mini-batch's; returns the gradient at the block's input
+        (None for the first block)."""
+        t0 = time.perf_counter()
         G_in = self._g_in(rows.shape[0])
         bad = KS.step_backward(self.params, self.spec, X, rows, self.start, self.stop,
-                               self.batched, G_out, self.grad, G_in)
+                               self.batched, G_out, self._target(first), G_in, not first)
+        self._gathered(first)
+        self._timed("backward", t0)
         if bad >= 0:
             raise ValueError(f"a NaN or Inf reached layer {self.start} (input row {bad})")
-        self._step(rows.shape[0], t, total)
         return G_in if self.start > 0 else None
 
-    def top(self, X, rows, labels, yc, yr, t, total):
-        """The top block with the loss on the labels of rows ``labels``; steps and returns
-        the gradient at the block's input."""
+    def top(self, X, rows, labels, yc, yr, first=True):
+        """The top block with the loss on the labels of rows ``labels`` (forward and
+        backward of a micro-batch); returns the gradient at the block's input."""
+        t0 = time.perf_counter()
         G_in = self._g_in(rows.shape[0])
         bad = KS.step_top(self.params, self.spec, X, rows, labels, yc, yr, self.start,
-                          self.batched, self.grad, G_in)
+                          self.batched, self._target(first), G_in, not first)
+        self._gathered(first)
+        self._timed("backward", t0)
         if bad >= 0:
             raise ValueError(f"training diverged: the loss became NaN or Inf at row {bad}; "
                              "lower lr or scale the inputs")
-        self._step(rows.shape[0], t, total)
         return G_in
 
-    def _step(self, b, t, total):
+    def step(self, b, t, total):
+        """Update the block with the mini-batch's summed gradient (b rows), step t of
+        total: the training kernels' own update."""
         r = self.record
         lr_t = KT.lr_at(r.lr_schedule, r.lr, r.power_t, t, total)
         KT.apply_update(self.params, self.grad, self.state, self.params0, 0,
                         self.params.shape[0], self.start, self.stop, self.spec.sizes,
                         self.spec.w_off, 1.0 / b, lr_t, t, r)
 
+    def mean_seconds(self):
+        """Measured seconds per call: ``(forward, backward)`` (top: forward and backward
+        together count as the backward). The first call of each kind is left out (it may
+        include compiling), unless it was the only one."""
+        return tuple(self.seconds[k] / self.calls[k] if self.calls[k]
+                     else self.first_call.get(k, 0.0) for k in ("forward", "backward"))
+
 
 def split_sgd(model, params, X, y, cut, *, top=None, epochs=1, batch_size=32, lr=0.01,
               momentum=0.0, weight_decay=0.0, prox_mu=0.0, shuffle=True, seed=0,
               schedule="constant", power_t=0.5, optimizer="sgd", betas=(0.9, 0.999), eps=1e-8,
-              nesterov=False, l2=0.0):
+              nesterov=False, l2=0.0, microbatches=1, pipeline="gpipe", bandwidth=None,
+              latency=0.0):
     """Split learning of ``model`` on one client's data: :func:`fastmb.sgd`, with the layers
     cut between a client and a server that exchange :class:`CutMessage` arrays.
 
@@ -170,13 +223,25 @@ def split_sgd(model, params, X, y, cut, *, top=None, epochs=1, batch_size=32, lr
     epochs, batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule, \
 power_t, optimizer, betas, eps, nesterov, l2
         As in :func:`fastmb.sgd` (sample weights and DP-SGD are not offered here).
+    microbatches : int, default 1
+        Each mini-batch crosses the cuts as this many micro-batches (it must divide
+        ``batch_size``; an epoch's last, shorter mini-batch is cut into pieces of
+        ``batch_size / microbatches`` rows). The gradients of a mini-batch's micro-batches
+        add up to one update.
+    pipeline : {"gpipe", "1f1b"}
+        The micro-batches' schedule, for the :class:`~fastmb.slicing.Timeline` report (the
+        values do not depend on it: each party adds its micro-batches' gradients in order).
+    bandwidth, latency : optional
+        The link the report's transfers cross (bytes per second, seconds).
 
     Returns
     -------
     SplitResult
         ``params`` equals ``fastmb.sgd(model, params, X, y, ...)`` with the same options,
-        bit for bit; ``bytes_up``/``bytes_down`` count the payloads client -> server and
-        back.
+        bit for bit (with micro-batches too on the sample-by-sample path, batch < 8;
+        batched, a mini-batch's matrix products are then summed in pieces: equal to
+        rounding). ``bytes_up``/``bytes_down`` count the payloads client -> server and back;
+        ``timeline`` lays out one full mini-batch on the parties' measured speeds.
 
     Examples
     --------
@@ -205,49 +270,90 @@ power_t, optimizer, betas, eps, nesterov, l2
                            seed=seed, schedule=schedule, power_t=power_t, optimizer=optimizer,
                            betas=betas, eps=eps, nesterov=nesterov, l2=l2)
     epochs = V.check_number("epochs", epochs, low=0, integer=True)
+    m = V.check_number("microbatches", microbatches, low=1, integer=True)
+    if options.batch_size % m:
+        raise ValueError(f"microbatches={m} must divide batch_size={options.batch_size}")
+    if pipeline not in SCHEDULES:
+        raise ValueError(f"pipeline must be one of {list(SCHEDULES)}, got {pipeline!r}")
     b = Batch(model, params, X, y)
     dtype = b.params.dtype
-    client = Party(model, b.params, 0, c, options)
-    server = Party(model, b.params, c, L if top is None else top, options)
-    client_top = None if top is None else Party(model, b.params, top, L, options)
+    parties = [Party(model, b.params, 0, c, options),
+               Party(model, b.params, c, L if top is None else top, options)]
+    if top is not None:
+        parties.append(Party(model, b.params, top, L, options))
     n = b.n
     keys = np.empty(1, np.uint64)
     KT.client_keys(np.uint64(options.seed), np.zeros(1, np.int64), keys)
     perm = np.empty(n, np.int64)
-    n_batches = -(-n // options.batch_size)
+    bs = options.batch_size
+    micro = bs // m
+    n_batches = -(-n // bs)
     total = max(1, epochs * n_batches)
-    up = down = messages = 0
+    traffic = {"up": 0, "down": 0, "messages": 0}
     t = 0
     for e in range(epochs):
         KS.epoch_order(n, keys[0], e, options.shuffle, perm)
         for s in range(n_batches):
-            rows = np.ascontiguousarray(perm[s * options.batch_size:(s + 1) *
-                                             options.batch_size])
-            local = np.arange(rows.shape[0])
-            H = client.forward(b.X, rows)
-            if client_top is None:
-                msg = CutMessage("activations", c, H, _labels(b, rows))
-                up += msg.nbytes
-                G_cut = server.top(msg.array, local, local, *_label_arrays(b, msg.labels),
-                                   t, total)
-                back = CutMessage("gradient", c, G_cut)
-                down += back.nbytes
-                messages += 2
-            else:
-                up += CutMessage("activations", c, H).nbytes
-                H2 = server.forward(H, local)
-                down += CutMessage("activations", top, H2).nbytes
-                G2 = client_top.top(H2, local, rows, b.yc, b.yr, t, total)
-                up += CutMessage("gradient", top, G2).nbytes
-                G_cut = server.backward(H, local, G2, t, total)
-                back = CutMessage("gradient", c, G_cut)
-                down += back.nbytes
-                messages += 4
-            client.backward(b.X, rows, back.array, t, total)
+            rows = perm[s * bs:(s + 1) * bs]
+            for k, lo in enumerate(range(0, rows.shape[0], micro)):
+                _micro_step(parties, b, np.ascontiguousarray(rows[lo:lo + micro]), c, top,
+                            k == 0, traffic)
+            for party in parties:
+                party.step(rows.shape[0], t, total)
             t += 1
-    parts = [client, server] + ([] if client_top is None else [client_top])
-    out = np.concatenate([p.params for p in parts]).astype(dtype, copy=False)
-    return SplitResult(out, up, down, messages, t)
+    out = np.concatenate([p.params for p in parties]).astype(dtype, copy=False)
+    return SplitResult(out, traffic["up"], traffic["down"], traffic["messages"], t,
+                       _report(parties, model, c, top, micro, m, pipeline, b, bandwidth,
+                               latency))
+
+
+def _micro_step(parties, b, rows, c, top, first, traffic):
+    """One micro-batch through the parties, every crossing an explicit message."""
+    local = np.arange(rows.shape[0])
+    client, server = parties[0], parties[1]
+    H = client.forward(b.X, rows)
+    if top is None:
+        msg = CutMessage("activations", c, H, _labels(b, rows))
+        G_cut = server.top(msg.array, local, local, *_label_arrays(b, msg.labels), first)
+        back = CutMessage("gradient", c, G_cut)
+        crossings = [msg, back]
+        traffic["up"] += msg.nbytes
+    else:
+        up1 = CutMessage("activations", c, H)
+        down1 = CutMessage("activations", top, parties[1].forward(up1.array, local))
+        up2 = CutMessage("gradient", top, parties[2].top(down1.array, local, rows, b.yc, b.yr,
+                                                         first))
+        back = CutMessage("gradient", c, server.backward(up1.array, local, up2.array, first))
+        crossings = [up1, down1, up2, back]
+        traffic["up"] += up1.nbytes + up2.nbytes
+        traffic["down"] += down1.nbytes
+    traffic["down"] += back.nbytes
+    traffic["messages"] += len(crossings)
+    client.backward(b.X, rows, back.array, first)
+
+
+def _report(parties, model, c, top, micro, m, pipeline, b, bandwidth, latency):
+    """The timeline of one full mini-batch on the measured speeds. A party that runs a
+    top block measures forward and backward in one call: a third of it is counted as
+    the forward (an MLP's backward costs about twice its forward's multiply-adds)."""
+    fwd, bwd = [], []
+    for party in parties:
+        f, bk = party.mean_seconds()
+        if party.stop == model.n_layers:
+            f, bk = bk / 3, 2 * bk / 3
+        fwd.append(f)
+        bwd.append(bk)
+    item = parties[0].params.itemsize
+    lab = _labels(b, np.zeros(micro, np.int64)).nbytes
+    if top is None:
+        up = [micro * model.sizes[c] * item + lab]
+        down = [micro * model.sizes[c] * item]
+    else:
+        up = [micro * model.sizes[c] * item, micro * model.sizes[top] * item]
+        down = [micro * model.sizes[c] * item, micro * model.sizes[top] * item]
+    acts = [party.activation_bytes(micro) for party in parties]
+    return timeline(fwd, bwd, m, pipeline, up_bytes=up, down_bytes=down, bandwidth=bandwidth,
+                    latency=latency, activation_bytes=acts)
 
 
 def _labels(b, rows):
