@@ -225,3 +225,23 @@ class FlowerFedAvg:
 
     def time_aggregate(self, impl, api, P):
         self.call()
+
+
+class SplitEpoch:
+    """One epoch of split learning (``fastmb.slicing.split_sgd``, cut after the first
+    layer) beside the same epoch of ``fastmb.sgd`` unsplit: the cost of the cut."""
+
+    params = [["split", "unsplit"]]
+    param_names = ["impl"]
+
+    def setup(self, impl):
+        from fastmb.slicing import split_sgd
+
+        model, p, X, y = B.mlp_data(sizes=(64, 64, 64, 10), batch=8192)
+        if impl == "split":
+            self.call = _prepared(lambda: split_sgd(model, p, X, y, 1, batch_size=32, lr=0.05))
+        else:
+            self.call = _prepared(B.unsplit_sgd_epoch(model, p, X, y, 1))
+
+    def time_epoch(self, impl):
+        self.call()

@@ -172,3 +172,13 @@ def test_bench_flower_strategies_and_their_peers(benchmark):
     assert sum(a.size for a in ours) == P
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bench_split_epoch_and_its_peer(benchmark):
+    # The row `fastmb bench` adds for split learning: its peer is the same epoch unsplit.
+    from fastmb.cli.bench import mlp_data, unsplit_sgd_epoch
+    from fastmb.slicing import split_sgd
+
+    model, p, X, y = mlp_data(sizes=(8, 6, 6, 3), batch=100)
+    res = benchmark(split_sgd, model, p, X, y, 1, batch_size=32, lr=0.05)
+    np.testing.assert_array_equal(res.params, unsplit_sgd_epoch(model, p, X, y, 1)())

@@ -283,3 +283,17 @@ def test_timeline_links_memory_and_bytes():
         timeline([1.0, 1.0], [1.0, 1.0], 2, up_bytes=[1, 2])
     with pytest.raises(ValueError, match="schedule"):
         timeline([1.0], [1.0], 2, "zigzag")
+
+
+def test_readme_example_runs(capsys):
+    """The README's slicing example, as written."""
+    import os
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
+        text = f.read()
+    start = text.index("## Model slicing")
+    code = text[text.index("```python", start) + 9:text.index("```", text.index("```python",
+                                                                            start) + 9)]
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out.split("\n")
+    assert out[0] == "792000 768000 188" and out[1] == "[3 2 1]"

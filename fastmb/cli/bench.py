@@ -353,6 +353,12 @@ def flower_legacy_fedavg(msgs, fits, P):
     return lambda: strategy.aggregate_fit(1, fits, [])
 
 
+def unsplit_sgd_epoch(model, params, X, y, cut, batch=32):
+    """The peer of a split-learning epoch: the same epoch of ``fastmb.sgd``, unsplit (the
+    overhead of the cut is the ratio's inverse)."""
+    return lambda: fastmb.sgd(model, params, X, y, batch_size=batch, lr=0.05)
+
+
 def numpy_fedavg(U, w):
     """``(w @ U) / w.sum()``: one BLAS matrix-vector product."""
     w32, total = w.astype(np.float32), w.sum()
@@ -619,6 +625,7 @@ PEERS = {
     "torch_per_sample": [("Opacus GradSampleModule (hooks)", opacus_grad_sample),
                          ("torch.func vmap(grad)", torch_func_grad_sample)],
     "torch_norms": [("Opacus ghost clipping", opacus_ghost_norms)],
+    "split_epoch": [("fastmb.sgd, unsplit", unsplit_sgd_epoch)],
     "flower_message": [("Flower FedAvg.aggregate_train", flower_message_fedavg)],
     "flower_legacy": [("Flower FedAvg.aggregate_fit", flower_legacy_fedavg)],
     "dp_step": [("fastmb non-private step", fastmb_plain_step),
@@ -777,6 +784,15 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
     rows += _torch_rows(sz(1024), repeat, bw, peak, echo)
     rows += _sklearn_rows(sz(200_000), repeat, bw, echo)
     rows += _flower_rows(sz(100), [sz(85_000), sz(1_000_000)], repeat, bw, echo)
+
+    # Split learning: one epoch cut between a client and a server (every mini-batch crosses
+    # the cut as explicit arrays, four kernel calls); the peer is the same epoch unsplit
+    from ..slicing import split_sgd
+
+    model, p, X, y = mlp_data(sizes=(64, 64, 64, 10), batch=sz(8192))
+    rows += _rows("split-learning epoch, cut 1", f"64-64-64-10 n={len(X):,} batch 32",
+                  lambda: split_sgd(model, p, X, y, 1, batch_size=32, lr=0.05), "split_epoch",
+                  (model, p, X, y, 1), max(1, repeat // 3), None, bw, echo)
 
     extra = {"bandwidth_GBps": bw / 1e9, "gemm_GFLOPs": peak / 1e9,
              "gemm64_GFLOPs": peak64 / 1e9}
