@@ -35,6 +35,7 @@ import fastmb
 
 from ..adapters.torch import from_torch
 from ..kernels.roofline import triad
+from ..slicing import split_sgd
 
 # ----------------------------------------------------------------------------- timing
 
@@ -787,8 +788,6 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
 
     # Split learning: one epoch cut between a client and a server (every mini-batch crosses
     # the cut as explicit arrays, four kernel calls); the peer is the same epoch unsplit
-    from ..slicing import split_sgd
-
     model, p, X, y = mlp_data(sizes=(64, 64, 64, 10), batch=sz(8192))
     rows += _rows("split-learning epoch, cut 1", f"64-64-64-10 n={len(X):,} batch 32",
                   lambda: split_sgd(model, p, X, y, 1, batch_size=32, lr=0.05), "split_epoch",
