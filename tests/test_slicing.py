@@ -297,3 +297,29 @@ def test_readme_example_runs(capsys):
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out.split("\n")
     assert out[0] == "792000 768000 188" and out[1] == "[3 2 1]"
+
+
+def test_party_checks_what_reaches_its_kernels():
+    """A party's calls are a door to kernels without bounds checks: rows, labels, widths
+    and gradient shapes are checked first."""
+    from fastmb.learn.options import TrainOptions
+    from fastmb.slicing.split import Party
+
+    model = DEEP
+    p, X, y = make_data(model, 10)
+    opts = TrainOptions(batch_size=4)
+    client, server = Party(model, p, 0, 2, opts), Party(model, p, 2, 4, opts)
+    H = client.forward(X, [0, 1, 2])
+    G = server.top(H, [0, 1, 2], y[:3])
+    assert client.backward(X, [0, 1, 2], G) is None
+    for rows in ([0, 10], [-1], [0.5]):
+        with pytest.raises((ValueError, TypeError), match="rows"):
+            client.forward(X, rows)
+    with pytest.raises(ValueError, match="class indices"):
+        server.top(H, [0, 1, 2], [0, 1, 99])
+    with pytest.raises(ValueError, match=r"\(n, 6\)"):
+        server.top(X, [0, 1, 2], y[:3])
+    with pytest.raises(ValueError, match="G_out"):
+        client.backward(X, [0, 1, 2], G[:2])
+    with pytest.raises(ValueError, match="loss"):
+        client.top(X, [0], y[:1])

@@ -28,6 +28,7 @@ import numpy as np
 from .. import _validation as V
 from ..kernels import slicing as KS
 from ..kernels import training as KT
+from ..kernels._input import SparseRows
 from ..learn.gradients import Batch
 from ..learn.options import TrainOptions
 from ..models import Layout
@@ -131,9 +132,35 @@ class Party:
         self.seconds[what] += dt
         self.calls[what] += 1
 
+    def _input(self, X, rows):
+        """``X`` in the kernels' form for this block (the model's input for the first block,
+        dense or sparse; else a dense (n, width) array) and ``rows`` checked against it:
+        the kernels index without bounds checks."""
+        if isinstance(X, SparseRows) and self.start == 0:
+            if X.n_cols != self.model.n_features:
+                raise ValueError(f"X has {X.n_cols} features, the model {self.model.n_features}")
+        elif self.start == 0:
+            X = V.as_X(self.model, X, self.params.dtype)
+        else:
+            X = V._as_numeric("X", X)
+            width = self.model.sizes[self.start]
+            if X.ndim != 2 or X.shape[1] != width:
+                raise ValueError(f"X must be (n, {width}): the activations at cut "
+                                 f"{self.start}, got shape {X.shape}")
+            X = V.kernel_array(X, self.params.dtype)
+        return X, V.as_index_array("rows", rows, high=V.n_samples(X))
+
+    def _g_out(self, G_out, b):
+        G_out = V._as_numeric("G_out", G_out)
+        if G_out.shape != (b, self.model.sizes[self.stop]):
+            raise ValueError(f"G_out must have shape {(b, self.model.sizes[self.stop])}, got "
+                             f"{G_out.shape}")
+        return V.kernel_array(G_out, self.params.dtype)
+
     def forward(self, X, rows):
         """The block's outputs for rows ``rows`` of ``X`` (the model's input, or what the
         party below sent)."""
+        X, rows = self._input(X, rows)
         t0 = time.perf_counter()
         out = np.empty((rows.shape[0], self.model.sizes[self.stop]), self.params.dtype)
         bad = KS.step_forward(self.params, self.spec, X, rows, self.start, self.stop,
@@ -160,6 +187,8 @@ class Party:
         """Backward pass of a micro-batch given the gradient at the block's outputs, its
         gradient added to the mini-batch's; returns the gradient at the block's input
         (None for the first block)."""
+        X, rows = self._input(X, rows)
+        G_out = self._g_out(G_out, rows.shape[0])
         t0 = time.perf_counter()
         G_in = self._g_in(rows.shape[0])
         bad = KS.step_backward(self.params, self.spec, X, rows, self.start, self.stop,
@@ -170,9 +199,16 @@ class Party:
             raise ValueError(f"a NaN or Inf reached layer {self.start} (input row {bad})")
         return G_in if self.start > 0 else None
 
-    def top(self, X, rows, labels, yc, yr, first=True):
-        """The top block with the loss on the labels of rows ``labels`` (forward and
-        backward of a micro-batch); returns the gradient at the block's input."""
+    def top(self, X, rows, y, first=True):
+        """The top block with the loss (forward and backward of a micro-batch): ``y`` holds
+        the labels of the rows ``rows`` (as :func:`fastmb.loss` takes them); returns the
+        gradient at the block's input."""
+        X, rows = self._input(X, rows)
+        if self.stop != self.model.n_layers:
+            raise ValueError(f"top() runs the layers with the loss; this party holds "
+                             f"[{self.start}, {self.stop})")
+        yc, yr = V.as_y(self.model, y, rows.shape[0], self.params.dtype)
+        labels = np.arange(rows.shape[0])
         t0 = time.perf_counter()
         G_in = self._g_in(rows.shape[0])
         bad = KS.step_top(self.params, self.spec, X, rows, labels, yc, yr, self.start,
@@ -314,15 +350,15 @@ def _micro_step(parties, b, rows, c, top, first, traffic):
     H = client.forward(b.X, rows)
     if top is None:
         msg = CutMessage("activations", c, H, _labels(b, rows))
-        G_cut = server.top(msg.array, local, local, *_label_arrays(b, msg.labels), first)
+        G_cut = server.top(msg.array, local, msg.labels, first)
         back = CutMessage("gradient", c, G_cut)
         crossings = [msg, back]
         traffic["up"] += msg.nbytes
     else:
         up1 = CutMessage("activations", c, H)
         down1 = CutMessage("activations", top, parties[1].forward(up1.array, local))
-        up2 = CutMessage("gradient", top, parties[2].top(down1.array, local, rows, b.yc, b.yr,
-                                                         first))
+        up2 = CutMessage("gradient", top, parties[2].top(down1.array, local,
+                                                         _labels(b, rows), first))
         back = CutMessage("gradient", c, server.backward(up1.array, local, up2.array, first))
         crossings = [up1, down1, up2, back]
         traffic["up"] += up1.nbytes + up2.nbytes
@@ -360,9 +396,3 @@ def _labels(b, rows):
     """The labels of ``rows`` as they travel with the activations."""
     return (b.yc if b.yc.shape[0] else b.yr)[rows]
 
-
-def _label_arrays(b, labels):
-    """``(yc, yr)`` as the kernels take them, from the labels a message carried."""
-    if b.yc.shape[0]:
-        return labels, b.yr
-    return b.yc, labels
