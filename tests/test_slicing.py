@@ -323,3 +323,60 @@ def test_party_checks_what_reaches_its_kernels():
         client.backward(X, [0, 1, 2], G[:2])
     with pytest.raises(ValueError, match="loss"):
         client.top(X, [0], y[:1])
+
+
+# --------------------------------------------------------------------------- SplitFed
+
+
+@pytest.mark.parametrize("opts", [dict(batch_size=16), dict(batch_size=4, momentum=0.9),
+                                  dict(batch_size=16, optimizer="adam", epochs=2),
+                                  dict(batch_size=5, prox_mu=0.1, schedule="cosine")],
+                         ids=["batched", "per-row-momentum", "adam", "prox-cosine"])
+def test_splitfed_v1_is_fedavg_of_train_clients(opts):
+    model = DEEP
+    p, X, y = make_data(model, 90)
+    off = [0, 20, 45, 70, 90]
+    for cut, clients in [(1, None), (2, [3, 0, 2]), (3, [1])]:
+        res = fastmb.slicing.splitfed(model, p, X, y, off, cut, clients=clients, lr=0.05,
+                                      seed=7, **opts)
+        ids = np.arange(4) if clients is None else np.array(clients)
+        U = fastmb.train_clients(model, p, X, y, off, clients=ids, lr=0.05, seed=7, **opts)
+        rows = np.diff(off)[ids]
+        np.testing.assert_array_equal(res.params, fastmb.fedavg(U, weights=rows))
+
+
+def test_splitfed_v2_trains_one_server_block_in_sequence():
+    """The naive form of V2: each client trains the whole model from the global client
+    block and the server block as the previous client left it (its own stream); the
+    client blocks are averaged, the server block is the last client's."""
+    model = DEEP
+    p, X, y = make_data(model, 60)
+    off = np.array([0, 15, 40, 60])
+    cut = 2
+    p_cut = param_range(model, 0, cut)[1]
+    for opts in (dict(batch_size=8), dict(batch_size=3, weight_decay=0.01)):
+        res = fastmb.slicing.splitfed(model, p, X, y, off, cut, version=2, clients=[2, 0, 1],
+                                      lr=0.05, **opts)
+        server = p[p_cut:]
+        bottoms = []
+        for k in (2, 0, 1):
+            full = np.concatenate([p[:p_cut], server])
+            out = fastmb.train_clients(model, full, X, y, off, clients=[k], lr=0.05, **opts)[0]
+            bottoms.append(out[:p_cut])
+            server = out[p_cut:]
+        want = np.concatenate([fastmb.fedavg(np.stack(bottoms), weights=[20, 15, 25]), server])
+        np.testing.assert_array_equal(res.params, want)
+        assert res.messages == 2 * sum(-(-n // opts["batch_size"]) for n in (20, 15, 25))
+
+
+def test_splitfed_bad_input():
+    model = DEEP
+    p, X, y = make_data(model, 20)
+    with pytest.raises(ValueError, match="version"):
+        fastmb.slicing.splitfed(model, p, X, y, [0, 10, 20], 1, version=3)
+    with pytest.raises(ValueError, match="client_offsets"):
+        fastmb.slicing.splitfed(model, p, X, y, [0, 10, 30], 1)
+    with pytest.raises(ValueError, match="clients"):
+        fastmb.slicing.splitfed(model, p, X, y, [0, 10, 20], 1, clients=[2])
+    with pytest.raises(ValueError, match="cut"):
+        fastmb.slicing.splitfed(model, p, X, y, [0, 10, 20], 0)

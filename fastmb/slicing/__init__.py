@@ -8,7 +8,8 @@ with micro-batches through the cut; :mod:`.pipeline` lays those out in time (GPi
 
 from .depth import backward, check_cut, check_range, forward, loss_head, param_range
 from .pipeline import Timeline, timeline
-from .split import CutMessage, Party, SplitResult, split_sgd
+from .split import CutMessage, Party, SplitFedResult, SplitResult, split_sgd, splitfed
 
-__all__ = ["CutMessage", "Party", "SplitResult", "Timeline", "backward", "check_cut",
-           "check_range", "forward", "loss_head", "param_range", "split_sgd", "timeline"]
+__all__ = ["CutMessage", "Party", "SplitFedResult", "SplitResult", "Timeline", "backward",
+           "check_cut", "check_range", "forward", "loss_head", "param_range", "split_sgd",
+           "splitfed", "timeline"]

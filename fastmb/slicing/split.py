@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _validation as V
+from ..aggregate.mean import fedavg
 from ..kernels import slicing as KS
 from ..kernels import training as KT
 from ..kernels._input import SparseRows
@@ -317,30 +318,37 @@ power_t, optimizer, betas, eps, nesterov, l2
                Party(model, b.params, c, L if top is None else top, options)]
     if top is not None:
         parties.append(Party(model, b.params, top, L, options))
-    n = b.n
     keys = np.empty(1, np.uint64)
     KT.client_keys(np.uint64(options.seed), np.zeros(1, np.int64), keys)
+    traffic = {"up": 0, "down": 0, "messages": 0}
+    t = _train(parties, b, 0, b.n, keys[0], options, epochs, m, c, top, traffic)
+    micro = options.batch_size // m
+    out = np.concatenate([p.params for p in parties]).astype(dtype, copy=False)
+    return SplitResult(out, traffic["up"], traffic["down"], traffic["messages"], t,
+                       _report(parties, model, c, top, micro, m, pipeline, b, bandwidth,
+                               latency))
+
+
+def _train(parties, b, lo, n, key, options, epochs, m, c, top, traffic):
+    """``epochs`` of the rows ``lo:lo + n`` of ``b`` through the parties, shuffled with the
+    stream ``key`` as the training kernel shuffles a client's rows; returns the steps."""
     perm = np.empty(n, np.int64)
     bs = options.batch_size
     micro = bs // m
     n_batches = -(-n // bs)
     total = max(1, epochs * n_batches)
-    traffic = {"up": 0, "down": 0, "messages": 0}
     t = 0
     for e in range(epochs):
-        KS.epoch_order(n, keys[0], e, options.shuffle, perm)
+        KS.epoch_order(n, key, e, options.shuffle, perm)
         for s in range(n_batches):
-            rows = perm[s * bs:(s + 1) * bs]
-            for k, lo in enumerate(range(0, rows.shape[0], micro)):
-                _micro_step(parties, b, np.ascontiguousarray(rows[lo:lo + micro]), c, top,
+            rows = lo + perm[s * bs:(s + 1) * bs]
+            for k, r0 in enumerate(range(0, rows.shape[0], micro)):
+                _micro_step(parties, b, np.ascontiguousarray(rows[r0:r0 + micro]), c, top,
                             k == 0, traffic)
             for party in parties:
                 party.step(rows.shape[0], t, total)
             t += 1
-    out = np.concatenate([p.params for p in parties]).astype(dtype, copy=False)
-    return SplitResult(out, traffic["up"], traffic["down"], traffic["messages"], t,
-                       _report(parties, model, c, top, micro, m, pipeline, b, bandwidth,
-                               latency))
+    return t
 
 
 def _micro_step(parties, b, rows, c, top, first, traffic):
@@ -396,3 +404,101 @@ def _labels(b, rows):
     """The labels of ``rows`` as they travel with the activations."""
     return (b.yc if b.yc.shape[0] else b.yr)[rows]
 
+
+
+class SplitFedResult(NamedTuple):
+    """:func:`splitfed`'s round: the new global parameters, the bytes each way over all
+    clients (activations, gradients and labels at the cut; the client-side blocks sent up
+    for averaging and the average sent back), and the messages at the cut."""
+
+    params: np.ndarray
+    bytes_up: int
+    bytes_down: int
+    messages: int
+
+
+def splitfed(model, params, X, y, client_offsets, cut, *, version=1, clients=None, epochs=1,
+             batch_size=32, lr=0.01, momentum=0.0, weight_decay=0.0, prox_mu=0.0, shuffle=True,
+             seed=0, schedule="constant", power_t=0.5, optimizer="sgd", betas=(0.9, 0.999),
+             eps=1e-8, nesterov=False, l2=0.0):
+    """One round of SplitFed (Thapa et al. 2022): many clients' split learning, then FedAvg.
+
+    Client k owns rows ``client_offsets[k]:client_offsets[k + 1]`` (as in
+    :func:`fastmb.train_clients`) and holds layers ``[0, cut)``; the main server holds
+    ``[cut, L)``, and a fed server averages the clients' blocks by their rows.
+
+    * ``version=1`` (SplitFedV1): the main server keeps one copy of its layers per client,
+      each trained with its client; at the end both halves are averaged. This is FedAvg of
+      the clients' local training, split at the cut: with the same options it equals
+      ``fastmb.fedavg(fastmb.train_clients(...), weights=rows)`` bit for bit.
+    * ``version=2`` (SplitFedV2): one copy of the server's layers, trained by the clients
+      one after the other (in ``clients`` order), its optimizer state carried from client
+      to client; the clients' blocks are averaged at the end.
+
+    Parameters
+    ----------
+    model, params, X, y, client_offsets, clients
+        As in :func:`fastmb.train_clients` (``clients``: the round's clients, default all).
+    cut : int
+        The clients' layers ``[0, cut)``.
+    version : {1, 2}
+    epochs, batch_size, lr, momentum, weight_decay, prox_mu, shuffle, seed, schedule, \\
+power_t, optimizer, betas, eps, nesterov, l2
+        As in :func:`fastmb.train_clients`: client k shuffles with its own stream of
+        ``seed``, as there.
+
+    Returns
+    -------
+    SplitFedResult
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> from fastmb.slicing import splitfed
+    >>> model = fastmb.MLP([6, 8, 3]); p = model.init()
+    >>> X = np.random.default_rng(0).normal(size=(60, 6)).astype(np.float32)
+    >>> y = np.arange(60) % 3; off = [0, 20, 45, 60]
+    >>> res = splitfed(model, p, X, y, off, cut=1, batch_size=8, lr=0.1)
+    >>> U = fastmb.train_clients(model, p, X, y, off, batch_size=8, lr=0.1)
+    >>> bool((res.params == fastmb.fedavg(U, weights=[20, 25, 15])).all())
+    True
+    """
+    V.check_model(model)
+    c = check_cut(model, cut)
+    if version not in (1, 2):
+        raise ValueError(f"version must be 1 (SplitFedV1) or 2 (SplitFedV2), got {version!r}")
+    options = TrainOptions(batch_size=batch_size, lr=lr, momentum=momentum,
+                           weight_decay=weight_decay, prox_mu=prox_mu, shuffle=shuffle,
+                           seed=seed, schedule=schedule, power_t=power_t, optimizer=optimizer,
+                           betas=betas, eps=eps, nesterov=nesterov, l2=l2)
+    epochs = V.check_number("epochs", epochs, low=0, integer=True)
+    b = Batch(model, params, X, y)
+    off = V.as_offsets("client_offsets", client_offsets, b.n, "rows of X")
+    K = off.shape[0] - 1
+    ids = np.arange(K) if clients is None else V.as_index_array("clients", clients, high=K)
+    if ids.shape[0] == 0:
+        raise ValueError("clients is empty: a round needs at least one client")
+    keys = np.empty(ids.shape[0], np.uint64)
+    KT.client_keys(np.uint64(options.seed), ids, keys)
+    L = model.n_layers
+    traffic = {"up": 0, "down": 0, "messages": 0}
+    p_cut = param_range(model, 0, c)[1]
+    bottoms, tops = [], []
+    server = Party(model, b.params, c, L, options)
+    for k, key in zip(ids, keys):
+        if version == 1:
+            server = Party(model, b.params, c, L, options)
+        client = Party(model, b.params, 0, c, options)
+        _train([client, server], b, int(off[k]), int(off[k + 1] - off[k]), key, options,
+               epochs, 1, c, None, traffic)
+        bottoms.append(client.params)
+        tops.append(server.params.copy())
+    rows = (off[ids + 1] - off[ids]).astype(np.float64)
+    bottom = fedavg(np.stack(bottoms), weights=rows)
+    top = fedavg(np.stack(tops), weights=rows) if version == 1 else tops[-1]
+    # the clients' blocks go up for averaging and the average comes back
+    blk = p_cut * b.params.itemsize
+    traffic["up"] += len(ids) * blk
+    traffic["down"] += len(ids) * blk
+    return SplitFedResult(np.concatenate([bottom, top]), traffic["up"], traffic["down"],
+                          traffic["messages"])
