@@ -380,3 +380,36 @@ def test_splitfed_bad_input():
         fastmb.slicing.splitfed(model, p, X, y, [0, 10, 20], 1, clients=[2])
     with pytest.raises(ValueError, match="cut"):
         fastmb.slicing.splitfed(model, p, X, y, [0, 10, 20], 0)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_simulate_split_at(tmp_path, capsys):
+    """``fastmb simulate --split-at``: SplitFed rounds beside FedAvg, bytes, the timeline."""
+    import json
+
+    from fastmb.cli import main
+
+    args = ["simulate", "--data", "synthetic", "--n-samples", "600", "--n-features", "8",
+            "--n-classes", "3", "--hidden", "12,8", "--clients", "6", "--fraction", "0.5",
+            "--rounds", "3", "--epochs", "1", "--batch-size", "8", "--no-progress",
+            "--no-plot"]
+    out = tmp_path / "split"
+    assert main([*args, "--out", str(out), "--split-at", "2", "--microbatches", "2",
+                 "--schedule", "1f1b", "--splitfed", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "FedAvg:" in text and "SplitFed round   3/3" in text and "1f1b" in text
+    s = json.loads((out / "summary.json").read_text())
+    assert len(s["splitfed"]["history"]) == 3 and s["splitfed"]["bytes_up"] > 0
+    assert s["timeline"]["peak_micro"] == [2, 1]
+    assert 0 <= s["splitfed"]["final_accuracy"] <= 1
+    cases = [(["--split-at", "3"], "split_at"), (["--split-at", "1", "--microbatches", "3"],
+                                                 "divide"),
+             (["--split-at", "1", "--schedule", "zigzag"], "schedule"),
+             (["--split-at", "1", "--splitfed", "3"], "splitfed")]
+    for flags, match in cases:
+        capsys.readouterr()
+        code = main([*args, "--out", str(tmp_path / "bad"), *flags])
+        assert code != 0
+        assert match in capsys.readouterr().err
