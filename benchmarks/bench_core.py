@@ -245,3 +245,27 @@ class SplitEpoch:
 
     def time_epoch(self, impl):
         self.call()
+
+
+class SplitFedRound:
+    """One SplitFed V1 round of 20 clients (cut after the first layer) beside the same
+    clients' ``train_clients`` and FedAvg (which V1 equals bit for bit)."""
+
+    params = [["splitfed", "fedavg"]]
+    param_names = ["impl"]
+
+    def setup(self, impl):
+        import numpy as np
+
+        from fastmb.slicing import splitfed
+
+        model, p, X, y = B.mlp_data(sizes=(64, 64, 64, 10), batch=8192)
+        off = np.linspace(0, len(X), 21).astype(np.int64)
+        if impl == "splitfed":
+            self.call = _prepared(lambda: splitfed(model, p, X, y, off, 1, batch_size=32,
+                                                   lr=0.05))
+        else:
+            self.call = _prepared(B.fedavg_round(model, p, X, y, off, 1))
+
+    def time_round(self, impl):
+        self.call()

@@ -182,3 +182,14 @@ def test_bench_split_epoch_and_its_peer(benchmark):
     model, p, X, y = mlp_data(sizes=(8, 6, 6, 3), batch=100)
     res = benchmark(split_sgd, model, p, X, y, 1, batch_size=32, lr=0.05)
     np.testing.assert_array_equal(res.params, unsplit_sgd_epoch(model, p, X, y, 1)())
+
+
+def test_bench_splitfed_round_and_its_peer(benchmark):
+    # The SplitFed row's peer is the FedAvg round SplitFed V1 equals bit for bit.
+    from fastmb.cli.bench import fedavg_round, mlp_data
+    from fastmb.slicing import splitfed
+
+    model, p, X, y = mlp_data(sizes=(8, 6, 6, 3), batch=120)
+    off = np.linspace(0, 120, 5).astype(np.int64)
+    res = benchmark(splitfed, model, p, X, y, off, 1, batch_size=32, lr=0.05)
+    np.testing.assert_array_equal(res.params, fedavg_round(model, p, X, y, off, 1)())

@@ -35,7 +35,7 @@ import fastmb
 
 from ..adapters.torch import from_torch
 from ..kernels.roofline import triad
-from ..slicing import split_sgd
+from ..slicing import split_sgd, splitfed
 
 # ----------------------------------------------------------------------------- timing
 
@@ -360,6 +360,14 @@ def unsplit_sgd_epoch(model, params, X, y, cut, batch=32):
     return lambda: fastmb.sgd(model, params, X, y, batch_size=batch, lr=0.05)
 
 
+def fedavg_round(model, params, X, y, offsets, cut, batch=32):
+    """The peer of a SplitFed round: the same clients' ``train_clients`` and FedAvg (V1
+    equals it bit for bit)."""
+    w = np.diff(offsets).astype(np.float64)
+    return lambda: fastmb.fedavg(fastmb.train_clients(model, params, X, y, offsets,
+                                                      batch_size=batch, lr=0.05), weights=w)
+
+
 def numpy_fedavg(U, w):
     """``(w @ U) / w.sum()``: one BLAS matrix-vector product."""
     w32, total = w.astype(np.float32), w.sum()
@@ -627,6 +635,7 @@ PEERS = {
                          ("torch.func vmap(grad)", torch_func_grad_sample)],
     "torch_norms": [("Opacus ghost clipping", opacus_ghost_norms)],
     "split_epoch": [("fastmb.sgd, unsplit", unsplit_sgd_epoch)],
+    "splitfed_round": [("train_clients + fedavg", fedavg_round)],
     "flower_message": [("Flower FedAvg.aggregate_train", flower_message_fedavg)],
     "flower_legacy": [("Flower FedAvg.aggregate_fit", flower_legacy_fedavg)],
     "dp_step": [("fastmb non-private step", fastmb_plain_step),
@@ -792,6 +801,11 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
     rows += _rows("split-learning epoch, cut 1", f"64-64-64-10 n={len(X):,} batch 32",
                   lambda: split_sgd(model, p, X, y, 1, batch_size=32, lr=0.05), "split_epoch",
                   (model, p, X, y, 1), max(1, repeat // 3), None, bw, echo)
+    offsets = np.linspace(0, len(X), 21).astype(np.int64)
+    rows += _rows("SplitFed V1 round, cut 1", f"20 clients, n={len(X):,} batch 32",
+                  lambda: splitfed(model, p, X, y, offsets, 1, batch_size=32, lr=0.05),
+                  "splitfed_round", (model, p, X, y, offsets, 1), max(1, repeat // 3), None,
+                  bw, echo)
 
     extra = {"bandwidth_GBps": bw / 1e9, "gemm_GFLOPs": peak / 1e9,
              "gemm64_GFLOPs": peak64 / 1e9}
