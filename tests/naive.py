@@ -145,6 +145,43 @@ def slice_backward(model, params, a, g_out, start, stop):
     return np.concatenate(flat), g_in
 
 
+def width_submodel(model, params, rate, shift=0):
+    """A width slice by hand: the layers' weight matrices and biases restricted to the
+    kept units (the first ceil(rate * n) of each hidden layer, from ``shift``, wrapping),
+    flattened in the sub-model's layout."""
+    sizes = model.sizes
+    L = len(sizes) - 1
+    keep = [list(range(sizes[0]))]
+    for h in sizes[1:L]:
+        k = max(1, math.ceil(rate * h - 1e-9))
+        keep.append([(shift + i) % h for i in range(k)])
+    keep.append(list(range(sizes[L])))
+    flat = []
+    for l, (W, b) in enumerate(model.layers(np.asarray(params, np.float64))):
+        for i in keep[l]:
+            for j in keep[l + 1]:
+                flat.append(W[i, j])
+        if b is not None:
+            flat.extend(b[j] for j in keep[l + 1])
+    return np.array(flat), [len(k) for k in keep]
+
+
+def width_mean(P, params, updates, positions, weights):
+    """Per-parameter weighted mean over the clients holding each position, one position at
+    a time; positions nobody holds keep ``params``."""
+    out = np.array(params, np.float64)
+    for j in range(P):
+        num = den = 0.0
+        for u, pos, w in zip(updates, positions, weights):
+            hits = np.flatnonzero(np.asarray(pos) == j)
+            if hits.size:
+                num += w * float(u[hits[0]])
+                den += w
+        if den > 0:
+            out[j] = num / den
+    return out
+
+
 def _label(y, i):
     return y[i]
 

@@ -413,3 +413,107 @@ def test_simulate_split_at(tmp_path, capsys):
         code = main([*args, "--out", str(tmp_path / "bad"), *flags])
         assert code != 0
         assert match in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- width slices
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.5, 0.3, 0.01])
+@pytest.mark.parametrize("shift", [0, 5])
+def test_width_slice_against_naive(rate, shift):
+    from fastmb.slicing import width_slice
+
+    model = fastmb.MLP([5, 10, 7, 3], activation="tanh")
+    p = model.init(seed=2, dtype=np.float64)
+    sl = width_slice(model, rate, shift=shift)
+    sub, sizes = naive.width_submodel(model, p, rate, shift)
+    assert list(sl.model.sizes) == sizes
+    np.testing.assert_array_equal(p[sl.index], sub)
+    assert np.unique(sl.index).shape == sl.index.shape
+    # the sub-model computes what the full model computes with the other units silenced
+    X = np.random.default_rng(0).normal(size=(9, 5))
+    masked = p.copy()
+    for l, (W, _) in enumerate(model.layers(masked)):
+        if 0 < l:
+            dropped = np.setdiff1d(np.arange(W.shape[0]), sl.units[l])
+            W[dropped, :] = 0.0
+    np.testing.assert_allclose(fastmb.decision_function(sl.model, p[sl.index], X),
+                               fastmb.decision_function(model, masked, X), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_width_rate_one_is_the_model_and_fedavg():
+    from fastmb.slicing import WidthMean, multiply_adds, width_slice
+
+    model = DEEP
+    p, X, y = make_data(model, 60)
+    sl = width_slice(model, 1.0)
+    np.testing.assert_array_equal(sl.index, np.arange(model.n_params))
+    assert sl.model == model
+    U = fastmb.train_clients(model, p, X, y, [0, 20, 40, 60], lr=0.05)
+    agg = WidthMean(model)
+    for u, n in zip(U, [20, 20, 20]):
+        agg.add(u, sl, weight=n)
+    np.testing.assert_allclose(agg.result(p), fastmb.fedavg(U, weights=[20, 20, 20]),
+                               rtol=1e-14, atol=1e-15)
+    lin = fastmb.Linear(5, 3, loss="softmax")
+    np.testing.assert_array_equal(width_slice(lin, 0.25).index, np.arange(lin.n_params))
+    assert multiply_adds(model) == 5 * 7 + 7 * 6 + 6 * 4 + 4 * 3
+    assert multiply_adds(model, 0.5) == 5 * 4 + 4 * 3 + 3 * 2 + 2 * 3
+
+
+def test_heterogeneous_round_against_naive():
+    from fastmb.slicing import WidthMean, train_width_clients, width_slice
+
+    model = fastmb.MLP([5, 8, 6, 3])
+    p, X, y = make_data(model, 80)
+    off = [0, 20, 35, 60, 80]
+    rates = [1.0, 0.5, 0.25, 0.5]
+    for shift in (0, 3):
+        out = train_width_clients(model, p, X, y, off, rates, shift=shift, clients=[3, 0, 2],
+                                  lr=0.05, batch_size=8, seed=1)
+        for (u, sl), k in zip(out, [3, 0, 2]):
+            assert sl.rate == rates[k]
+            ref = fastmb.train_clients(sl.model, p[sl.index], X, y, off, clients=[k], lr=0.05,
+                                       batch_size=8, seed=1)[0]
+            np.testing.assert_array_equal(u, ref)
+        agg = WidthMean(model)
+        for (u, sl), n in zip(out, [20, 20, 25]):
+            agg.add(u, sl, weight=n)
+        want = naive.width_mean(model.n_params, p, [u for u, _ in out],
+                                [sl.index for _, sl in out], [20, 20, 25])
+        np.testing.assert_allclose(agg.result(p), want, rtol=1e-13, atol=1e-14)
+        held = agg.held()
+        np.testing.assert_array_equal(agg.result(p)[~held], p[~held])
+
+
+def test_width_bad_input():
+    from fastmb.slicing import WidthMean, train_width_clients, width_slice
+    from fastmb.slicing.width import WidthSlice
+
+    model = DEEP
+    p, X, y = make_data(model, 20)
+    for r in (0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="rate"):
+            width_slice(model, r)
+    with pytest.raises(ValueError, match="rates"):
+        train_width_clients(model, p, X, y, [0, 10, 20], [1.0])
+    with pytest.raises(ValueError, match="rates"):
+        train_width_clients(model, p, X, y, [0, 10, 20], [1.0, 2.0])
+    agg = WidthMean(model)
+    sl = width_slice(model, 0.5)
+    with pytest.raises(ValueError, match="parameters"):
+        agg.add(np.ones(3), sl)
+    bad = WidthSlice(sl.model, sl.index + model.n_params, 0.5, 0, sl.units)
+    with pytest.raises(ValueError, match="index"):
+        agg.add(np.ones(sl.model.n_params), bad)
+    dup = WidthSlice(sl.model, np.zeros_like(sl.index), 0.5, 0, sl.units)
+    with pytest.raises(ValueError, match="repeats"):
+        agg.add(np.ones(sl.model.n_params), dup)
+    other = width_slice(fastmb.MLP([4, 6, 3]), 0.5)
+    with pytest.raises(ValueError):
+        agg.add(np.ones(other.model.n_params), other)
+    with pytest.raises(TypeError, match="WidthSlice"):
+        agg.add(np.ones(3), (1, 2))
+    with pytest.raises(ValueError, match="NaN"):
+        agg.add(np.full(sl.model.n_params, np.nan), sl)
