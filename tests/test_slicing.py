@@ -434,7 +434,7 @@ def test_width_slice_against_naive(rate, shift):
     X = np.random.default_rng(0).normal(size=(9, 5))
     masked = p.copy()
     for l, (W, _) in enumerate(model.layers(masked)):
-        if 0 < l:
+        if l > 0:
             dropped = np.setdiff1d(np.arange(W.shape[0]), sl.units[l])
             W[dropped, :] = 0.0
     np.testing.assert_allclose(fastmb.decision_function(sl.model, p[sl.index], X),
@@ -463,7 +463,7 @@ def test_width_rate_one_is_the_model_and_fedavg():
 
 
 def test_heterogeneous_round_against_naive():
-    from fastmb.slicing import WidthMean, train_width_clients, width_slice
+    from fastmb.slicing import WidthMean, train_width_clients
 
     model = fastmb.MLP([5, 8, 6, 3])
     p, X, y = make_data(model, 80)
