@@ -517,3 +517,29 @@ def test_width_bad_input():
         agg.add(np.ones(3), (1, 2))
     with pytest.raises(ValueError, match="NaN"):
         agg.add(np.full(sl.model.n_params, np.nan), sl)
+
+
+def test_simulate_rates(tmp_path, capsys):
+    """``fastmb simulate --rates``: width slices beside FedAvg on the full-width clients."""
+    import json
+
+    from fastmb.cli import main
+
+    args = ["simulate", "--data", "synthetic", "--n-samples", "600", "--n-features", "8",
+            "--n-classes", "3", "--hidden", "12", "--clients", "10", "--fraction", "0.5",
+            "--rounds", "3", "--epochs", "1", "--batch-size", "8", "--no-progress",
+            "--no-plot"]
+    out = tmp_path / "w"
+    assert main([*args, "--out", str(out), "--rates", "1,0.5", "--rate-mix", "0.5,0.5",
+                 "--rolling"]) == 0
+    text = capsys.readouterr().out
+    assert "FedRolex" in text and "accuracy by width" in text
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["accuracy_by_rate"]) == {"1.0", "0.5"}
+    assert sum(s["client_rates"].values()) == 10
+    for flags, match in [(["--rates", "1,0.5", "--rate-mix", "1"], "rate_mix"),
+                         (["--rates", "0.5,0.2", "--rate-mix", "1,1"], "include 1"),
+                         (["--rates", "1,1.5", "--rate-mix", "1,1"], "(0, 1]")]:
+        capsys.readouterr()
+        assert main([*args, "--out", str(tmp_path / "bad"), *flags]) != 0
+        assert match in capsys.readouterr().err

@@ -26,14 +26,24 @@ from numba.core import event as numba_event
 from .. import _validation as V
 from ..adapters.dask import DaskExecutor
 from ..aggregate import rules
+from ..aggregate.mean import fedavg
 from ..aggregate.server import OPTIMIZERS
 from ..federation import data as D
 from ..federation import partition as Pt
 from ..federation.data import TASKS
 from ..federation.simulation import Faults, Simulation, summary
 from ..learn.gradients import evaluate
+from ..learn.training import train_clients
 from ..models import MLP, Linear
-from ..slicing import check_cut, split_sgd, splitfed
+from ..slicing import (
+    WidthMean,
+    check_cut,
+    evaluate_width,
+    multiply_adds,
+    split_sgd,
+    splitfed,
+    train_width_clients,
+)
 
 #: Every setting, its default and its help. The default run: digits, 100 clients with
 #: Dirichlet(0.5) label skew, an MLP 64-64-10, FedAvg, 30 rounds.
@@ -80,6 +90,11 @@ SETTINGS = {
                  "(one server copy, clients in sequence)"),
     "microbatches": (1, "with --split-at: micro-batches per mini-batch through the cut"),
     "schedule": ("gpipe", "with --split-at: the micro-batches' pipeline, gpipe or 1f1b"),
+    "rates": ([1.0], "width slices: the devices' width rates, e.g. 1,0.5,0.25 (HeteroFL); "
+              "each round then runs at these widths beside FedAvg on the full-width clients"),
+    "rate_mix": ([1.0], "the share of the clients at each rate, e.g. 0.2,0.3,0.5"),
+    "rolling": (False, "with --rates: FedRolex's rolling window of units instead of the "
+                "first ones"),
     "scheduler": (None, "address of a Dask scheduler (tcp://host:8786) to shard clients on"),
     "workers": (0, "start a Dask LocalCluster with this many worker processes"),
     "plot": (True, "write history.png (matplotlib)"),
@@ -153,6 +168,13 @@ def _convert(name, value):
                 k, v = item.split("=", 1)
                 out[k.strip()] = _scalar(v.strip())
             return out
+        if name in ("rates", "rate_mix"):
+            items = value if isinstance(value, list) else (
+                [value] if not isinstance(value, str) else
+                [v.strip() for v in value.split(",") if v.strip()])
+            if not items:
+                raise ValueError("expected one or more numbers")
+            return [_real(v) for v in items]
         if name == "hidden":
             items = value if isinstance(value, list) else (
                 [value] if not isinstance(value, str) else
@@ -243,6 +265,16 @@ def settings(args):
     if cfg["microbatches"] < 1 or cfg["batch_size"] % cfg["microbatches"]:
         raise ConfigError(f"microbatches must be >= 1 and divide batch_size="
                           f"{cfg['batch_size']}, got {cfg['microbatches']}")
+    rates, mix = cfg["rates"], cfg["rate_mix"]
+    if cfg["rates"] != [1.0]:
+        if len(mix) != len(rates):
+            raise ConfigError(f"rate_mix needs one share per rate ({len(rates)}), got "
+                              f"{len(mix)}")
+        if any(not 0 < r <= 1 for r in rates) or any(m < 0 for m in mix) or sum(mix) <= 0:
+            raise ConfigError("rates must lie in (0, 1] and rate_mix be non-negative shares "
+                              f"with a positive sum, got {rates} and {mix}")
+        if 1.0 not in rates:
+            raise ConfigError("rates must include 1 (the full model the strong clients train)")
     if cfg["schedule"] not in ("gpipe", "1f1b"):
         raise ConfigError(f"schedule must be gpipe or 1f1b, got {cfg['schedule']!r}")
     return cfg
@@ -489,6 +521,8 @@ LOCK_FILE = ".fastmb.lock"
 def _run(cfg, folder, t0, echo):
     if cfg["split_at"] is not None:
         return _run_split(cfg, folder, t0, echo)
+    if cfg["rates"] != [1.0]:
+        return _run_width(cfg, folder, t0, echo)
     executor = _executor(cfg)
     plotter = Plotter() if cfg["plot"] else None
     try:
@@ -587,11 +621,7 @@ def _run_split(cfg, folder, t0, echo):
     echo(f"  FedAvg:     accuracy {fed['final_accuracy']:.4f}, sent up "
          f"{_fmt_bytes(fed['bytes_up'])}, down {_fmt_bytes(fed['bytes_down'])}")
     # SplitFed on the clients' rows laid out contiguously (clients without rows left out)
-    sizes = np.diff(part.offsets)
-    keep = np.flatnonzero(sizes > 0)
-    rows = np.concatenate([part.client_rows(k) for k in keep])
-    X, y = data.X[rows], data.y[rows]
-    offsets = np.concatenate([[0], np.cumsum(sizes[keep])])
+    keep, X, y, offsets = _client_layout(part, data)
     params = p0
     up = down = 0
     rng = np.random.default_rng(np.random.SeedSequence([cfg["seed"], 0x5F1]))
@@ -625,6 +655,75 @@ def _run_split(cfg, folder, t0, echo):
            "timeline": {"makespan_s": tl.makespan, "idle_fraction": tl.idle_fraction,
                         "peak_micro": tl.peak_micro.tolist(),
                         "activation_bytes": tl.activation_bytes.tolist()},
+           "wall_s": time.perf_counter() - t0, "settings": cfg}
+    with open(os.path.join(folder, "summary.json"), "w") as fh:
+        json.dump(out, fh, indent=1, default=str)
+    echo(f"  wrote {folder}/summary.json")
+    return 0
+
+
+def _client_layout(part, data):
+    """The clients with rows, their rows laid out contiguously: ``(keep, X, y, offsets)``."""
+    sizes = np.diff(part.offsets)
+    keep = np.flatnonzero(sizes > 0)
+    rows = np.concatenate([part.client_rows(k) for k in keep])
+    return keep, data.X[rows], data.y[rows], np.concatenate([[0], np.cumsum(sizes[keep])])
+
+
+def _run_width(cfg, folder, t0, echo):
+    """``--rates``: heterogeneous devices. Each client gets a width rate by ``rate_mix``;
+    each round its sampled clients train their sub-models (HeteroFL, or FedRolex's window
+    with ``--rolling``) and the server averages each parameter over its holders. Beside it,
+    FedAvg trains the full model on the same rounds' full-width clients only."""
+    if cfg["scheduler"] or cfg["workers"]:
+        raise ConfigError("rates runs in this process; drop scheduler and workers")
+    if cfg["model"] != "mlp" or not cfg["hidden"]:
+        raise ConfigError("rates needs model mlp with at least one hidden layer")
+    data, part, sim = build(cfg)
+    model = sim.model
+    p0 = sim.params
+    keep, X, y, offsets = _client_layout(part, data)
+    K = keep.shape[0]
+    rng = np.random.default_rng(np.random.SeedSequence([cfg["seed"], 0x3D7]))
+    mix = np.asarray(cfg["rate_mix"], np.float64)
+    client_rate = np.asarray(cfg["rates"])[rng.choice(len(mix), K, p=mix / mix.sum())]
+    n_round = min(sim.clients_per_round, K)
+    rows = np.diff(offsets)
+    rounds = cfg["rounds"]
+    echo(f"fastmb simulate --rates {','.join(map(str, cfg['rates']))}: {data!r}; {model!r}; "
+         f"{K} clients ("
+         + ", ".join(f"{int((client_rate == r).sum())} at {r}" for r in cfg["rates"])
+         + f"), {n_round} per round, {rounds} rounds, "
+         + ("FedRolex (rolling window)" if cfg["rolling"] else "HeteroFL (first units)"))
+    opts = dict(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                momentum=cfg["momentum"], prox_mu=cfg["prox_mu"])
+    hetero, full_only = p0, p0
+    for r in range(rounds):
+        ids = np.sort(rng.choice(K, n_round, replace=False))
+        shift = r if cfg["rolling"] else 0
+        agg = WidthMean(model)
+        for (u, sl), k in zip(train_width_clients(model, hetero, X, y, offsets, client_rate,
+                                                  shift=shift, clients=ids, seed=cfg["seed"] + r,
+                                                  **opts), ids):
+            agg.add(u, sl, weight=float(rows[k]))
+        hetero = agg.result(hetero)
+        strong = ids[client_rate[ids] == 1.0]
+        if strong.size:
+            U = train_clients(model, full_only, X, y, offsets, clients=strong,
+                              seed=cfg["seed"] + r, **opts)
+            full_only = fedavg(U, weights=rows[strong].astype(np.float64))
+        acc = evaluate(model, hetero, data.X_test, data.y_test)["accuracy"]
+        echo(f"  round {r + 1:>3}/{rounds}: full-width accuracy {acc:.4f}")
+    per_rate = {str(r): evaluate_width(model, hetero, data.X_test, data.y_test, r)["accuracy"]
+                for r in cfg["rates"]}
+    base = evaluate(model, full_only, data.X_test, data.y_test)["accuracy"]
+    echo("  accuracy by width: " + ", ".join(
+        f"{r}: {a:.4f} ({multiply_adds(model, float(r)):,} multiply-adds)"
+        for r, a in per_rate.items())
+        + f"\n  FedAvg on the {int((client_rate == 1.0).sum())} full-width clients only: "
+        f"{base:.4f}")
+    out = {"accuracy_by_rate": per_rate, "fedavg_full_width_only": base,
+           "client_rates": {str(r): int((client_rate == r).sum()) for r in cfg["rates"]},
            "wall_s": time.perf_counter() - t0, "settings": cfg}
     with open(os.path.join(folder, "summary.json"), "w") as fh:
         json.dump(out, fh, indent=1, default=str)
