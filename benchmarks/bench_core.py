@@ -269,3 +269,23 @@ class SplitFedRound:
 
     def time_round(self, impl):
         self.call()
+
+
+class HeteroRound:
+    """A width-sliced round (20 clients at rates 1, 0.5, 0.25 as 1:2:2, HeteroFL) beside
+    the same round with every client at full width."""
+
+    params = [["hetero", "homogeneous"]]
+    param_names = ["impl"]
+
+    def setup(self, impl):
+        import numpy as np
+
+        model, p, X, y = B.mlp_data(sizes=(64, 64, 64, 10), batch=8192)
+        off = np.linspace(0, len(X), 21).astype(np.int64)
+        rates = np.resize([1.0, 0.5, 0.5, 0.25, 0.25], 20)
+        peer = B.hetero_round if impl == "hetero" else B.homogeneous_round
+        self.call = _prepared(peer(model, p, X, y, off, rates))
+
+    def time_round(self, impl):
+        self.call()

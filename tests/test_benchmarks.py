@@ -193,3 +193,15 @@ def test_bench_splitfed_round_and_its_peer(benchmark):
     off = np.linspace(0, 120, 5).astype(np.int64)
     res = benchmark(splitfed, model, p, X, y, off, 1, batch_size=32, lr=0.05)
     np.testing.assert_array_equal(res.params, fedavg_round(model, p, X, y, off, 1)())
+
+
+def test_bench_hetero_round_and_its_peer(benchmark):
+    # The width-sliced round with every rate 1 is FedAvg's round (to rounding).
+    from fastmb.cli.bench import hetero_round, homogeneous_round, mlp_data
+
+    model, p, X, y = mlp_data(sizes=(8, 6, 6, 3), batch=120)
+    off = np.linspace(0, 120, 5).astype(np.int64)
+    benchmark(hetero_round(model, p, X, y, off, np.array([1.0, 0.5, 0.5, 0.25])))
+    np.testing.assert_allclose(hetero_round(model, p, X, y, off, np.ones(4))(),
+                               homogeneous_round(model, p, X, y, off, np.ones(4))(),
+                               rtol=1e-6, atol=1e-7)

@@ -35,7 +35,7 @@ import fastmb
 
 from ..adapters.torch import from_torch
 from ..kernels.roofline import triad
-from ..slicing import split_sgd, splitfed
+from ..slicing import WidthMean, split_sgd, splitfed, train_width_clients
 
 # ----------------------------------------------------------------------------- timing
 
@@ -368,6 +368,25 @@ def fedavg_round(model, params, X, y, offsets, cut, batch=32):
                                                       batch_size=batch, lr=0.05), weights=w)
 
 
+def hetero_round(model, params, X, y, offsets, rates):
+    """A width-sliced round: each client trains its sub-model, the server averages each
+    parameter over its holders (``fastmb.slicing``)."""
+    w = np.diff(offsets).astype(np.float64)
+
+    def run():
+        agg = WidthMean(model)
+        for (u, sl), wk in zip(train_width_clients(model, params, X, y, offsets, rates,
+                                                   batch_size=32, lr=0.05), w):
+            agg.add(u, sl, weight=wk)
+        return agg.result(params)
+    return run
+
+
+def homogeneous_round(model, params, X, y, offsets, rates):
+    """The same round with every client at full width: ``train_clients`` and FedAvg."""
+    return fedavg_round(model, params, X, y, offsets, 1)
+
+
 def numpy_fedavg(U, w):
     """``(w @ U) / w.sum()``: one BLAS matrix-vector product."""
     w32, total = w.astype(np.float32), w.sum()
@@ -636,6 +655,7 @@ PEERS = {
     "torch_norms": [("Opacus ghost clipping", opacus_ghost_norms)],
     "split_epoch": [("fastmb.sgd, unsplit", unsplit_sgd_epoch)],
     "splitfed_round": [("train_clients + fedavg", fedavg_round)],
+    "hetero_round": [("every client at width 1", homogeneous_round)],
     "flower_message": [("Flower FedAvg.aggregate_train", flower_message_fedavg)],
     "flower_legacy": [("Flower FedAvg.aggregate_fit", flower_legacy_fedavg)],
     "dp_step": [("fastmb non-private step", fastmb_plain_step),
@@ -806,6 +826,10 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
                   lambda: splitfed(model, p, X, y, offsets, 1, batch_size=32, lr=0.05),
                   "splitfed_round", (model, p, X, y, offsets, 1), max(1, repeat // 3), None,
                   bw, echo)
+    rates = np.resize([1.0, 0.5, 0.5, 0.25, 0.25], 20)
+    rows += _rows("width-sliced round (HeteroFL)", "20 clients, rates 1/.5/.25 as 1:2:2",
+                  hetero_round(model, p, X, y, offsets, rates), "hetero_round",
+                  (model, p, X, y, offsets, rates), max(1, repeat // 3), None, bw, echo)
 
     extra = {"bandwidth_GBps": bw / 1e9, "gemm_GFLOPs": peak / 1e9,
              "gemm64_GFLOPs": peak64 / 1e9}
