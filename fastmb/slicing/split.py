@@ -161,7 +161,10 @@ class Party:
     def forward(self, X, rows):
         """The block's outputs for rows ``rows`` of ``X`` (the model's input, or what the
         party below sent)."""
-        X, rows = self._input(X, rows)
+        return self._forward(*self._input(X, rows))
+
+    def _forward(self, X, rows):
+        # (split_sgd's own calls: X in the kernels' form, rows its own, checked once)
         t0 = time.perf_counter()
         out = np.empty((rows.shape[0], self.model.sizes[self.stop]), self.params.dtype)
         bad = KS.step_forward(self.params, self.spec, X, rows, self.start, self.stop,
@@ -189,7 +192,9 @@ class Party:
         gradient added to the mini-batch's; returns the gradient at the block's input
         (None for the first block)."""
         X, rows = self._input(X, rows)
-        G_out = self._g_out(G_out, rows.shape[0])
+        return self._backward(X, rows, self._g_out(G_out, rows.shape[0]), first)
+
+    def _backward(self, X, rows, G_out, first):
         t0 = time.perf_counter()
         G_in = self._g_in(rows.shape[0])
         bad = KS.step_backward(self.params, self.spec, X, rows, self.start, self.stop,
@@ -209,6 +214,9 @@ class Party:
             raise ValueError(f"top() runs the layers with the loss; this party holds "
                              f"[{self.start}, {self.stop})")
         yc, yr = V.as_y(self.model, y, rows.shape[0], self.params.dtype)
+        return self._top(X, rows, yc, yr, first)
+
+    def _top(self, X, rows, yc, yr, first):
         labels = np.arange(rows.shape[0])
         t0 = time.perf_counter()
         G_in = self._g_in(rows.shape[0])
@@ -352,28 +360,29 @@ def _train(parties, b, lo, n, key, options, epochs, m, c, top, traffic):
 
 
 def _micro_step(parties, b, rows, c, top, first, traffic):
-    """One micro-batch through the parties, every crossing an explicit message."""
+    """One micro-batch through the parties, every crossing an explicit message (the
+    arrays are the parties' own: no checks again on the way)."""
     local = np.arange(rows.shape[0])
     client, server = parties[0], parties[1]
-    H = client.forward(b.X, rows)
+    H = client._forward(b.X, rows)
     if top is None:
         msg = CutMessage("activations", c, H, _labels(b, rows))
-        G_cut = server.top(msg.array, local, msg.labels, first)
+        G_cut = server._top(msg.array, local, *_label_pair(b, msg.labels), first)
         back = CutMessage("gradient", c, G_cut)
         crossings = [msg, back]
         traffic["up"] += msg.nbytes
     else:
         up1 = CutMessage("activations", c, H)
-        down1 = CutMessage("activations", top, parties[1].forward(up1.array, local))
-        up2 = CutMessage("gradient", top, parties[2].top(down1.array, local,
-                                                         _labels(b, rows), first))
-        back = CutMessage("gradient", c, server.backward(up1.array, local, up2.array, first))
+        down1 = CutMessage("activations", top, server._forward(up1.array, local))
+        up2 = CutMessage("gradient", top, parties[2]._top(
+            down1.array, local, *_label_pair(b, _labels(b, rows)), first))
+        back = CutMessage("gradient", c, server._backward(up1.array, local, up2.array, first))
         crossings = [up1, down1, up2, back]
         traffic["up"] += up1.nbytes + up2.nbytes
         traffic["down"] += down1.nbytes
     traffic["down"] += back.nbytes
     traffic["messages"] += len(crossings)
-    client.backward(b.X, rows, back.array, first)
+    client._backward(b.X, rows, back.array, first)
 
 
 def _report(parties, model, c, top, micro, m, pipeline, b, bandwidth, latency):
@@ -403,6 +412,13 @@ def _report(parties, model, c, top, micro, m, pipeline, b, bandwidth, latency):
 def _labels(b, rows):
     """The labels of ``rows`` as they travel with the activations."""
     return (b.yc if b.yc.shape[0] else b.yr)[rows]
+
+
+def _label_pair(b, labels):
+    """``(yc, yr)`` as the kernels take them, for a micro-batch's (checked) labels."""
+    if b.yc.shape[0]:
+        return labels, b.yr
+    return b.yc, np.ascontiguousarray(labels)
 
 
 
