@@ -198,6 +198,20 @@ def _cut_gradient(params, w_off, sizes, lo, D, G_in):
 
 
 @jit
+def _batch_cut_gradient(params, w_off, sizes, u_off, lo, Db, b, G_in):
+    """:func:`_cut_gradient` of a batch's deltas at layer ``lo``, when ``G_in`` has rows."""
+    if G_in.shape[0] > 0:
+        _cut_gradient(params, w_off, sizes, lo, _block(Db, b, u_off[lo], u_off[lo + 1]), G_in)
+
+
+@jit
+def _clear_unless(g, accumulate):
+    if not accumulate:
+        for j in range(g.shape[0]):
+            g[j] = 0
+
+
+@jit
 def _row_cut_gradient(params, w_off, sizes, u_off, lo, ds, gi):
     nin = sizes[lo]
     nout = sizes[lo + 1]
@@ -264,13 +278,9 @@ def step_backward(params, spec, X, rows, lo, hi, batched, G_out, g, G_in, accumu
                 D[i, j] = G_out[i, j] * _act_deriv(Z[i, j], H[i, j], act)
         batch_backward(params, lo, hi, sizes, w_off, u_off, act, Zb, Hb, Db, b)
         batch_weight_grads(A0, lo, hi, sizes, w_off, b_off, u_off, Hb, Db, g)
-        if G_in.shape[0] > 0:
-            _cut_gradient(params, w_off, sizes, lo, _block(Db, b, u_off[lo], u_off[lo + 1]),
-                          G_in)
+        _batch_cut_gradient(params, w_off, sizes, u_off, lo, Db, b, G_in)
         return bad
-    if not accumulate:
-        for j in range(g.shape[0]):
-            g[j] = 0
+    _clear_unless(g, accumulate)
     zs, hs, ds = workspace(u_off, params)
     base = u_off[hi - 1]
     for s in range(b):
@@ -316,13 +326,9 @@ def step_top(params, spec, X, rows, labels, yc, yr, lo, batched, g, G_in, accumu
             return bad
         batch_backward(params, lo, L, sizes, w_off, u_off, act, Zb, Hb, Db, b)
         batch_weight_grads(A0, lo, L, sizes, w_off, b_off, u_off, Hb, Db, g)
-        if G_in.shape[0] > 0:
-            _cut_gradient(params, w_off, sizes, lo, _block(Db, b, u_off[lo], u_off[lo + 1]),
-                          G_in)
+        _batch_cut_gradient(params, w_off, sizes, u_off, lo, Db, b, G_in)
         return -1
-    if not accumulate:
-        for j in range(g.shape[0]):
-            g[j] = 0
+    _clear_unless(g, accumulate)
     zs, hs, ds = workspace(u_off, params)
     lo_out = u_off[L - 1]
     for s in range(b):

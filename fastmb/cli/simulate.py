@@ -169,19 +169,9 @@ def _convert(name, value):
                 out[k.strip()] = _scalar(v.strip())
             return out
         if name in ("rates", "rate_mix"):
-            items = value if isinstance(value, list) else (
-                [value] if not isinstance(value, str) else
-                [v.strip() for v in value.split(",") if v.strip()])
-            if not items:
-                raise ValueError("expected one or more numbers")
-            return [_real(v) for v in items]
+            return [_real(v) for v in _items(value, "numbers")]
         if name == "hidden":
-            items = value if isinstance(value, list) else (
-                [value] if not isinstance(value, str) else
-                [v.strip() for v in value.split(",") if v.strip()])
-            if not items:
-                raise ValueError("expected one or more layer widths")
-            return [_integer(v) for v in items]
+            return [_integer(v) for v in _items(value, "layer widths")]
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ValueError("expected true or false")
@@ -200,6 +190,16 @@ def _convert(name, value):
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: {exc}" if "expected" in str(exc) else
                           f"{name}: cannot read {value!r} as {type(default).__name__}") from None
+
+
+def _items(value, what):
+    """A list setting's items: a TOML list, one value, or a flag's comma-separated text."""
+    items = value if isinstance(value, list) else (
+        [value] if not isinstance(value, str) else
+        [v.strip() for v in value.split(",") if v.strip()])
+    if not items:
+        raise ValueError(f"expected one or more {what}")
+    return items
 
 
 def _integer(value):
