@@ -602,11 +602,7 @@ def _run_split(cfg, folder, t0, echo):
     """``--split-at C``: the default job as SplitFed rounds (the clients hold layers
     ``[0, C)``), after the same job as FedAvg rounds, with the bytes each sends and the
     pipeline's timeline of one client's epoch."""
-    if cfg["scheduler"] or cfg["workers"]:
-        raise ConfigError("split_at runs in this process; drop scheduler and workers")
-    if cfg["model"] != "mlp" or not cfg["hidden"]:
-        raise ConfigError("split_at needs model mlp with at least one hidden layer")
-    data, part, sim = build(cfg)
+    data, part, sim = _sliced_build(cfg, "split_at")
     model = sim.model
     try:
         cut = check_cut(model, cfg["split_at"], "split_at")
@@ -662,6 +658,15 @@ def _run_split(cfg, folder, t0, echo):
     return 0
 
 
+def _sliced_build(cfg, setting):
+    """:func:`build` for the slicing runs, which need an MLP and run in this process."""
+    if cfg["scheduler"] or cfg["workers"]:
+        raise ConfigError(f"{setting} runs in this process; drop scheduler and workers")
+    if cfg["model"] != "mlp" or not cfg["hidden"]:
+        raise ConfigError(f"{setting} needs model mlp with at least one hidden layer")
+    return build(cfg)
+
+
 def _client_layout(part, data):
     """The clients with rows, their rows laid out contiguously: ``(keep, X, y, offsets)``."""
     sizes = np.diff(part.offsets)
@@ -675,11 +680,7 @@ def _run_width(cfg, folder, t0, echo):
     each round its sampled clients train their sub-models (HeteroFL, or FedRolex's window
     with ``--rolling``) and the server averages each parameter over its holders. Beside it,
     FedAvg trains the full model on the same rounds' full-width clients only."""
-    if cfg["scheduler"] or cfg["workers"]:
-        raise ConfigError("rates runs in this process; drop scheduler and workers")
-    if cfg["model"] != "mlp" or not cfg["hidden"]:
-        raise ConfigError("rates needs model mlp with at least one hidden layer")
-    data, part, sim = build(cfg)
+    data, part, sim = _sliced_build(cfg, "rates")
     model = sim.model
     p0 = sim.params
     keep, X, y, offsets = _client_layout(part, data)
