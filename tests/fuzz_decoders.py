@@ -490,8 +490,60 @@ def fuzz_npy():
     mutated()
 
 
+def fuzz_compact():
+    """Compact model files (``fastmb.slicing.CompactModel``): every truncation and bit flip
+    (the checksum refuses them), then hypothesis edits with the checksum recomputed, so that
+    the header and array checks themselves face hostile values. A file that loads must run
+    its inference."""
+    import zlib
+
+    from fastmb.slicing import CompactModel, prune
+
+    model = fastmb.MLP([5, 6, 4, 3])
+    p = prune(model, model.init(seed=3), 0.5)
+    X = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    goods = [CompactModel.from_params(model, p, f).to_bytes()
+             for f in ("csr", "int8", "csr+fp16")]
+    goods.append(CompactModel.from_params(model, p, "csr+int8", start=1).to_bytes())
+
+    def check(data):
+        cm = _guard(lambda: CompactModel.from_bytes(data))
+        if cm is not None:
+            A = X if cm.start == 0 else np.ones((4, model.sizes[cm.start]), np.float32)
+            _guard(lambda: cm.decision_function(A))
+
+    def resealed(data):
+        body = data[:-4]
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    for valid in goods[:2]:
+        _every_truncation_and_flip(valid, check)
+
+    @RUNS
+    @given(st.sampled_from(goods), _bytes_mutations())
+    def mutated(valid, edits):
+        check(resealed(_apply(valid, edits) + b"\0\0\0\0"))
+
+    @RUNS
+    @given(st.sampled_from(goods), st.sampled_from(["sizes", "start", "stop", "nnz", "format",
+                                                    "loss", "activation", "huber_delta"]),
+           st.one_of(st.integers(-2**40, 2**40), st.text(max_size=5),
+                     st.lists(st.integers(-5, 70), max_size=5), st.none(), st.floats()))
+    def header(valid, key, value):
+        hlen = struct.unpack_from("<I", valid, 10)[0]
+        h = json.loads(valid[14:14 + hlen])
+        h[key] = value
+        head = json.dumps(h).encode()
+        body = valid[:10] + struct.pack("<I", len(head)) + head + valid[14 + hlen:-4]
+        check(body + struct.pack("<I", zlib.crc32(body)))
+
+    mutated()
+    header()
+
+
 TARGETS = {"sparse": fuzz_sparse, "quantized": fuzz_quantized, "checkpoints": fuzz_checkpoints,
-           "states": fuzz_states, "csr": fuzz_csr, "npy": fuzz_npy}
+           "states": fuzz_states, "csr": fuzz_csr, "npy": fuzz_npy,
+           "compact": fuzz_compact}
 
 if __name__ == "__main__":
     TARGETS[sys.argv[1]]()

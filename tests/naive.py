@@ -182,6 +182,30 @@ def width_mean(P, params, updates, positions, weights):
     return out
 
 
+def compact_decode(W, fmt):
+    """The weights a compact format stores for ``W``, decoded the obvious way: int8 codes
+    round(W / s) with s = max |row| / 127 per input unit, half floats, or W itself."""
+    W = np.asarray(W, np.float32)
+    if fmt.endswith("int8"):
+        s = np.abs(W).max(axis=1, keepdims=True) / np.float32(127.0)
+        q = np.clip(np.rint(W / np.where(s > 0, s, 1)), -127, 127)
+        return (q * s).astype(np.float64)
+    if fmt.endswith("fp16"):
+        return W.astype(np.float16).astype(np.float64)
+    return W.astype(np.float64)
+
+
+def compact_forward(model, params, x, fmt, start, stop):
+    """One row through layers [start, stop) with the weights ``compact_decode`` gives."""
+    a = np.asarray(x, np.float64)
+    L = model.n_layers
+    for l in range(start, stop):
+        W, b = model.layers(np.asarray(params, np.float32))[l]
+        z = a @ compact_decode(W, fmt) + (0.0 if b is None else b.astype(np.float64))
+        a = activation(z, model.activation) if l < L - 1 else z
+    return a
+
+
 def _label(y, i):
     return y[i]
 

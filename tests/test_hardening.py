@@ -507,7 +507,8 @@ def test_labels_never_silently_become_regression(tmp_path):
 # ---------------------------------------------------------------- fuzzing and the sweep
 
 
-@pytest.mark.parametrize("target", ["sparse", "quantized", "checkpoints", "states", "csr", "npy"])
+@pytest.mark.parametrize("target", ["sparse", "quantized", "checkpoints", "states", "csr", "npy",
+                                    "compact"])
 def test_decoders_fuzzed_in_a_subprocess(target):
     res = _python(["-W", "error::RuntimeWarning", "-m", "tests.fuzz_decoders", target],
                   timeout=900)

@@ -543,3 +543,106 @@ def test_simulate_rates(tmp_path, capsys):
         capsys.readouterr()
         assert main([*args, "--out", str(tmp_path / "bad"), *flags]) != 0
         assert match in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- compact models
+
+FORMATS = ["f32", "csr", "int8", "csr+int8", "fp16", "csr+fp16"]
+
+
+def test_prune_layer_and_global():
+    from fastmb.slicing import prune
+
+    model = DEEP
+    p, _, _ = make_data(model, 5)
+    q = prune(model, p, 0.6)
+    for (W, b), (W0, b0) in zip(model.layers(q), model.layers(p)):
+        assert np.mean(W == 0) == pytest.approx(np.floor(0.6 * W.size) / W.size)
+        kept = W != 0
+        assert np.abs(W0[~kept]).max() <= np.abs(W0[kept]).min()
+        np.testing.assert_array_equal(b, b0)
+    g = prune(model, p, 0.5, scope="global")
+    weights = np.concatenate([W.ravel() for W, _ in model.layers(g)])
+    assert np.mean(weights == 0) == pytest.approx(np.floor(0.5 * weights.size) / weights.size)
+    assert np.array_equal(prune(model, p, 0.0), p)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="sparsity"):
+            prune(model, p, bad)
+    with pytest.raises(ValueError, match="scope"):
+        prune(model, p, 0.5, scope="row")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", ["deep", "linear-softmax", "mlp-relu-huber"])
+def test_compact_inference_against_naive(fmt, name):
+    from fastmb.slicing import CompactModel, prune
+
+    model = DEEP if name == "deep" else MODEL_CASES[name]()
+    p, X, _ = make_data(model, 40, dtype=np.float32)
+    q = prune(model, p, 0.5)
+    L = model.n_layers
+    for start, stop in [(0, L)] + ([(0, 2), (2, L)] if L > 2 else []):
+        cm = CompactModel.from_params(model, q, fmt, start=start, stop=stop)
+        A = X if start == 0 else forward(model, q, X, 0, start)
+        out = cm.decision_function(A)
+        ref = np.array([naive.compact_forward(model, q, r, fmt, start, stop) for r in A])
+        np.testing.assert_allclose(out, ref.reshape(out.shape), rtol=1e-5, atol=1e-5)
+        back = CompactModel.from_bytes(cm.to_bytes())
+        np.testing.assert_array_equal(back.decision_function(A), out)
+        assert back.to_bytes() == cm.to_bytes()
+    if fmt in ("f32", "csr"):  # exact weights: the model's own predictions
+        cm = CompactModel.from_params(model, q, fmt)
+        np.testing.assert_array_equal(cm.predict(X), fastmb.predict(model, q, X))
+
+
+def test_compact_sizes_shrink_and_save_load(tmp_path):
+    from fastmb.slicing import CompactModel, prune
+
+    model = fastmb.MLP([64, 128, 10])
+    q = prune(model, model.init(seed=0), 0.9)
+    sizes = {f: CompactModel.from_params(model, q, f).nbytes for f in FORMATS}
+    assert sizes["csr+int8"] < sizes["csr+fp16"] < sizes["csr"] < sizes["f32"]
+    assert sizes["int8"] < sizes["fp16"] < sizes["f32"]
+    cm = CompactModel.from_params(model, q, "csr+int8")
+    cm.save(tmp_path / "m.fmbc")
+    assert CompactModel.load(tmp_path / "m.fmbc").to_bytes() == cm.to_bytes()
+    assert "csr+int8" in repr(cm)
+
+
+def test_compact_file_refuses_truncation_and_flips():
+    from fastmb.slicing import CompactModel
+
+    model = fastmb.MLP([3, 4, 2])
+    data = CompactModel.from_params(model, model.init(seed=1), "csr+int8").to_bytes()
+    for n in range(len(data)):
+        with pytest.raises(ValueError):
+            CompactModel.from_bytes(data[:n])
+    for i in range(len(data)):
+        for bit in (0, 3, 7):
+            b = bytearray(data)
+            b[i] ^= 1 << bit
+            with pytest.raises(ValueError):
+                CompactModel.from_bytes(bytes(b))
+    with pytest.raises(TypeError):
+        CompactModel.from_bytes(3)
+
+
+def test_compact_bad_input():
+    from fastmb.slicing import CompactModel
+
+    model = DEEP
+    p, X, _ = make_data(model, 5)
+    with pytest.raises(ValueError, match="format"):
+        CompactModel.from_params(model, p, "int4")
+    cm = CompactModel.from_params(model, p, "csr", start=0, stop=2)
+    with pytest.raises(ValueError, match="last layer"):
+        cm.predict(X)
+    with pytest.raises(ValueError, match=r"\(n, 5\)"):
+        cm.decision_function(np.ones((2, 3)))
+    big = p.copy()
+    big[0] = 1e6
+    with pytest.raises(ValueError, match="half"):
+        CompactModel.from_params(model, big, "fp16")
+    X[1, 0] = np.nan
+    with pytest.raises(ValueError, match="row 1"):
+        CompactModel.from_params(model, p, "f32").decision_function(X)
