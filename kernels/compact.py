@@ -8,8 +8,7 @@ times ``scales[i]`` for input unit i) or ``f16`` (the uint16 bits of IEEE half f
 empty ``indptr`` means every entry is stored, row-major. The unused value arrays are
 empty, so every format runs one compiled kernel.
 
-Row r's outputs start from the bias and add ``A[r, i] * W[i, :]`` input unit by input unit
-(skipping zero inputs: a ReLU layer's zeros cost nothing), in float32.
+Sums run in float32, input unit by input unit, from the bias.
 """
 
 import math
@@ -24,34 +23,34 @@ from .gradients import ROW_WORK_MIN_SIZE, ROWS_PER_TASK
 KIND_F32, KIND_I8, KIND_F16 = 0, 1, 2
 
 
-@jit(inline="always")
-def half_to_float(h):
-    """The float32 value of the IEEE half float whose bits are ``h`` (0..65535)."""
-    s = (h >> 15) & 1
-    e = (h >> 10) & 0x1F
-    m = h & 0x3FF
-    if e == 0:
-        v = np.float32(m) * np.float32(2.0 ** -24)
-    elif e == 31:
-        v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
-    else:
-        v = np.float32(1.0 + m / 1024.0) * np.float32(2.0 ** (e - 15))
-    return -v if s else v
+def half_table():
+    """The float32 value of every IEEE half float, indexed by its 16 bits (256 KiB): a half
+    weight decodes with one table read."""
+    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16) \
+        .astype(np.float32)
 
 
 @jit(inline="always")
-def _stored(kind, f32, i8, f16, e, scale):
+def _stored(kind, f32, i8, f16, table, e, scale):
     if kind == KIND_I8:
         return np.float32(i8[e]) * scale
     if kind == KIND_F16:
-        return half_to_float(np.int32(f16[e]))
+        return table[f16[e]]
     return f32[e]
 
 
 @jit(parallel=True, min_size=ROW_WORK_MIN_SIZE)
-def compact_layer(A, indptr, indices, kind, f32, i8, f16, scales, bias, act, hidden, out):
+def compact_layer(A, indptr, indices, kind, f32, i8, f16, table, scales, bias, act, hidden,
+                  out):
     """``out = act(A @ W + b)`` (``act`` only when ``hidden``), ``W`` in its compact form;
-    returns the first row whose outputs are not finite, or -1."""
+    returns the first row whose outputs are not finite, or -1.
+
+    A task takes ``ROWS_PER_TASK`` rows at once, transposed: for each stored weight
+    ``W[i, j]`` one contiguous loop adds ``W[i, j] * A[rows, i]`` to output unit j of all
+    the task's rows. That loop vectorizes whatever the sparsity pattern (a row at a time,
+    a sparse layer would scatter one product per weight), and a weight is decoded once
+    per task, not once per row.
+    """
     n = A.shape[0]
     nin = A.shape[1]
     nout = out.shape[1]
@@ -60,30 +59,43 @@ def compact_layer(A, indptr, indices, kind, f32, i8, f16, scales, bias, act, hid
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     bad = np.empty(n_tasks, np.int64)
     for t in prange(n_tasks):
-        first_bad = -1
-        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            z = out[r]
-            for j in range(nout):
-                z[j] = bias[j] if has_b else 0.0
+        r0 = t * ROWS_PER_TASK
+        m = min(n, r0 + ROWS_PER_TASK) - r0
+        AT = np.empty((nin, m), np.float32)
+        for r in range(m):
             for i in range(nin):
-                x = A[r, i]
-                if x == 0:
-                    continue
-                s = scales[i] if kind == KIND_I8 else np.float32(1.0)
-                if dense:
-                    base = i * nout
-                    for j in range(nout):
-                        z[j] += x * _stored(kind, f32, i8, f16, base + j, s)
-                else:
-                    for e in range(indptr[i], indptr[i + 1]):
-                        z[indices[e]] += x * _stored(kind, f32, i8, f16, e, s)
+                AT[i, r] = A[r0 + r, i]
+        ZT = np.empty((nout, m), np.float32)
+        for j in range(nout):
+            b = bias[j] if has_b else np.float32(0.0)
+            for r in range(m):
+                ZT[j, r] = b
+        for i in range(nin):
+            a = AT[i]
+            s = scales[i] if kind == KIND_I8 else np.float32(1.0)
+            if dense:
+                for j in range(nout):
+                    w = _stored(kind, f32, i8, f16, table, i * nout + j, s)
+                    z = ZT[j]
+                    for r in range(m):
+                        z[r] += w * a[r]
+            else:
+                for e in range(indptr[i], indptr[i + 1]):
+                    w = _stored(kind, f32, i8, f16, table, e, s)
+                    z = ZT[indices[e]]
+                    for r in range(m):
+                        z[r] += w * a[r]
+        first_bad = -1
+        for r in range(m):
             ok = True
             for j in range(nout):
+                v = ZT[j, r]
                 if hidden:
-                    z[j] = _activate(z[j], act)
-                ok = ok and math.isfinite(z[j])
+                    v = _activate(v, act)
+                out[r0 + r, j] = v
+                ok = ok and math.isfinite(v)
             if not ok and first_bad < 0:
-                first_bad = r
+                first_bad = r0 + r
         bad[t] = first_bad
     for t in range(n_tasks):
         if bad[t] >= 0:

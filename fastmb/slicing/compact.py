@@ -145,8 +145,8 @@ class CompactModel:
         for l, lay in zip(range(self.start, self.stop), self.layers):
             out = np.empty((A.shape[0], self.model.sizes[l + 1]), np.float32)
             row = KC.compact_layer(A, lay["indptr"], lay["indices"], lay["kind"], lay["f32"],
-                                   lay["i8"], lay["f16"], lay["scales"], lay["bias"], act,
-                                   l < L - 1, out)
+                                   lay["i8"], lay["f16"], _table(), lay["scales"],
+                                   lay["bias"], act, l < L - 1, out)
             if row >= 0:
                 raise ValueError(f"row {row}: a NaN or Inf in the input, or outputs beyond "
                                  "float32")
@@ -233,6 +233,16 @@ class CompactModel:
         """Read a model file written by :meth:`save`."""
         with open(path, "rb") as fh:
             return cls.from_bytes(fh.read())
+
+
+_TABLE = []
+
+
+def _table():
+    """The half-float decoding table, built on first use."""
+    if not _TABLE:
+        _TABLE.append(KC.half_table())
+    return _TABLE[0]
 
 
 def _encode(W, b, sparse, kind):
