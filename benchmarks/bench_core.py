@@ -289,3 +289,23 @@ class HeteroRound:
 
     def time_round(self, impl):
         self.call()
+
+
+class CompactPredict:
+    """Inference on a compact model (90% pruned, CSR with int8 codes) beside the dense
+    float32 model's ``fastmb.predict``."""
+
+    params = [["compact", "dense"]]
+    param_names = ["impl"]
+
+    def setup(self, impl):
+        from fastmb.slicing import CompactModel, prune
+
+        model, p, X, _ = B.mlp_data(sizes=(256, 256, 256, 10), batch=8192)
+        q = prune(model, p, 0.9)
+        cm = CompactModel.from_params(model, q, "csr+int8")
+        self.call = _prepared(lambda: cm.predict(X)) if impl == "compact" else \
+            _peer(B.dense_predict, model, q, X, cm)
+
+    def time_predict(self, impl):
+        self.call()

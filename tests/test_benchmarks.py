@@ -205,3 +205,15 @@ def test_bench_hetero_round_and_its_peer(benchmark):
     np.testing.assert_allclose(hetero_round(model, p, X, y, off, np.ones(4))(),
                                homogeneous_round(model, p, X, y, off, np.ones(4))(),
                                rtol=1e-6, atol=1e-7)
+
+
+def test_bench_compact_predict_and_its_peer(benchmark):
+    # Compact inference's peer is the dense model: f32 CSR keeps its predictions exactly.
+    from fastmb.cli.bench import dense_predict, mlp_data
+    from fastmb.slicing import CompactModel, prune
+
+    model, p, X, _ = mlp_data(sizes=(16, 12, 4), batch=100)
+    q = prune(model, p, 0.5)
+    cm = CompactModel.from_params(model, q, "csr")
+    got = benchmark(cm.predict, X)
+    np.testing.assert_array_equal(got, dense_predict(model, q, X, cm)())

@@ -35,7 +35,14 @@ import fastmb
 
 from ..adapters.torch import from_torch
 from ..kernels.roofline import triad
-from ..slicing import WidthMean, split_sgd, splitfed, train_width_clients
+from ..slicing import (
+    CompactModel,
+    WidthMean,
+    prune,
+    split_sgd,
+    splitfed,
+    train_width_clients,
+)
 
 # ----------------------------------------------------------------------------- timing
 
@@ -387,6 +394,11 @@ def homogeneous_round(model, params, X, y, offsets, rates):
     return fedavg_round(model, params, X, y, offsets, 1)
 
 
+def dense_predict(model, params, X, cm):
+    """The peer of compact inference: ``fastmb.predict`` on the dense float32 model."""
+    return lambda: fastmb.predict(model, params, X)
+
+
 def numpy_fedavg(U, w):
     """``(w @ U) / w.sum()``: one BLAS matrix-vector product."""
     w32, total = w.astype(np.float32), w.sum()
@@ -656,6 +668,7 @@ PEERS = {
     "split_epoch": [("fastmb.sgd, unsplit", unsplit_sgd_epoch)],
     "splitfed_round": [("train_clients + fedavg", fedavg_round)],
     "hetero_round": [("every client at width 1", homogeneous_round)],
+    "compact_predict": [("fastmb.predict, dense f32", dense_predict)],
     "flower_message": [("Flower FedAvg.aggregate_train", flower_message_fedavg)],
     "flower_legacy": [("Flower FedAvg.aggregate_fit", flower_legacy_fedavg)],
     "dp_step": [("fastmb non-private step", fastmb_plain_step),
@@ -830,6 +843,13 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
     rows += _rows("width-sliced round (HeteroFL)", "20 clients, rates 1/.5/.25 as 1:2:2",
                   hetero_round(model, p, X, y, offsets, rates), "hetero_round",
                   (model, p, X, y, offsets, rates), max(1, repeat // 3), None, bw, echo)
+    # Compact inference: 90% pruned, CSR with int8 codes, against the dense model
+    model, p, X, _ = mlp_data(sizes=(256, 256, 256, 10), batch=sz(8192))
+    q = prune(model, p, 0.9)
+    cm = CompactModel.from_params(model, q, "csr+int8")
+    rows += _rows("compact inference, csr+int8", f"256-256-256-10 90% pruned n={len(X):,}",
+                  lambda: cm.predict(X), "compact_predict", (model, q, X, cm), repeat,
+                  cm.nbytes + X.nbytes, bw, echo)
 
     extra = {"bandwidth_GBps": bw / 1e9, "gemm_GFLOPs": peak / 1e9,
              "gemm64_GFLOPs": peak64 / 1e9}
