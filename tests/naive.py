@@ -206,6 +206,24 @@ def compact_forward(model, params, x, fmt, start, stop):
     return a
 
 
+def async_split_sgd(model, params, X, y, cut, *, epochs, batch_size, lr):
+    """Split learning with the client one step stale, plain SGD, rows in order: the client's
+    layers compute each mini-batch with the weights they had before their last update,
+    and the gradient from them updates the current ones; the server is always current."""
+    p = np.array(params, np.float64)
+    c = sum(W.size + (b.size if b is not None else 0) for W, b in model.layers(p)[:cut])
+    stale = p[:c].copy()
+    n = len(X)
+    for _ in range(epochs):
+        for lo in range(0, n, batch_size):
+            rows = range(lo, min(n, lo + batch_size))
+            used = np.concatenate([stale, p[c:]])   # the weights this step computes with
+            g = sum(sample_grad(model, used, X[r], _label(y, r))[1] for r in rows)
+            stale = p[:c].copy()                    # the next step's client weights
+            p = p - lr * g / len(rows)
+    return p
+
+
 def _label(y, i):
     return y[i]
 

@@ -646,3 +646,23 @@ def test_compact_bad_input():
     X[1, 0] = np.nan
     with pytest.raises(ValueError, match="row 1"):
         CompactModel.from_params(model, p, "f32").decision_function(X)
+
+
+def test_asynchronous_split_learning_against_naive():
+    """One step stale on the client: against the naive reference that keeps the client's
+    previous weights explicitly; its first step is synchronous, later ones are not."""
+    model = DEEP
+    p, X, y = make_data(model, 30)
+    for cut, batch in [(1, 4), (2, 10), (3, 16)]:
+        res = split_sgd(model, p, X, y, cut, epochs=2, batch_size=batch, lr=0.1,
+                        shuffle=False, asynchronous=True)
+        ref = naive.async_split_sgd(model, p, X, y, cut, epochs=2, batch_size=batch, lr=0.1)
+        np.testing.assert_allclose(res.params, ref, rtol=1e-10, atol=1e-12)
+        sync = split_sgd(model, p, X, y, cut, epochs=2, batch_size=batch, lr=0.1,
+                         shuffle=False)
+        assert not np.array_equal(res.params, sync.params)
+    one = split_sgd(model, p, X, y, 2, epochs=1, batch_size=30, lr=0.1, asynchronous=True)
+    np.testing.assert_array_equal(one.params, split_sgd(model, p, X, y, 2, epochs=1,
+                                                        batch_size=30, lr=0.1).params)
+    with pytest.raises(TypeError, match="asynchronous"):
+        split_sgd(model, p, X, y, 2, asynchronous="yes")

@@ -109,6 +109,10 @@ class Party:
         self.state = np.zeros(options.state_size(n), self.params.dtype)
         self.grad = np.zeros(n, self.params.dtype)
         self._scratch = np.zeros(n, self.params.dtype)
+        # the weights the kernels compute with: the current ones, or with ``stale`` the ones
+        # before the last update (asynchronous split learning, one step stale)
+        self.stale = False
+        self.weights = self.params
         self.seconds = {"forward": 0.0, "backward": 0.0}
         self.calls = {"forward": 0, "backward": 0}
         self.first_call = {}   # the first call of each kind: it may include compiling
@@ -167,7 +171,7 @@ class Party:
         # (split_sgd's own calls: X in the kernels' form, rows its own, checked once)
         t0 = time.perf_counter()
         out = np.empty((rows.shape[0], self.model.sizes[self.stop]), self.params.dtype)
-        bad = KS.step_forward(self.params, self.spec, X, rows, self.start, self.stop,
+        bad = KS.step_forward(self.weights, self.spec, X, rows, self.start, self.stop,
                               self.batched, out)
         self._timed("forward", t0)
         if bad >= 0:
@@ -197,7 +201,7 @@ class Party:
     def _backward(self, X, rows, G_out, first):
         t0 = time.perf_counter()
         G_in = self._g_in(rows.shape[0])
-        bad = KS.step_backward(self.params, self.spec, X, rows, self.start, self.stop,
+        bad = KS.step_backward(self.weights, self.spec, X, rows, self.start, self.stop,
                                self.batched, G_out, self._target(first), G_in, not first)
         self._gathered(first)
         self._timed("backward", t0)
@@ -220,7 +224,7 @@ class Party:
         labels = np.arange(rows.shape[0])
         t0 = time.perf_counter()
         G_in = self._g_in(rows.shape[0])
-        bad = KS.step_top(self.params, self.spec, X, rows, labels, yc, yr, self.start,
+        bad = KS.step_top(self.weights, self.spec, X, rows, labels, yc, yr, self.start,
                           self.batched, self._target(first), G_in, not first)
         self._gathered(first)
         self._timed("backward", t0)
@@ -234,6 +238,8 @@ class Party:
         total: the training kernels' own update."""
         r = self.record
         lr_t = KT.lr_at(r.lr_schedule, r.lr, r.power_t, t, total)
+        if self.stale:
+            self.weights = self.params.copy()   # the next step computes with these
         KT.apply_update(self.params, self.grad, self.state, self.params0, 0,
                         self.params.shape[0], self.start, self.stop, self.spec.sizes,
                         self.spec.w_off, 1.0 / b, lr_t, t, r)
@@ -250,7 +256,7 @@ def split_sgd(model, params, X, y, cut, *, top=None, epochs=1, batch_size=32, lr
               momentum=0.0, weight_decay=0.0, prox_mu=0.0, shuffle=True, seed=0,
               schedule="constant", power_t=0.5, optimizer="sgd", betas=(0.9, 0.999), eps=1e-8,
               nesterov=False, l2=0.0, microbatches=1, pipeline="gpipe", bandwidth=None,
-              latency=0.0):
+              latency=0.0, asynchronous=False):
     """Split learning of ``model`` on one client's data: :func:`fastmb.sgd`, with the layers
     cut between a client and a server that exchange :class:`CutMessage` arrays.
 
@@ -278,6 +284,12 @@ power_t, optimizer, betas, eps, nesterov, l2
         values do not depend on it: each party adds its micro-batches' gradients in order).
     bandwidth, latency : optional
         The link the report's transfers cross (bytes per second, seconds).
+    asynchronous : bool, default False
+        The client does not wait for the gradient of its last mini-batch before it sends
+        the next one: its layers compute each mini-batch with the weights from before its
+        last update (one step stale), and the update computed from them is applied to its
+        current weights (delayed-gradient SGD). The server's layers are never stale. The
+        results then differ from ``fastmb.sgd``'s, as they must.
 
     Returns
     -------
@@ -326,6 +338,9 @@ power_t, optimizer, betas, eps, nesterov, l2
                Party(model, b.params, c, L if top is None else top, options)]
     if top is not None:
         parties.append(Party(model, b.params, top, L, options))
+    if not isinstance(asynchronous, (bool, np.bool_)):
+        raise TypeError(f"asynchronous must be a bool, got {type(asynchronous).__name__}")
+    parties[0].stale = bool(asynchronous)
     keys = np.empty(1, np.uint64)
     KT.client_keys(np.uint64(options.seed), np.zeros(1, np.int64), keys)
     traffic = {"up": 0, "down": 0, "messages": 0}
