@@ -666,3 +666,22 @@ def test_asynchronous_split_learning_against_naive():
                                                         batch_size=30, lr=0.1).params)
     with pytest.raises(TypeError, match="asynchronous"):
         split_sgd(model, p, X, y, 2, asynchronous="yes")
+
+
+def test_prune_finetune_keeps_the_mask_and_recovers():
+    from fastmb.slicing import prune, prune_finetune
+
+    data = fastmb.data.digits()
+    model = fastmb.MLP([64, 32, 10])
+    p = fastmb.sgd(model, model.init(seed=0), data.X, data.y, epochs=10, lr=0.05,
+                   momentum=0.9)
+    pruned = prune(model, p, 0.9)
+    tuned = prune_finetune(model, p, data.X, data.y, 0.9, epochs=3, lr=0.05, momentum=0.9)
+    np.testing.assert_array_equal(tuned == 0, (pruned == 0) & (tuned == 0))
+    for (W, _), (Wp, _) in zip(model.layers(tuned), model.layers(pruned)):
+        np.testing.assert_array_equal(W == 0, Wp == 0)
+
+    def acc(q):
+        return fastmb.evaluate(model, q, data.X_test, data.y_test)["accuracy"]
+
+    assert acc(tuned) > acc(pruned) + 0.05

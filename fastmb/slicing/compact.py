@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import _validation as V
 from ..kernels import compact as KC
+from ..learn.training import sgd
 from ..models import MLP, Linear
 from .depth import check_range
 
@@ -76,6 +77,39 @@ def prune(model, params, sparsity, *, scope="layer"):
             order = np.argsort(np.abs(p[idx]), kind="stable")
             p[idx[order[:k]]] = 0
     return p
+
+
+def prune_finetune(model, params, X, y, sparsity, *, epochs=5, scope="layer", seed=0,
+                   **options):
+    """Prune to ``sparsity`` and retrain under the mask: each epoch is :func:`fastmb.sgd`
+    (``options``: its options), after which the pruned weights are set to zero again; the
+    result holds exactly the pruned model's zeros.
+
+    The mask is re-applied after every epoch, not every step: within an epoch the pruned
+    weights move, and each projection discards that movement (iterative magnitude pruning
+    with one fine-tuning epoch between projections).
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> from fastmb.slicing import prune_finetune
+    >>> X, y = fastmb.data.digits()[:2]
+    >>> m = fastmb.MLP([64, 64, 10]); p = fastmb.sgd(m, m.init(), X, y, epochs=5, lr=0.05)
+    >>> q = prune_finetune(m, p, X, y, 0.9, epochs=3, lr=0.05)
+    >>> round(float(np.mean(m.layers(q)[0][0] == 0)), 3)
+    0.9
+    """
+    q = prune(model, params, sparsity, scope=scope)
+    mask = q != 0
+    lay = model.layout
+    for l in range(model.n_layers):   # biases are never pruned, even when zero
+        if lay.b_off[l] >= 0:
+            mask[lay.b_off[l]:lay.b_off[l] + model.sizes[l + 1]] = True
+    epochs = V.check_number("epochs", epochs, low=0, integer=True)
+    for e in range(epochs):
+        q = sgd(model, q, X, y, epochs=1, seed=seed + e, **options)
+        q[~mask] = 0
+    return q
 
 
 def _fmt(fmt):
