@@ -248,10 +248,11 @@ class SplitEpoch:
 
 
 class SplitFedRound:
-    """One SplitFed V1 round of 20 clients (cut after the first layer) beside the same
-    clients' ``train_clients`` and FedAvg (which V1 equals bit for bit)."""
+    """One SplitFed V1 round of 20 clients (cut after the first layer), in one kernel call
+    and as parties exchanging messages, beside the same clients' ``train_clients`` and
+    FedAvg (which V1 equals bit for bit)."""
 
-    params = [["splitfed", "fedavg"]]
+    params = [["splitfed", "splitfed-parties", "fedavg"]]
     param_names = ["impl"]
 
     def setup(self, impl):
@@ -261,9 +262,10 @@ class SplitFedRound:
 
         model, p, X, y = B.mlp_data(sizes=(64, 64, 64, 10), batch=8192)
         off = np.linspace(0, len(X), 21).astype(np.int64)
-        if impl == "splitfed":
+        if impl.startswith("splitfed"):
+            engine = "parties" if impl.endswith("parties") else "kernel"
             self.call = _prepared(lambda: splitfed(model, p, X, y, off, 1, batch_size=32,
-                                                   lr=0.05))
+                                                   lr=0.05, engine=engine))
         else:
             self.call = _prepared(B.fedavg_round(model, p, X, y, off, 1))
 

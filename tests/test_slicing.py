@@ -338,11 +338,16 @@ def test_splitfed_v1_is_fedavg_of_train_clients(opts):
     off = [0, 20, 45, 70, 90]
     for cut, clients in [(1, None), (2, [3, 0, 2]), (3, [1])]:
         res = fastmb.slicing.splitfed(model, p, X, y, off, cut, clients=clients, lr=0.05,
-                                      seed=7, **opts)
+                                      seed=7, engine="parties", **opts)
         ids = np.arange(4) if clients is None else np.array(clients)
         U = fastmb.train_clients(model, p, X, y, off, clients=ids, lr=0.05, seed=7, **opts)
         rows = np.diff(off)[ids]
         np.testing.assert_array_equal(res.params, fastmb.fedavg(U, weights=rows))
+        fast = fastmb.slicing.splitfed(model, p, X, y, off, cut, clients=clients, lr=0.05,
+                                       seed=7, **opts)
+        np.testing.assert_array_equal(fast.params, res.params)
+        assert (fast.bytes_up, fast.bytes_down, fast.messages) == (
+            res.bytes_up, res.bytes_down, res.messages)
 
 
 def test_splitfed_v2_trains_one_server_block_in_sequence():
@@ -380,6 +385,8 @@ def test_splitfed_bad_input():
         fastmb.slicing.splitfed(model, p, X, y, [0, 10, 20], 1, clients=[2])
     with pytest.raises(ValueError, match="cut"):
         fastmb.slicing.splitfed(model, p, X, y, [0, 10, 20], 0)
+    with pytest.raises(ValueError, match="engine"):
+        fastmb.slicing.splitfed(model, p, X, y, [0, 10, 20], 1, engine="gpu")
 
 
 # --------------------------------------------------------------------------- command line

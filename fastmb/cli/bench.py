@@ -835,10 +835,13 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
                   lambda: split_sgd(model, p, X, y, 1, batch_size=32, lr=0.05), "split_epoch",
                   (model, p, X, y, 1), max(1, repeat // 3), None, bw, echo)
     offsets = np.linspace(0, len(X), 21).astype(np.int64)
-    rows += _rows("SplitFed V1 round, cut 1", f"20 clients, n={len(X):,} batch 32",
-                  lambda: splitfed(model, p, X, y, offsets, 1, batch_size=32, lr=0.05),
-                  "splitfed_round", (model, p, X, y, offsets, 1), max(1, repeat // 3), None,
-                  bw, echo)
+    for engine in ("kernel", "parties"):
+        rows += _rows(f"SplitFed V1 round, cut 1 ({engine})",
+                      f"20 clients, n={len(X):,} batch 32",
+                      lambda e=engine: splitfed(model, p, X, y, offsets, 1, batch_size=32,
+                                                lr=0.05, engine=e),
+                      "splitfed_round", (model, p, X, y, offsets, 1), max(1, repeat // 3),
+                      None, bw, echo)
     rates = np.resize([1.0, 0.5, 0.5, 0.25, 0.25], 20)
     rows += _rows("width-sliced round (HeteroFL)", "20 clients, rates 1/.5/.25 as 1:2:2",
                   hetero_round(model, p, X, y, offsets, rates), "hetero_round",

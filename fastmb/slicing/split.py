@@ -32,6 +32,7 @@ from ..kernels import training as KT
 from ..kernels._input import SparseRows
 from ..learn.gradients import Batch
 from ..learn.options import TrainOptions
+from ..learn.training import train_clients
 from ..models import Layout
 from .depth import check_cut, param_range
 from .pipeline import SCHEDULES, Timeline, timeline
@@ -451,7 +452,7 @@ class SplitFedResult(NamedTuple):
 def splitfed(model, params, X, y, client_offsets, cut, *, version=1, clients=None, epochs=1,
              batch_size=32, lr=0.01, momentum=0.0, weight_decay=0.0, prox_mu=0.0, shuffle=True,
              seed=0, schedule="constant", power_t=0.5, optimizer="sgd", betas=(0.9, 0.999),
-             eps=1e-8, nesterov=False, l2=0.0):
+             eps=1e-8, nesterov=False, l2=0.0, engine="kernel"):
     """One round of SplitFed (Thapa et al. 2022): many clients' split learning, then FedAvg.
 
     Client k owns rows ``client_offsets[k]:client_offsets[k + 1]`` (as in
@@ -514,6 +515,28 @@ power_t, optimizer, betas, eps, nesterov, l2
     L = model.n_layers
     traffic = {"up": 0, "down": 0, "messages": 0}
     p_cut = param_range(model, 0, c)[1]
+    rows = (off[ids + 1] - off[ids]).astype(np.float64)
+    blk = p_cut * b.params.itemsize
+    if engine not in ("kernel", "parties"):
+        raise ValueError(f"engine must be 'kernel' or 'parties', got {engine!r}")
+    if version == 1 and engine == "kernel":
+        U = train_clients(model, b.params, X, y, off, clients=ids, epochs=epochs,
+                          batch_size=options.batch_size, lr=options.lr,
+                          momentum=options.momentum, weight_decay=options.weight_decay,
+                          prox_mu=options.prox_mu, shuffle=options.shuffle, seed=options.seed,
+                          schedule=options.schedule, power_t=options.power_t,
+                          optimizer=options.optimizer, betas=options.betas, eps=options.eps,
+                          nesterov=options.nesterov, l2=options.l2)
+        # what the cut carried: each epoch, every row's activations (and label) up and its
+        # gradient down, two messages a mini-batch; the client blocks up and back once
+        item = b.params.itemsize
+        label = (b.yc if b.yc.shape[0] else b.yr)
+        label_bytes = label.itemsize * (label.shape[1] if label.ndim == 2 else 1)
+        n_rows = int(rows.sum())
+        batches = int(sum(-(-int(n) // options.batch_size) for n in rows))
+        up = epochs * n_rows * (model.sizes[c] * item + label_bytes) + len(ids) * blk
+        down = epochs * n_rows * model.sizes[c] * item + len(ids) * blk
+        return SplitFedResult(fedavg(U, weights=rows), up, down, 2 * epochs * batches)
     bottoms, tops = [], []
     server = Party(model, b.params, c, L, options)
     for k, key in zip(ids, keys):
@@ -524,11 +547,9 @@ power_t, optimizer, betas, eps, nesterov, l2
                epochs, 1, c, None, traffic)
         bottoms.append(client.params)
         tops.append(server.params.copy())
-    rows = (off[ids + 1] - off[ids]).astype(np.float64)
     bottom = fedavg(np.stack(bottoms), weights=rows)
     top = fedavg(np.stack(tops), weights=rows) if version == 1 else tops[-1]
     # the clients' blocks go up for averaging and the average comes back
-    blk = p_cut * b.params.itemsize
     traffic["up"] += len(ids) * blk
     traffic["down"] += len(ids) * blk
     return SplitFedResult(np.concatenate([bottom, top]), traffic["up"], traffic["down"],
