@@ -86,7 +86,6 @@ def slice_backward(params, A, G, lo, hi, spec, per_sample, G_in, out):
     dbase = u_off[hi - 1]
     k = sizes[hi]
     nin = sizes[lo]
-    nout = sizes[lo + 1]
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     bad = np.empty(n_tasks, np.int64)
     for t in prange(n_tasks):
@@ -113,17 +112,10 @@ def slice_backward(params, A, G, lo, hi, spec, per_sample, G_in, out):
                     o[j] = g[p0 + j]
                     ok = ok and math.isfinite(g[p0 + j])
             if G_in.shape[0] > 0:
-                # delta_lo's dot products with the rows of W_lo: backward_range's order
-                W = params[w_off[lo]:w_off[lo] + nin * nout]
-                dl = ds[u_off[lo]:u_off[lo] + nout]
                 gi = G_in[r]
+                _row_cut_gradient(params, w_off, sizes, u_off, lo, ds, gi)
                 for i in range(nin):
-                    row = W[i * nout:(i + 1) * nout]
-                    s = row[0] * dl[0]
-                    for j in range(1, nout):
-                        s += row[j] * dl[j]
-                    gi[i] = s
-                    ok = ok and math.isfinite(s)
+                    ok = ok and math.isfinite(gi[i])
             if not ok and first_bad < 0:
                 first_bad = r
         if not per_sample:
@@ -213,6 +205,8 @@ def _clear_unless(g, accumulate):
 
 @jit
 def _row_cut_gradient(params, w_off, sizes, u_off, lo, ds, gi):
+    """One row's gradient at the input of layer ``lo``: delta_lo's dot products with the
+    rows of W_lo, in ``backward_range``'s order (before the activation's derivative)."""
     nin = sizes[lo]
     nout = sizes[lo + 1]
     W = params[w_off[lo]:w_off[lo] + nin * nout]

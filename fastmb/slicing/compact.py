@@ -159,10 +159,7 @@ class CompactModel:
         start, stop = check_range(model, start, stop)
         p = V.as_params(model, params).astype(np.float32)
         sparse, kind = _fmt(fmt)
-        layers = []
-        for l in range(start, stop):
-            W, b = model.layers(p)[l]
-            layers.append(_encode(W, b, sparse, kind))
+        layers = [_encode(W, b, sparse, kind) for W, b in model.layers(p)[start:stop]]
         return cls(model, start, stop, fmt, layers)
 
     # -- inference ------------------------------------------------------------------

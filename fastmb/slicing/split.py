@@ -530,8 +530,7 @@ power_t, optimizer, betas, eps, nesterov, l2
         # what the cut carried: each epoch, every row's activations (and label) up and its
         # gradient down, two messages a mini-batch; the client blocks up and back once
         item = b.params.itemsize
-        label = (b.yc if b.yc.shape[0] else b.yr)
-        label_bytes = label.itemsize * (label.shape[1] if label.ndim == 2 else 1)
+        label_bytes = _labels(b, np.zeros(1, np.int64)).nbytes   # one row's label
         n_rows = int(rows.sum())
         batches = int(sum(-(-int(n) // options.batch_size) for n in rows))
         up = epochs * n_rows * (model.sizes[c] * item + label_bytes) + len(ids) * blk
