@@ -7,9 +7,9 @@ shape ``(n_in, n_out)``) followed by ``b_l`` (``n_out``) when the model has bias
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
+
+from .kernels._layout import Layout
 
 LOSSES = {"squared": 0, "huber": 1, "logistic": 2, "hinge": 3, "softmax": 4}
 ACTIVATIONS = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
@@ -28,25 +28,6 @@ def _check_int(name, value, minimum=1):
     if value > MAX_UNITS:
         raise ValueError(f"{name} must be <= {MAX_UNITS}, got {value}")
     return int(value)
-
-
-class Layout(NamedTuple):
-    """A model as the kernels see it: the flat parameter layout and the codes of its functions.
-
-    ``sizes`` (L+1,) units per layer (features first, outputs last); ``w_off`` (L,) offset of
-    each layer's weights (row-major ``(n_in, n_out)``); ``b_off`` (L,) offset of each bias,
-    -1 without one; ``u_off`` (L+1,) offset of each layer's units in a sample's workspace;
-    ``act`` and ``loss`` the codes of :data:`ACTIVATIONS` and :data:`LOSSES`; ``hdelta`` the
-    Huber threshold. The kernels unpack it (``kernels/_model.py``); it is one argument.
-    """
-
-    sizes: np.ndarray
-    w_off: np.ndarray
-    b_off: np.ndarray
-    u_off: np.ndarray
-    act: np.int64
-    loss: np.int64
-    hdelta: np.float64
 
 
 class _Model:

@@ -28,6 +28,7 @@ from numba import prange
 from ._input import block_like, block_set, input_row, n_rows
 from ._jit import jit
 from ._layers import _block, batch_backward, batch_forward, batch_weight_grads
+from ._layout import Layout
 from ._model import (
     MODE_ADD,
     MODE_WRITE,
@@ -40,6 +41,7 @@ from ._model import (
 from ._rng import hash2
 from ._rng import shuffle as shuffle_inplace
 from .gradients import ROW_WORK_MIN_SIZE, ROWS_PER_TASK, first_flagged
+from .training import PATH_BATCHED, PATH_DP, PATH_LINEAR1, PATH_SAMPLE, _sgd_clients
 
 
 @jit(parallel=True, min_size=ROW_WORK_MIN_SIZE)
@@ -350,3 +352,99 @@ def epoch_order(n, key, e, shuffle, perm):
         perm[j] = j
     if shuffle:
         shuffle_inplace(perm, hash2(key, e))
+
+
+@jit(inline="always")
+def _width_clients(path, P0, p0_off, X, yc, yr, sw, stack, rate_of, idx, starts, ends, keys,
+                   epochs, max_steps, e_lo, e_hi, opts, out, out_off, V, v_off, bad, order,
+                   o_lo, o_hi):
+    """``_sgd_clients`` for clients of different widths in one call: client ``k`` trains
+    the sub-model ``rate_of[k]`` = r, whose layout is row r of the arrays of ``stack`` =
+    ``(sizes, w_off, b_off, u_off, act, loss, hdelta)`` (a :class:`Layout` whose arrays
+    have a row per sub-model; the activation, loss and Huber threshold are the full
+    model's) from ``P0[p0_off[r]:p0_off[r + 1]]`` into ``out[out_off[k]:out_off[k + 1]]``,
+    its optimizer state in ``V[v_off[k]:v_off[k + 1]]`` (empty: none carried).
+
+    Each client is the training kernel's own loop for one client (``_sgd_clients`` with a
+    one-client order), its layout built here as the same :class:`Layout` record Python
+    passes, so it runs the linked helpers ``train_clients`` runs on that sub-model and gets
+    its bits: a client trains the same values in a call of one width or of many.
+    """
+    # (the stacked layout is one argument: a call of 30 or more arguments compiles to a
+    # call with *args, which Numba cannot inline)
+    sizes, w_off, b_off, u_off, act, loss, hdelta = stack
+    one = np.zeros(1, np.int64)
+    for i in range(o_lo, o_hi):
+        k = order[i]
+        r = rate_of[k]
+        spec = Layout(sizes[r], w_off[r], b_off[r], u_off[r], act, loss, hdelta)
+        P = p0_off[r + 1] - p0_off[r]
+        n_state = v_off[k + 1] - v_off[k]
+        _sgd_clients(path, P0[p0_off[r]:p0_off[r + 1]], X, yc, yr, sw, spec, idx,
+                     starts[k:k + 1], ends[k:k + 1], keys[k:k + 1], epochs[k:k + 1],
+                     max_steps[k:k + 1], e_lo, e_hi, opts,
+                     out[out_off[k]:out_off[k + 1]].reshape((1, P)),
+                     V[v_off[k]:v_off[k + 1]].reshape((1, n_state)), bad[k:k + 1], one,
+                     0, 1)
+
+
+@jit
+def width_sample(P0, p0_off, X, yc, yr, sw, stack, rate_of, idx, starts, ends, keys, epochs,
+                 max_steps, e_lo, e_hi, opts, out, out_off, V, v_off, bad, order, o_lo, o_hi):
+    """``_width_clients``, each mini-batch's gradient summed sample by sample."""
+    _width_clients(PATH_SAMPLE, P0, p0_off, X, yc, yr, sw, stack, rate_of, idx, starts, ends, keys,
+                   epochs, max_steps, e_lo, e_hi, opts, out, out_off, V, v_off, bad, order,
+                   o_lo, o_hi)
+
+
+@jit
+def width_linear1(P0, p0_off, X, yc, yr, sw, stack, rate_of, idx, starts, ends, keys, epochs,
+                  max_steps, e_lo, e_hi, opts, out, out_off, V, v_off, bad, order, o_lo, o_hi):
+    """``_width_clients`` for a one-layer, one-output model (every width is the model)."""
+    _width_clients(PATH_LINEAR1, P0, p0_off, X, yc, yr, sw, stack, rate_of, idx, starts, ends,
+                   keys, epochs, max_steps, e_lo, e_hi, opts, out, out_off, V, v_off, bad,
+                   order, o_lo, o_hi)
+
+
+@jit
+def width_batched(P0, p0_off, X, yc, yr, sw, stack, rate_of, idx, starts, ends, keys, epochs,
+                  max_steps, e_lo, e_hi, opts, out, out_off, V, v_off, bad, order, o_lo, o_hi):
+    """``_width_clients``, each mini-batch's gradient from matrix products."""
+    _width_clients(PATH_BATCHED, P0, p0_off, X, yc, yr, sw, stack, rate_of, idx, starts, ends,
+                   keys, epochs, max_steps, e_lo, e_hi, opts, out, out_off, V, v_off, bad,
+                   order, o_lo, o_hi)
+
+
+@jit
+def width_dp(P0, p0_off, X, yc, yr, sw, stack, rate_of, idx, starts, ends, keys, epochs,
+             max_steps, e_lo, e_hi, opts, out, out_off, V, v_off, bad, order, o_lo, o_hi):
+    """``_width_clients`` for DP-SGD: clipped per-sample gradients, plus noise."""
+    _width_clients(PATH_DP, P0, p0_off, X, yc, yr, sw, stack, rate_of, idx, starts, ends, keys,
+                   epochs, max_steps, e_lo, e_hi, opts, out, out_off, V, v_off, bad, order,
+                   o_lo, o_hi)
+
+
+#: The width kernel of each path, indexed by ``training.PATH_*``.
+WIDTH = (width_sample, width_linear1, width_batched, width_dp)
+
+
+@jit
+def width_scatter(sums, weights, U, u_off, maps, m_off, which, w):
+    """Add clients' sub-model updates into the full model's running sums: client ``i``'s
+    update ``U[u_off[i]:u_off[i + 1]]`` through its index map ``maps[m_off[s]:m_off[s +
+    1]]`` (``s = which[i]``, one map per distinct slice), weighted by ``w[i]``:
+    ``sums[map[j]] += w[i] * U[j]``, ``weights[map[j]] += w[i]``.
+
+    float64 sums (``sums``, ``weights``), clients added in order, so a parameter's sum is
+    the same whatever the other clients hold. Serial: a slice's positions are distinct but
+    two clients' overlap, so threads would race on the shared entries; at a round's size
+    (20 clients of a few thousand parameters) the whole scatter takes about 0.1 ms.
+    """
+    for i in range(which.shape[0]):
+        s = which[i]
+        m = maps[m_off[s]:m_off[s + 1]]
+        u = U[u_off[i]:u_off[i + 1]]
+        wi = w[i]
+        for j in range(m.shape[0]):
+            sums[m[j]] += wi * np.float64(u[j])
+            weights[m[j]] += wi

@@ -492,6 +492,45 @@ def test_heterogeneous_round_against_naive():
         np.testing.assert_allclose(agg.result(p), want, rtol=1e-13, atol=1e-14)
         held = agg.held()
         np.testing.assert_array_equal(agg.result(p)[~held], p[~held])
+        at_once = WidthMean(model)
+        at_once.add_all(out, [20, 20, 25])
+        np.testing.assert_array_equal(at_once.result(p), agg.result(p))
+        assert at_once.count == agg.count == 3
+
+
+@pytest.mark.parametrize("opts", [
+    dict(batch_size=4, lr=0.05, momentum=0.9, epochs=[2, 1, 3]),           # sample by sample
+    dict(batch_size=8, lr=0.01, optimizer="adam", schedule="cosine", epochs=3),
+    dict(batch_size=8, lr=0.05, clip_norm=1.0, noise_multiplier=0.5, max_steps=[2, -1, 5]),
+    dict(batch_size=8, lr=0.05, weight_decay=1e-3, prox_mu=0.1, shuffle=False),
+])
+def test_width_clients_one_call_equal_per_client(opts, monkeypatch):
+    """Clients of three widths in one kernel call train each client's sub-model bit for bit
+    as ``train_clients`` does alone: every path (per sample, batched, DP-SGD), rows given by
+    a permutation, sample weights, per-client epochs and step limits, and a training cut
+    into chunks of epochs (the optimizer state carried between calls)."""
+    from fastmb.learn import training as T
+    from fastmb.slicing import train_width_clients
+
+    model = fastmb.MLP([5, 8, 6, 3])
+    p, X, y = make_data(model, 90)
+    rng = np.random.default_rng(4)
+    rows = rng.permutation(90)
+    sw = rng.uniform(0.5, 2.0, 90)
+    off = [0, 20, 35, 60, 90]
+    rates = [0.25, 1.0, 0.5, 0.5]
+    clients = [1, 3, 0]
+    for chunk in (T.CHUNK_WORK, 2000):   # 2000: a few epochs per call
+        monkeypatch.setattr(T, "CHUNK_WORK", chunk)
+        w = None if "clip_norm" in opts else sw   # (DP-SGD takes no sample weights)
+        out = train_width_clients(model, p, X, y, off, rates, rows=rows, clients=clients,
+                                  sample_weight=w, seed=7, **opts)
+        for i, ((u, sl), k) in enumerate(zip(out, clients)):
+            assert sl.rate == rates[k]
+            one = {key: (v[i] if isinstance(v, list) else v) for key, v in opts.items()}
+            ref = fastmb.train_clients(sl.model, p[sl.index], X, y, off, rows=rows,
+                                       clients=[k], sample_weight=w, seed=7, **one)[0]
+            np.testing.assert_array_equal(u, ref)
 
 
 def test_width_bad_input():
@@ -507,6 +546,14 @@ def test_width_bad_input():
         train_width_clients(model, p, X, y, [0, 10, 20], [1.0])
     with pytest.raises(ValueError, match="rates"):
         train_width_clients(model, p, X, y, [0, 10, 20], [1.0, 2.0])
+    with pytest.raises(ValueError, match="clients"):
+        train_width_clients(model, p, X, y, [0, 10, 20], [1.0, 0.5], clients=[2])
+    with pytest.raises(TypeError, match="device"):
+        train_width_clients(model, p, X, y, [0, 10, 20], [1.0, 0.5], device="cuda")
+    Xn = X.copy()
+    Xn[13, 0] = np.nan
+    with pytest.raises(ValueError, match="row 13"):
+        train_width_clients(model, p, Xn, y, [0, 10, 20], [1.0, 0.5])
     agg = WidthMean(model)
     sl = width_slice(model, 0.5)
     with pytest.raises(ValueError, match="parameters"):
@@ -524,6 +571,16 @@ def test_width_bad_input():
         agg.add(np.ones(3), (1, 2))
     with pytest.raises(ValueError, match="NaN"):
         agg.add(np.full(sl.model.n_params, np.nan), sl)
+    good = (np.ones(sl.model.n_params), sl)
+    with pytest.raises(ValueError, match="weights"):
+        agg.add_all([good, good], [1.0])
+    with pytest.raises(ValueError, match="weights"):
+        agg.add_all([good], [-1.0])
+    with pytest.raises(TypeError, match=r"updates\[1\]"):
+        agg.add_all([good, np.ones(3)], [1.0, 1.0])
+    with pytest.raises(ValueError, match=r"updates\[1\] must have"):   # nothing added
+        agg.add_all([good, (np.ones(2), sl)], [1.0, 1.0])
+    assert agg.count == 0 and not agg.held().any()
 
 
 def test_simulate_rates(tmp_path, capsys):

@@ -382,9 +382,8 @@ def hetero_round(model, params, X, y, offsets, rates):
 
     def run():
         agg = WidthMean(model)
-        for (u, sl), wk in zip(train_width_clients(model, params, X, y, offsets, rates,
-                                                   batch_size=32, lr=0.05), w):
-            agg.add(u, sl, weight=wk)
+        agg.add_all(train_width_clients(model, params, X, y, offsets, rates, batch_size=32,
+                                        lr=0.05), w)
         return agg.result(params)
     return run
 

@@ -703,10 +703,9 @@ def _run_width(cfg, folder, t0, echo):
         ids = np.sort(rng.choice(K, n_round, replace=False))
         shift = r if cfg["rolling"] else 0
         agg = WidthMean(model)
-        for (u, sl), k in zip(train_width_clients(model, hetero, X, y, offsets, client_rate,
-                                                  shift=shift, clients=ids, seed=cfg["seed"] + r,
-                                                  **opts), ids):
-            agg.add(u, sl, weight=float(rows[k]))
+        agg.add_all(train_width_clients(model, hetero, X, y, offsets, client_rate, shift=shift,
+                                        clients=ids, seed=cfg["seed"] + r, **opts),
+                    rows[ids])
         hetero = agg.result(hetero)
         strong = ids[client_rate[ids] == 1.0]
         if strong.size:

@@ -22,11 +22,15 @@ import itertools
 import math
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from .. import _validation as V
+from ..kernels import slicing as KS
+from ..kernels import training as K_
 from ..learn import gradients as G
-from ..learn.training import train_clients
+from ..learn import training as T
+from ..learn.options import TrainOptions
 from ..models import MLP
 
 
@@ -124,7 +128,9 @@ def check_slice(model, sl, name="slice"):
     V.check_model(sl.model)
     idx = V.as_index_array(f"{name}.index", sl.index, high=model.n_params,
                            length=sl.model.n_params)
-    if np.unique(idx).shape[0] != idx.shape[0]:
+    marks = np.zeros(model.n_params, np.bool_)   # (a marking pass: np.unique sorts)
+    marks[idx] = True
+    if np.count_nonzero(marks) != idx.shape[0]:
         raise ValueError(f"{name}.index repeats positions: it does not map a sub-model of "
                          "this model")
     if sl.model.sizes[0] != model.sizes[0] or sl.model.sizes[-1] != model.sizes[-1]:
@@ -181,17 +187,46 @@ class WidthMean:
 
     def add(self, update, sl, weight=1.0):
         """Add one client's sub-model parameters ``update`` (its slice ``sl``)."""
-        idx = check_slice(self.model, sl)
-        u = V._as_numeric("update", update)
-        if u.shape != (idx.shape[0],):
-            raise ValueError(f"update must have the slice's {idx.shape[0]} parameters, got "
-                             f"shape {u.shape}")
-        if not np.isfinite(u).all():
-            raise ValueError("update contains NaN or Inf")
-        w = V.check_number("weight", weight, low=0)
-        self._sum[idx] += w * u.astype(np.float64)
-        self._weight[idx] += w
-        self.count += 1
+        self.add_all([(update, sl)], [weight])
+
+    def add_all(self, updates, weights):
+        """Add clients' ``(update, slice)`` pairs (as :func:`train_width_clients` returns
+        them) with their ``weights``, in one kernel call (``kernels/slicing.py``); the same
+        sums as adding them one by one. Each distinct slice is checked once, and nothing is
+        added unless every update is valid."""
+        pairs = list(updates)
+        w = V._as_numeric("weights", weights).astype(np.float64, copy=False).ravel()
+        if w.shape[0] != len(pairs):
+            raise ValueError(f"weights must have one weight per update ({len(pairs)}), got "
+                             f"{w.shape[0]}")
+        for k, wk in enumerate(w.tolist()):
+            V.check_number(f"weights[{k}]", wk, low=0)
+        maps, which, seen, parts = [], [], {}, []
+        for k, pair in enumerate(pairs):
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise TypeError(f"updates[{k}] must be an (update, WidthSlice) pair")
+            u, sl = pair
+            key = id(sl)
+            if key not in seen:
+                seen[key] = len(maps)
+                maps.append(check_slice(self.model, sl, "slice" if len(pairs) == 1
+                                        else f"updates[{k}]'s slice"))
+            s = seen[key]
+            name = "update" if len(pairs) == 1 else f"updates[{k}]"
+            u = V._as_numeric(name, u)
+            if u.shape != (maps[s].shape[0],):
+                raise ValueError(f"{name} must have the slice's {maps[s].shape[0]} parameters, "
+                                 f"got shape {u.shape}")
+            if not np.isfinite(u).all():
+                raise ValueError(f"{name} contains NaN or Inf")
+            which.append(s)
+            parts.append(u)
+        if not pairs:
+            return
+        KS.width_scatter(self._sum, self._weight, np.concatenate(parts, dtype=np.float64),
+                         _offsets([p.shape[0] for p in parts]), np.concatenate(maps),
+                         _offsets([m.shape[0] for m in maps]), np.array(which, np.int64), w)
+        self.count += len(pairs)
 
     def held(self):
         """Boolean mask of the parameters some client added."""
@@ -206,28 +241,35 @@ class WidthMean:
         return V.finite_result(out, "the width mean")
 
 
-def train_width_clients(model, params, X, y, client_offsets, rates, *, shift=0, clients=None,
-                        **options):
-    """Local training of clients at different widths, from the global ``params``.
+def train_width_clients(model, params, X, y, client_offsets, rates, *, shift=0, rows=None,
+                        clients=None, epochs=1, max_steps=None, sample_weight=None, **options):
+    """Local training of clients at different widths, from the global ``params``, in one
+    kernel call.
 
     Client k trains the sub-model ``width_slice(model, rates[k], shift=shift)`` on its rows
-    (as :func:`fastmb.train_clients`; each client shuffles with its own stream). The
-    clients of one rate train in one kernel call (their sub-model is one model); the
-    rates' calls run one after the other.
+    as :func:`fastmb.train_clients` trains it (each client shuffles with its own stream),
+    and gets the same bits: ``train_clients(sl.model, params[sl.index], ...,
+    clients=[k])``. All clients, whatever their widths, train in one call of the width
+    kernel (``kernels/slicing.py``): the threads take clients of every width from one
+    queue, largest work first, so the small devices' clients fill the time the large
+    ones take.
 
     Parameters
     ----------
-    model, params, X, y, client_offsets, clients, **options
+    model, params, X, y, client_offsets, rows, clients, epochs, max_steps, sample_weight
         As in :func:`fastmb.train_clients`.
     rates : sequence of float (n_clients,)
         Each client's width rate in (0, 1].
     shift : int
         The window's start (FedRolex: the round number), as in :func:`width_slice`.
+    **options
+        The training options of :func:`fastmb.train_clients` (``batch_size``, ``lr``,
+        ``momentum``, ``optimizer``, ...); the CPU only.
 
     Returns
     -------
     list of (sub-model parameters, WidthSlice), one per trained client, in ``clients``
-    order.
+    order. The parameter arrays are views of one buffer.
 
     Examples
     --------
@@ -246,22 +288,80 @@ def train_width_clients(model, params, X, y, client_offsets, rates, *, shift=0, 
     True
     """
     V.check_model(model)
-    p = V.as_params(model, params)
-    off = V.as_offsets("client_offsets", client_offsets, V.n_samples(X), "rows of X")
-    K = off.shape[0] - 1
+    opts = TrainOptions(**options)
+    b, plan = T.plan_training(model, params, X, y, client_offsets, rows, opts, sample_weight)
+    n_clients = plan.offsets.shape[0] - 1
+    ids, ep, steps = T._selection(n_clients, clients, epochs, max_steps)
+    T.check_steps(plan.offsets, ids, ep, opts.batch_size)
     r = V._as_numeric("rates", rates)
-    if r.shape != (K,):
-        raise ValueError(f"rates must have one rate per client ({K}), got shape {r.shape}")
-    rates = [check_rate(v, f"rates[{k}]") for k, v in enumerate(r.tolist())]
-    ids = np.arange(K) if clients is None else V.as_index_array("clients", clients, high=K)
-    out = [None] * ids.shape[0]
-    for rate in sorted({rates[k] for k in ids}, reverse=True):
-        pos = np.flatnonzero(np.array([rates[k] == rate for k in ids]))
-        sl = width_slice(model, rate, shift=shift)
-        U = train_clients(sl.model, p[sl.index], X, y, off, clients=ids[pos], **options)
-        for i, row in zip(pos, U):
-            out[i] = (row, sl)
-    return out
+    if r.shape != (n_clients,):
+        raise ValueError(f"rates must have one rate per client ({n_clients}), got shape "
+                         f"{r.shape}")
+    all_rates = [check_rate(v, f"rates[{k}]") for k, v in enumerate(r.tolist())]
+    chosen = [all_rates[k] for k in ids.tolist()]
+    distinct = sorted(set(chosen), reverse=True)
+    subs = [width_slice(model, rate, shift=shift) for rate in distinct]
+    position = {rate: i for i, rate in enumerate(distinct)}
+    rate_of = np.array([position[rate] for rate in chosen], np.int64)
+    out, out_off, bad = _run_width(plan, b.params, subs, rate_of, ids, ep, steps)
+    plan.raise_bad(bad)
+    result = []
+    for i in range(ids.shape[0]):
+        u = out[out_off[i]:out_off[i + 1]]
+        if not np.isfinite(u).all():
+            raise ValueError(f"training diverged: the parameters of client {int(ids[i])} "
+                             f"overflowed {u.dtype}; lower lr or scale the inputs")
+        result.append((u, subs[rate_of[i]]))
+    return result
+
+
+def _offsets(counts):
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def _run_width(plan, params, subs, rate_of, ids, epochs, max_steps):
+    """``TrainPlan.run`` for sub-models: client i trains ``subs[rate_of[i]]`` from its part
+    of ``params``; returns the flat ``out`` (client i at ``out[out_off[i]:out_off[i + 1]]``),
+    ``out_off`` and ``bad``. The same chunks of work and thread tasks as ``TrainPlan.run``,
+    each client's work counted with its own number of parameters."""
+    K = ids.shape[0]
+    n_params = np.array([s.model.n_params for s in subs], np.int64)
+    p0_off = _offsets(n_params)
+    P0 = np.ascontiguousarray(np.concatenate([params[s.index] for s in subs]))
+    Pk = n_params[rate_of]
+    out_off = _offsets(Pk)
+    out = np.empty(out_off[-1], params.dtype)
+    bad = np.full(K, -1, np.int64)
+    lays = [s.model.layout for s in subs]
+    # the sub-models' layouts stacked, a row each (same depth, activation and loss)
+    stack = lays[0]._replace(**{f: np.stack([getattr(lay, f) for lay in lays])
+                                for f in ("sizes", "w_off", "b_off", "u_off")})
+    starts = plan.offsets[ids]
+    ends = plan.offsets[ids + 1]
+    keys = np.empty(K, np.uint64)
+    K_.client_keys(plan.seed, ids, keys)
+    kernel = KS.WIDTH[plan.record.path]
+    per_param = plan.options.state_size(1)   # optimizer state per parameter: 0, 1 or 2
+    mom, v_off = None, None
+    for g0, g1, e_lo, e_hi in plan.chunks(ends - starts, epochs, max_steps, Pk):
+        if e_lo == 0:
+            split = e_hi < epochs[g0:g1].max()
+            v_off = _offsets(Pk[g0:g1] * (per_param if split else 0))
+            mom = np.empty(v_off[-1], params.dtype)
+        work = ((ends[g0:g1] - starts[g0:g1]) * (np.minimum(epochs[g0:g1], e_hi) - e_lo)
+                * (Pk[g0:g1] + 64.0))
+        order, bounds, task_work = T._tasks(work)
+        group = (P0, p0_off, plan.X, plan.yc, plan.yr, plan.sw, stack, rate_of[g0:g1],
+                 plan.idx, starts[g0:g1], ends[g0:g1], keys[g0:g1], epochs[g0:g1],
+                 max_steps[g0:g1], e_lo, e_hi,
+                 plan.record, out[out_off[g0]:out_off[g1]], out_off[g0:g1 + 1] - out_off[g0],
+                 mom, v_off, bad[g0:g1], order)
+
+        def task(t, group=group, bounds=bounds):
+            kernel(*group, bounds[t], bounds[t + 1])
+
+        T.run_threads(task, task_work, numba.get_num_threads())
+    return out, out_off, bad
 
 
 def evaluate_width(model, params, X, y, rate, *, shift=0):
