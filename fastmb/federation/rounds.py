@@ -16,9 +16,11 @@ aggregates as the rule needs (:mod:`fastmb.aggregate.rules`):
 The transform phase turns each shard's trained parameters into updates (``trained -
 params``; a client whose training diverged sends NaN and is rejected), then applies the
 task's transforms in order, on the executor: the simulated attack first, then any the
-caller plugged in (a compression round trip today; secure-aggregation masks later). A
-transform is a picklable callable ``transform(updates, client_ids, round_seed)`` that
-returns the shard's updates (it may write them in place).
+caller plugged in (a compression round trip), then, with secure aggregation, the masking
+(:mod:`fastmb.secure.engine`: the shard becomes masked integer vectors, summed modulo
+``2**bits`` shard by shard, and the server unmasks the total). A transform is a picklable
+callable ``transform(updates, client_ids, round_seed)`` that returns the shard's updates
+(it may write them in place).
 
 An executor provides four primitives, the subset of Dask's client API the phases use:
 ``scatter`` (send data once), ``submit`` (run a function, maybe elsewhere), ``gather``
@@ -37,6 +39,7 @@ import numpy as np
 from ..aggregate import rules
 from ..aggregate.mean import nonfinite_rows
 from ..kernels import aggregation as KA
+from ..secure.engine import masked_sum, merge_masked
 
 ATTACKS = ("nan", "scale", "sign_flip")
 
@@ -75,6 +78,9 @@ class RoundTask:
     weights: np.ndarray
     shard_size: int
     transforms: tuple = ()
+    #: A :class:`fastmb.secure.engine.SecureRound` (the server's side of secure
+    #: aggregation; it stays here): the shards are then masked, summed modulo 2**bits.
+    secure: object = None
 
     def shards(self):
         """The fixed client shards of the round: ``[(lo, hi), ...]``."""
@@ -205,6 +211,11 @@ class Executor:
         and ``rejected`` are client ids. The delta is None when nothing usable came back."""
         rule = rules.get(name)
         ids = task.ids
+        if task.secure is not None:
+            parts = [self.submit(masked_sum, h) for h in shards]
+            root = tree_reduce(parts, lambda a, b: self.submit(merge_masked, a, b))
+            total, sent = self.gather([root])[0]
+            return task.secure.finish(total, sent, ids)
         if rule.needs == rules.WEIGHTED_SUM:
             parts = [self.submit(shard_sum, h, task.weights[lo:hi], ids[lo:hi])
                      for h, (lo, hi) in zip(shards, task.shards())]

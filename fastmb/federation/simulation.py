@@ -35,11 +35,13 @@ from ..aggregate.server import optimizer_options
 from ..learn.gradients import Batch, evaluate_batch
 from ..learn.options import MAX_STEPS, TrainOptions
 from ..learn.training import check_steps, plan_training
+from ..secure import SecAggConfig
+from ..secure.engine import SecureRound
 from .data import Dataset
 from .partition import Partition
 from .rounds import ATTACKS, Attack, LocalExecutor, RoundTask
 
-_ROUND_TAG, _MALICIOUS_TAG = 0x5EED_0001, 0x5EED_0002
+_ROUND_TAG, _MALICIOUS_TAG, _SECURE_TAG = 0x5EED_0001, 0x5EED_0002, 0x5EED_0003
 _CHECKPOINT_VERSION = 1
 
 
@@ -63,6 +65,12 @@ class Faults:
         ``nan``: every coordinate NaN (a broken device); ``scale``: the honest update times
         ``attack_scale``; ``sign_flip``: times ``-attack_scale``.
     attack_scale : float > 0, default 4.0
+    setup_dropout : float in [0, 1), default 0
+        With secure aggregation: probability that a sampled client drops while keys are
+        set up (after advertising its keys, before sending its shares; it does not train).
+    unmask_dropout : float in [0, 1), default 0
+        With secure aggregation: probability that a client that sent its masked update
+        does not answer the unmasking request.
     """
 
     dropout: float = 0.0
@@ -71,6 +79,8 @@ class Faults:
     malicious: float = 0.0
     attack: str = "sign_flip"
     attack_scale: float = 4.0
+    setup_dropout: float = 0.0
+    unmask_dropout: float = 0.0
 
     def __post_init__(self):
         V.check_number("dropout", self.dropout, low=0, high=1)
@@ -84,6 +94,9 @@ class Faults:
         if self.attack not in ATTACKS:
             raise ValueError(f"attack must be one of {list(ATTACKS)}, got {self.attack!r}")
         V.check_number("attack_scale", self.attack_scale, low=0, low_open=True)
+        for name in ("setup_dropout", "unmask_dropout"):
+            if not V.check_number(name, getattr(self, name), low=0, high=1) < 1:
+                raise ValueError(f"{name} must be < 1")
 
 
 class Simulation:
@@ -129,6 +142,12 @@ class Simulation:
         Applied in order to every shard's updates where they are, after the simulated attack
         (:mod:`fastmb.federation.rounds`): ``transform(updates, client_ids, round_seed)``
         returns the updates. Picklable (module-level) for a Dask executor.
+    secure : fastmb.secure.SecAggConfig, optional
+        Secure aggregation (SecAgg, SecAgg+) with the FedAvg rule: the server learns only
+        the sum of the quantized (clipped) updates; clients drop out at any stage
+        (``faults``) and the round still completes while t neighbours answer. The clients'
+        weights (example counts) must be at most ``secure.max_weight``; a round whose
+        sum could wrap around the modulus is refused here.
 
     Examples
     --------
@@ -146,7 +165,7 @@ class Simulation:
                  epochs=1, batch_size=16, lr=0.05, momentum=0.0, prox_mu=0.0, shuffle=True,
                  aggregator="fedavg", aggregator_options=None, server="none",
                  server_options=None, faults=None, seed=0, params=None, eval_every=1,
-                 shard_size=64, executor=None, transforms=()):
+                 shard_size=64, executor=None, transforms=(), secure=None):
         if isinstance(data, Dataset):
             X, y, X_test, y_test = data.X, data.y, data.X_test, data.y_test
         else:
@@ -217,6 +236,10 @@ class Simulation:
         rules.check(aggregator, self.aggregator_options, self.clients_per_round,
                     self._batch.params.dtype)
         self._attack = Attack(self.faults.attack, self.faults.attack_scale, self.malicious)
+        self.secure = self._check_secure(secure, aggregator)
+        #: ``(round, reason)`` of each secure round that failed (too few shares came back:
+        #: the round made no update and revealed nothing).
+        self.secure_failures = []
         self._params = self._batch.params.copy()
         self._opt = (None if self._optimizer is None else
                      self._optimizer(self._params, **self.server_options))
@@ -225,6 +248,42 @@ class Simulation:
         self.history = []
         self.executor = LocalExecutor() if executor is None else executor
         self.executor.prepare(self._plan)
+
+    def _check_secure(self, secure, aggregator):
+        if secure is None:
+            if self.faults.setup_dropout or self.faults.unmask_dropout:
+                raise ValueError("faults.setup_dropout and unmask_dropout need secure "
+                                 "aggregation (secure=SecAggConfig(...))")
+            return None
+        if not isinstance(secure, SecAggConfig):
+            raise TypeError(f"secure must be a fastmb.secure.SecAggConfig, got "
+                            f"{type(secure).__name__}")
+        if aggregator != "fedavg":
+            raise ValueError(f"secure aggregation sums the updates: it runs with the fedavg "
+                             f"aggregator, got {aggregator!r}")
+        biggest = int(self.partition.sizes.max())
+        if biggest > secure.max_weight:
+            raise ValueError(f"secure.max_weight is {secure.max_weight}, but a client holds "
+                             f"{biggest} examples (its FedAvg weight): raise max_weight")
+        secure.check_round(self.clients_per_round)
+        return secure
+
+    def _secure_task(self, task, sampled):
+        """Phase 1 with secure aggregation: the key stages of the sampled clients, the
+        setup and unmasking dropouts; the task then trains the clients that completed the
+        setup (and did not drop otherwise) and ends with the masking transform."""
+        rng = np.random.default_rng([self.seed, self.round, _SECURE_TAG])
+        u = rng.random((2, sampled.shape[0]))
+        setup_dropped = sampled[u[0] < self.faults.setup_dropout]
+        sr = SecureRound(self.secure, sampled, self._weights.astype(np.int64),
+                         round_id=self.round, seed=int(rng.integers(2**63)),
+                         setup_dropped=setup_dropped,
+                         unmask_dropped=sampled[u[1] < self.faults.unmask_dropout])
+        keep = np.isin(task.ids, sr.shared)
+        task = dataclasses.replace(task, ids=task.ids[keep], epochs=task.epochs[keep],
+                                   steps=task.steps[keep], weights=task.weights[keep],
+                                   transforms=(*task.transforms, sr.transform), secure=sr)
+        return task, setup_dropped
 
     # -- state ------------------------------------------------------------
     @property
@@ -257,6 +316,7 @@ class Simulation:
             "server_options": self.server_options, "faults": dataclasses.asdict(self.faults),
             "seed": self.seed, "eval_every": self.eval_every, "shard_size": self.shard_size,
             "transforms": [_describe_transform(t) for t in self.transforms],
+            "secure": None if self.secure is None else dataclasses.asdict(self.secure),
         }
 
     def save(self, path):
@@ -398,12 +458,18 @@ class Simulation:
         """
         t0 = time.perf_counter()
         task, sampled, dropped, stragglers = self._select(self.round)
+        if self.secure is not None:
+            task, setup_dropped = self._secure_task(task, sampled)
+            dropped = np.union1d(dropped, setup_dropped)
+            stragglers = stragglers[np.isin(stragglers, task.ids)]
         delta, used, rejected = None, np.empty(0, np.int64), np.empty(0, np.int64)
         ids = task.ids
         if ids.shape[0]:
             shards = self.executor.train(task)
             delta, used, rejected = self.executor.aggregate(
                 self.aggregator, self.aggregator_options, task, shards, self._rule_state)
+            if task.secure is not None and task.secure.error is not None:
+                self.secure_failures.append((self.round + 1, task.secure.error))
         self._server_step(delta)
         self.round += 1
         train_s = time.perf_counter() - t0
@@ -412,12 +478,15 @@ class Simulation:
         record.update(self.evaluate() if last else {"loss": None, "accuracy": None})
         itemsize = self._params.dtype.itemsize
         P = self.model.n_params
+        up = P * itemsize
+        if self.secure is not None:   # a masked vector: P + 1 integers of the group
+            up = (P + 1) * self.secure.quantizer.dtype.itemsize
         record.update({
             "time_s": time.perf_counter() - t0, "train_s": train_s,
             "sampled": int(sampled.shape[0]), "reported": int(ids.shape[0]),
             "used": int(used.shape[0]),
             "bytes_down": int(sampled.shape[0] * P * itemsize),
-            "bytes_up": int(ids.shape[0] * P * itemsize),
+            "bytes_up": int(ids.shape[0] * up),
             "dropped": dropped.tolist(), "stragglers": stragglers.tolist(),
             "malicious": ids[np.isin(ids, self.malicious)].tolist(),
             "rejected": rejected.tolist(),

@@ -9,7 +9,7 @@ README's "Threat model"). One round, four stages:
    ``s`` (to agree on masks), and sends the public halves. The server forwards to each
    client the keys of its neighbours: the complete graph (SecAgg) or a random k-regular
    graph (SecAgg+: clients on a ring in a random order, each joined to the k/2 nearest
-   on either side, k of order log N).
+   on either side, k of order log N: ``4 ceil(log2 N)`` by default).
 1. **Share keys.** u draws a self-mask seed ``b_u`` (32 random bytes) and splits ``b_u``
    and its private key ``s_u`` t-of-n among its neighbours (:mod:`.shamir`); the two
    shares for neighbour v travel encrypted with AES-256-GCM under a key u and v agree on
@@ -72,9 +72,12 @@ class SecAggConfig:
         integers modulo ``2**modulus_bits`` (32 or 64); weights are integers up to
         ``max_weight``.
     neighbours : int, optional
-        k, the neighbours of each client (SecAgg+). Default: the smallest even number at
-        least ``2 * ceil(log2 N)``, at most N - 1. ``complete=True`` gives every client
-        all the others (classic SecAgg).
+        k, the neighbours of each client (SecAgg+). Default ``4 * ceil(log2 N)`` (at most
+        N - 1: the complete graph up to about 20 clients). With the default threshold a
+        round then survives a fifth of each neighbourhood dropping with room to spare:
+        at ``2 * ceil(log2 N)`` and 5% dropouts at each of three stages, a simulated round
+        of 20 clients failed one time in five. ``complete=True`` gives every client all
+        the others (classic SecAgg).
     threshold : int, optional
         t, the shares that recover a secret, in ``[2, k]``. Default ``k // 2 + 1``.
     cipher : {"aes-ctr", "chacha20"}
@@ -85,7 +88,7 @@ class SecAggConfig:
     >>> from fastmb.secure import SecAggConfig
     >>> cfg = SecAggConfig(clip=0.5)
     >>> cfg.degree(100), cfg.threshold_for(100), SecAggConfig(complete=True).degree(10)
-    (14, 8, 9)
+    (28, 15, 9)
     """
 
     clip: float = 1.0
@@ -115,7 +118,7 @@ class SecAggConfig:
         """k for a round of ``n`` clients."""
         if self.complete or n <= 2:
             return max(0, n - 1)
-        k = self.neighbours if self.neighbours is not None else 2 * math.ceil(math.log2(n))
+        k = self.neighbours if self.neighbours is not None else 4 * math.ceil(math.log2(n))
         k += k % 2
         return min(k, n - 1)
 
@@ -495,6 +498,22 @@ class SecAggServer:
         return total
 
 
+def collect_unmask(clients, requests, absent=()):
+    """Stage 3 for simulated clients: ``{cid: response}`` of the clients asked
+    (``requests`` from :meth:`SecAggServer.unmask_requests`) that neither dropped
+    (``absent``) nor refused (a client refuses when the request is unsafe for it, e.g. too
+    few of its neighbours survived: it then sends nothing, as a dropped client)."""
+    out = {}
+    for c, (survivors, dropped) in requests.items():
+        if c in absent:
+            continue
+        try:
+            out[c] = clients[c].unmask(survivors, dropped)
+        except SecAggError:
+            continue
+    return out
+
+
 class RoundResult(NamedTuple):
     """A secure round's outcome: the weighted ``mean`` (float64) of the survivors' clipped
     updates, the exact integer ``total``, and who took part at each stage."""
@@ -567,9 +586,7 @@ def secure_aggregate(updates, weights=None, config=None, *, ids=None, drop=None,
         y = clients[c].masked_input(U[row[c]], int(w[row[c]]), inbox.get(c, {}),
                                     key=(seed << 32) ^ c)
         server.add_masked(c, y)
-    requests = server.unmask_requests()
-    responses = {c: clients[c].unmask(*requests[c]) for c in requests
-                 if c not in gone["unmask"]}
+    responses = collect_unmask(clients, server.unmask_requests(), gone["unmask"])
     total = server.finish(responses)
     survivors = np.array(sorted(server.sent), np.int64)
     return RoundResult(config.quantizer.dequantize(total), total, survivors,

@@ -1,0 +1,130 @@
+"""Secure aggregation in the simulation's round (``fastmb.Simulation(secure=...)``).
+
+The round's phases (:mod:`fastmb.federation.rounds`) with secure aggregation:
+
+* select: the sampled clients run the protocol's key stages (advertise, share keys) as
+  :class:`~fastmb.secure.secagg.SecAggClient` objects here, each deriving its own masks
+  (:class:`~fastmb.secure.secagg.MaskPlan`); clients that drop during setup leave now;
+* train, then transform: :class:`SecureMask`, the last transform, runs where the shard
+  trained (in this process or on a Dask worker): each client's update is quantized and
+  masked there; a client whose update is not finite sends nothing (it drops before
+  masking, and the protocol removes its pairwise masks);
+* aggregate: each shard's masked vectors are summed modulo ``2**bits`` where they are
+  (:func:`masked_sum`) and the partial sums merged in a tree (:func:`merge_masked`), the
+  exact integers whatever the order;
+* :meth:`SecureRound.finish`: the survivors answer the unmasking request (some may not),
+  the server removes the masks and dequantizes the mean update.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import secagg as S
+
+_KEY_MIX = 0x9E3779B97F4A7C15
+
+
+class MaskedShard:
+    """A shard's masked updates: ``Y`` (k, P + 1) integers, the clients' ``ids`` and
+    ``sent`` (False: the client sent nothing). Sliced by rows like an array."""
+
+    __slots__ = ("Y", "ids", "sent")
+
+    def __init__(self, Y, ids, sent):
+        self.Y, self.ids, self.sent = Y, ids, sent
+
+    def __getitem__(self, rows):
+        return MaskedShard(self.Y[rows], self.ids[rows], self.sent[rows])
+
+    def __len__(self):
+        return self.Y.shape[0]
+
+
+class SecureMask:
+    """The masking transform: ``(updates (k, P), ids, round seed)`` -> :class:`MaskedShard`.
+
+    It holds each client's :class:`~fastmb.secure.secagg.MaskPlan` (in a simulation the
+    clients' secrets travel with their training task; a real device keeps its own)."""
+
+    def __init__(self, quantizer, plans, weights):
+        self.quantizer, self.plans, self.weights = quantizer, plans, weights
+
+    def __repr__(self):
+        return f"SecureMask({self.quantizer!r}, clients={len(self.plans)})"
+
+    def __call__(self, D, ids, seed):
+        q = self.quantizer
+        Y = np.zeros((D.shape[0], D.shape[1] + 1), q.dtype)
+        sent = np.isfinite(D).all(axis=1)
+        for i, cid in enumerate(ids.tolist()):
+            if not sent[i]:
+                continue
+            key = (int(seed) ^ (cid * _KEY_MIX)) % (1 << 64)
+            q.quantize(D[i], self.weights[cid], key, out=Y[i])
+            S.mask_update(self.plans[cid], Y[i])
+        return MaskedShard(Y, np.asarray(ids, np.int64), sent)
+
+
+def masked_sum(shard):
+    """A shard's partial sum: ``(sum modulo 2**bits of the sent rows, their ids)``."""
+    Y = shard.Y[shard.sent]
+    return Y.sum(axis=0, dtype=shard.Y.dtype), shard.ids[shard.sent]
+
+
+def merge_masked(a, b):
+    """Two partial sums added (modulo ``2**bits``: the integer type wraps)."""
+    return a[0] + b[0], np.concatenate([a[1], b[1]])
+
+
+class SecureRound:
+    """The server's side of one simulated round: the key stages for the ``sampled``
+    clients (minus ``setup_dropped``, who drop before sending their shares), the masking
+    transform for the others, and :meth:`finish`.
+
+    ``unmask_dropped`` clients do not answer the unmasking request. ``weights[cid]`` is a
+    client's integer weight (its example count)."""
+
+    def __init__(self, config, sampled, weights, *, round_id, seed, setup_dropped=(),
+                 unmask_dropped=()):
+        self.config = config
+        self.server = S.SecAggServer(config, sampled, round_id, seed)
+        self.unmask_dropped = {int(c) for c in unmask_dropped}
+        setup_dropped = {int(c) for c in setup_dropped}
+        n = self.server.n
+        self.clients = {int(c): S.SecAggClient(int(c), config, round_id) for c in sampled}
+        rosters = self.server.rosters(c.advertise() for c in self.clients.values())
+        inbox = self.server.route({c: self.clients[c].share_keys(rosters[c], n)
+                                   for c in self.clients if c not in setup_dropped})
+        plans = {c: self.clients[c].receive_shares(inbox.get(c, {}))
+                 for c in sorted(self.server.shared)}
+        w = {c: int(weights[c]) for c in plans}
+        self.transform = SecureMask(config.quantizer, plans, w)
+        self.stats, self.error = {}, None
+
+    @property
+    def shared(self):
+        """The clients that completed the key stages (the ones that may train)."""
+        return np.array(sorted(self.server.shared), np.int64)
+
+    def finish(self, total, sent, ids):
+        """``(mean update float64 or None, used ids, rejected ids)`` from the round's
+        modular sum ``total`` of the masked inputs of ``sent``, of the trained ``ids``
+        (those that trained and sent nothing are rejected: their update was not finite)."""
+        sent = np.sort(np.asarray(sent, np.int64))
+        rejected = np.setdiff1d(ids, sent)
+        if sent.size == 0:
+            return None, sent, rejected
+        self.server.add_masked_sum(total, sent)
+        responses = S.collect_unmask(self.clients, self.server.unmask_requests(),
+                                     self.unmask_dropped)
+        self.stats = {"shared": len(self.server.shared), "masked": int(sent.size),
+                      "responded": len(responses), "neighbours": self.server.k,
+                      "threshold": self.server.t}
+        try:
+            exact = self.server.finish(responses)
+        except S.SecAggError as e:
+            # Too few shares: the round fails as a whole (no update), nothing revealed.
+            self.error = str(e)
+            return None, sent[:0], rejected
+        return self.config.quantizer.dequantize(exact), sent, rejected
