@@ -736,3 +736,33 @@ def csr_to_dense(X):
         for k in range(X.indptr[i], X.indptr[i + 1]):
             out[i, X.indices[k]] += float(X.data[k])
     return out
+
+
+# ---------------------------------------------------------------- secure aggregation
+
+
+def field_quantize(u, clip, bits, weight, key, modulus_bits=32):
+    """SecAgg's quantization, coordinate by coordinate in Python integers: ``w * floor((
+    clip(x) + c) * (2**bits - 1) / (2c) + xi_j)`` then ``w``, as a list of ints."""
+    levels = (1 << bits) - 1
+    scale = levels / (2.0 * clip)
+    out = []
+    for j, x in enumerate(np.asarray(u, np.float64)):
+        x = min(clip, max(-clip, float(x)))
+        q = math.floor((x + clip) * scale + _uniform53(hash2(int(key), j)))
+        assert 0 <= q <= levels
+        out.append(weight * q % (1 << modulus_bits))
+    return [*out, weight]
+
+
+def masked_input(x, self_words, pair_words, signs, modulus_bits=32):
+    """``x + self mask + sum sign * pair mask`` modulo ``2**modulus_bits``, in Python
+    integers: what a client sends in SecAgg."""
+    m = 1 << modulus_bits
+    out = [int(v) for v in x]
+    for j in range(len(out)):
+        v = out[j] + int(self_words[j])
+        for words, s in zip(pair_words, signs):
+            v += s * int(words[j])
+        out[j] = v % m
+    return out

@@ -41,8 +41,11 @@ def duplicates():
         by_floats = defaultdict(list)
         for sig in disp.signatures:
             text = str(sig)
-            # a sparse input is a type of its own: its specialization is not a duplicate
-            key = (*re.findall(r"float(?:32|64)", text), "SparseRow" in text)
+            # a sparse input is a type of its own: its specialization is not a duplicate;
+            # so are the arrays of secure aggregation's group, integers modulo 2**32 or
+            # 2**64 (uint32/uint64, as floats are float32/float64)
+            key = (*re.findall(r"float(?:32|64)", text), "SparseRow" in text,
+                   *re.findall(r"Array\(uint(?:32|64)", text))
             by_floats[key].append(text)
         dups = [sigs for sigs in by_floats.values() if len(sigs) > 1]
         if dups:
