@@ -79,3 +79,22 @@ def test_simulate_command_on_a_local_cluster(tmp_path, capsys):
     with np.load(tmp_path / "one" / "checkpoint.npz") as a, \
             np.load(tmp_path / "dask" / "checkpoint.npz") as b:
         np.testing.assert_array_equal(a["params"], b["params"])
+
+
+def test_dask_secure_aggregation_equals_single_process(executor):
+    """Secure aggregation on the cluster: the masks are added on the workers, the masked
+    shards summed there modulo 2**32, the server unmasks: the same bits as in one process
+    (the sums are exact integers, whatever the tree)."""
+    pytest.importorskip("cryptography")
+    from fastmb.secure import SecAggConfig
+
+    part = Pt.dirichlet(DATA.y, 40, alpha=0.5, seed=1)
+    cfg = SecAggConfig(clip=2.0, max_weight=int(part.sizes.max()))
+    opts = dict(fraction=0.5, epochs=1, batch_size=8, lr=0.1, seed=3, shard_size=3,
+                secure=cfg, faults=Faults(dropout=0.1, setup_dropout=0.05, unmask_dropout=0.05))
+    local = Simulation(MODEL, DATA, part, **opts)
+    dist = Simulation(MODEL, DATA, part, executor=executor, **opts)
+    h_local, h_dist = local.run(2), dist.run(2)
+    np.testing.assert_array_equal(dist.params, local.params)
+    assert [h["used"] for h in h_dist] == [h["used"] for h in h_local]
+    assert local.secure_failures == dist.secure_failures == []

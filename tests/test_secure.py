@@ -526,3 +526,31 @@ def test_simulation_secure_bad_settings():
         fastmb.Simulation(model, DATA, part, secure={"clip": 1})
     with pytest.raises(ValueError, match="need secure aggregation"):
         fastmb.Simulation(model, DATA, part, faults=fastmb.Faults(unmask_dropout=0.1))
+
+
+def test_simulate_secure(tmp_path, capsys):
+    """``fastmb simulate --secure``: secure rounds with dropout faults, reported beside plain
+    FedAvg with the same seed."""
+    import json
+
+    from fastmb.cli import main
+
+    args = ["simulate", "--data", "synthetic", "--n-samples", "600", "--n-features", "8",
+            "--n-classes", "3", "--hidden", "12", "--clients", "12", "--fraction", "0.5",
+            "--rounds", "3", "--epochs", "1", "--batch-size", "8", "--no-progress",
+            "--no-plot"]
+    out = tmp_path / "s"
+    assert main([*args, "--out", str(out), "--secure", "secagg+", "--dropout", "0.1",
+                 "--setup-dropout", "0.1", "--threshold", "3", "--seed", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "secure aggregation (secagg+): 5 neighbours, threshold 3" in text
+    assert "plain FedAvg, same seed" in text
+    s = json.loads((out / "summary.json").read_text())
+    assert s["plain_fedavg_accuracy"] is not None and s["secure_failures"] == []
+    for flags, match in [(["--secure", "rsa"], "secagg or secagg+"),
+                         (["--secure", "secagg", "--rates", "1,0.5", "--rate-mix", "1,1"],
+                          "FedAvg rounds"),
+                         (["--secure", "secagg", "--aggregator", "median"], "fedavg")]:
+        capsys.readouterr()
+        assert main([*args, "--out", str(tmp_path / "bad"), *flags]) != 0
+        assert match in capsys.readouterr().err

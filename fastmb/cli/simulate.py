@@ -35,6 +35,7 @@ from ..federation.simulation import Faults, Simulation, summary
 from ..learn.gradients import evaluate
 from ..learn.training import train_clients
 from ..models import MLP, Linear
+from ..secure import SecAggConfig
 from ..slicing import (
     WidthMean,
     check_cut,
@@ -95,6 +96,19 @@ SETTINGS = {
     "rate_mix": ([1.0], "the share of the clients at each rate, e.g. 0.2,0.3,0.5"),
     "rolling": (False, "with --rates: FedRolex's rolling window of units instead of the "
                 "first ones"),
+    "secure": (None, "secure aggregation of the FedAvg rounds: secagg (every client a neighbour "
+               "of every other) or secagg+ (each of k ~ 4 log2 N neighbours); reported beside "
+               "plain FedAvg with the same seed"),
+    "threshold": (None, "with --secure: shares that recover a client's secrets (default "
+                  "k // 2 + 1)"),
+    "neighbours": (None, "with --secure secagg+: neighbours of each client (default "
+                   "4 ceil(log2 N))"),
+    "secure_clip": (1.0, "with --secure: updates are clipped to [-C, C] before quantizing"),
+    "secure_bits": (16, "with --secure: quantization levels 2**B"),
+    "setup_dropout": (0.0, "with --secure: probability that a client drops while keys are "
+                      "set up"),
+    "unmask_dropout": (0.0, "with --secure: probability that a client does not answer the "
+                       "unmasking request"),
     "scheduler": (None, "address of a Dask scheduler (tcp://host:8786) to shard clients on"),
     "workers": (0, "start a Dask LocalCluster with this many worker processes"),
     "plot": (True, "write history.png (matplotlib)"),
@@ -176,8 +190,10 @@ def _convert(name, value):
             if not isinstance(value, bool):
                 raise ValueError("expected true or false")
             return value
-        if name in ("clients_per_round", "split_at"):
+        if name in ("clients_per_round", "split_at", "threshold", "neighbours"):
             return None if value is None else _integer(value)
+        if name == "secure":
+            return None if value in (None, "", "none") else _text(value)
         if name == "scheduler":
             if value in (None, ""):
                 return None
@@ -275,6 +291,10 @@ def settings(args):
                               f"with a positive sum, got {rates} and {mix}")
         if 1.0 not in rates:
             raise ConfigError("rates must include 1 (the full model the strong clients train)")
+    if cfg["secure"] not in (None, "secagg", "secagg+"):
+        raise ConfigError(f"secure must be secagg or secagg+, got {cfg['secure']!r}")
+    if cfg["secure"] and (cfg["split_at"] is not None or cfg["rates"] != [1.0]):
+        raise ConfigError("secure runs with FedAvg rounds, not with --split-at or --rates")
     if cfg["schedule"] not in ("gpipe", "1f1b"):
         raise ConfigError(f"schedule must be gpipe or 1f1b, got {cfg['schedule']!r}")
     return cfg
@@ -315,15 +335,35 @@ def build(cfg, executor=None):
                    seed=cfg["seed"])
     faults = Faults(dropout=cfg["dropout"], straggler=cfg["straggler"],
                     straggler_work=cfg["straggler_work"], malicious=cfg["malicious"],
-                    attack=cfg["attack"], attack_scale=cfg["attack_scale"])
+                    attack=cfg["attack"], attack_scale=cfg["attack_scale"],
+                    setup_dropout=cfg["setup_dropout"], unmask_dropout=cfg["unmask_dropout"])
     sim = Simulation(model, data, part, clients_per_round=cfg["clients_per_round"],
                      fraction=cfg["fraction"], epochs=cfg["epochs"],
                      batch_size=cfg["batch_size"], lr=cfg["lr"], momentum=cfg["momentum"],
                      prox_mu=cfg["prox_mu"], aggregator=cfg["aggregator"],
                      aggregator_options=cfg["aggregator_options"], server=cfg["server"],
                      server_options=cfg["server_options"], faults=faults, seed=cfg["seed"],
-                     eval_every=cfg["eval_every"], executor=executor)
+                     eval_every=cfg["eval_every"], executor=executor,
+                     secure=_secure_config(cfg, part))
     return data, part, sim
+
+
+def _secure_config(cfg, part):
+    """The SecAggConfig of ``--secure`` (None without): the largest client's example count
+    is the largest weight, and the group is Z/2**32 unless that could wrap (then 2**64)."""
+    if cfg["secure"] is None:
+        return None
+    kw = dict(clip=cfg["secure_clip"], bits=cfg["secure_bits"], max_weight=int(
+        part.sizes.max()), neighbours=cfg["neighbours"], threshold=cfg["threshold"],
+              complete=cfg["secure"] == "secagg")
+    n = cfg["clients_per_round"] or max(1, round(cfg["fraction"] * part.n_clients))
+    try:
+        narrow = SecAggConfig(**kw)
+        if n <= narrow.quantizer.largest_safe_clients():
+            return narrow
+    except ValueError:
+        pass
+    return SecAggConfig(modulus_bits=64, **kw)
 
 
 def _executor(cfg):
@@ -575,6 +615,8 @@ def _run(cfg, folder, t0, echo):
         s = summary(history)
         s["wall_s"] = time.perf_counter() - t0
         s["settings"] = cfg
+        if sim.secure is not None:
+            _report_secure(cfg, sim, s, echo)
         with open(os.path.join(folder, "summary.json"), "w") as fh:
             json.dump(s, fh, indent=1, default=str)
         if plotter is not None:
@@ -596,6 +638,28 @@ def _run(cfg, folder, t0, echo):
             plotter.cancel()
         if executor is not None:
             executor.close()
+
+
+def _report_secure(cfg, sim, s, echo):
+    """With ``--secure``: the protocol's settings, its failed rounds, and plain FedAvg run
+    with the same seed (no setup or unmasking dropouts) for comparison."""
+    sc = sim.secure
+    n = sim.clients_per_round
+    echo(f"  secure aggregation ({cfg['secure']}): {sc.degree(n)} neighbours, threshold "
+         f"{sc.threshold_for(n)}, updates clipped to +-{sc.clip}, {sc.bits}-bit levels in "
+         f"Z/2**{sc.modulus_bits} (mean within {sc.quantizer.error:.2e} of FedAvg's)")
+    for r, why in sim.secure_failures:
+        echo(f"  round {r} failed: {why}")
+    plain_cfg = dict(cfg, secure=None, setup_dropout=0.0, unmask_dropout=0.0)
+    _, _, plain = build(plain_cfg)
+    hist = plain.run(sim.round)
+    acc, base = s["final_accuracy"], hist[-1]["accuracy"]
+    if acc is not None and base is not None:
+        median = np.median([h["time_s"] for h in hist]) * 1e3
+        echo(f"  plain FedAvg, same seed: final accuracy {base:.4f} (secure: {acc:.4f}, "
+             f"{acc - base:+.4f}); median round {median:.1f} ms")
+    s["plain_fedavg_accuracy"] = base
+    s["secure_failures"] = [list(f) for f in sim.secure_failures]
 
 
 def _run_split(cfg, folder, t0, echo):

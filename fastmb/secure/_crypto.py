@@ -13,8 +13,14 @@ AEADS = ("aes-gcm", "chacha20-poly1305")  # authenticated encryption (shares, en
 KEY_BYTES = 32
 
 
+_MODULES = []
+
+
 def require():
-    """The ``cryptography`` modules fastmb uses, or an ImportError that says what to install."""
+    """The ``cryptography`` modules fastmb uses, or an ImportError that says what to install
+    (imported once; later calls cost a list lookup)."""
+    if _MODULES:
+        return _MODULES[0]
     try:
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives import hashes
@@ -25,8 +31,9 @@ def require():
     except ImportError as e:  # pragma: no cover - the test extra installs it
         raise ImportError("fastmb.secure needs the cryptography package: pip install "
                           "'fastmb[secure]'") from e
-    return (InvalidTag, hashes, x25519, Cipher, algorithms, modes, AESGCM, ChaCha20Poly1305,
-            HKDF)
+    _MODULES.append((InvalidTag, hashes, x25519, Cipher, algorithms, modes, AESGCM,
+                     ChaCha20Poly1305, HKDF))
+    return _MODULES[0]
 
 
 def check_choice(name, value, choices):

@@ -227,6 +227,7 @@ class SecAggClient:
         self._revealed = {}      # peer -> "b" or "s": what this client already revealed
         self._b = None
         self._t = None
+        self._share_keys = {}
 
     def __repr__(self):
         return f"SecAggClient(cid={self.cid}, round={self.round_id}, keys=<hidden>)"
@@ -265,12 +266,14 @@ class SecAggClient:
         b_shares = shamir.split(self._b, t, xs)
         s_shares = shamir.split(C.private_bytes(self._s), t, xs)
         out = {}
+        self._share_keys = {}    # one agreement per pair: it encrypts to v and decrypts from v
         for v, bs, ss in zip(peers, b_shares, s_shares):
             key = C.agree(self._c, roster[v].c_pk, _pair_info(_SHARE_INFO, self.round_id,
                                                                self.cid, v))
+            self._share_keys[v] = aead = C.aead("aes-gcm", key)
             msg = _PLAIN.pack(self.cid, v) + bs + ss
-            out[v] = C.aead("aes-gcm", key).encrypt(_share_nonce(self.cid, v), msg,
-                                                     _share_ad(self.round_id, self.cid, v))
+            out[v] = aead.encrypt(_share_nonce(self.cid, v), msg,
+                                  _share_ad(self.round_id, self.cid, v))
         return out
 
     def receive_shares(self, inbox):
@@ -283,11 +286,9 @@ class SecAggClient:
             w = _check_id(w, "inbox sender")
             if w not in self._roster:
                 raise SecAggError(f"client {self.cid}: shares from {w}, not a neighbour")
-            key = C.agree(self._c, self._roster[w].c_pk, _pair_info(_SHARE_INFO, self.round_id,
-                                                                     w, self.cid))
             try:
-                msg = C.aead("aes-gcm", key).decrypt(_share_nonce(w, self.cid), bytes(ct),
-                                                      _share_ad(self.round_id, w, self.cid))
+                msg = self._share_keys[w].decrypt(_share_nonce(w, self.cid), bytes(ct),
+                                                  _share_ad(self.round_id, w, self.cid))
             except C.invalid_tag() as e:
                 raise SecAggError(f"client {self.cid}: the shares from {w} do not "
                                   "authenticate") from e
