@@ -541,9 +541,102 @@ def fuzz_compact():
     header()
 
 
+def fuzz_envelope():
+    """Authenticated envelopes (``fastmb.secure.Channel.open``): every truncation and bit
+    flip of valid envelopes, then hypothesis edits: each is refused with EnvelopeError (a
+    ValueError) and leaves the channel where it was, so the genuine envelope still opens."""
+    from fastmb.secure import Channel, Identity
+
+    a, b = Identity(), Identity()
+    up = Channel(a, b.public, 1, 2)
+    down = Channel(b, a.public, 2, 1)
+    envs = [up.seal(payload, 3) for payload in (b"", b"update", bytes(300))]
+
+    def check(data, genuine):
+        if data == genuine:
+            return
+        try:
+            down.open(data, 3)
+        except ValueError:
+            return
+        raise AssertionError("an altered envelope was opened")
+
+    for env in envs[:2]:
+        _every_truncation_and_flip(env, lambda d, env=env: check(d, env))
+
+    @RUNS
+    @given(st.sampled_from(range(3)), _bytes_mutations())
+    def mutated(i, edits):
+        check(_apply(envs[i], edits), envs[i])
+
+    mutated()
+    for env in envs:
+        down.open(env, 3)
+
+
+def fuzz_model_file():
+    """Encrypted model files (``fastmb.secure.decrypt_model``): every truncation and bit flip
+    of a file (the tag refuses them), then hypothesis edits of the plaintext re-encrypted
+    with the key, so that the description and array checks behind the tag face hostile
+    values. A model that loads must predict."""
+    from fastmb.secure import ModelKey, decrypt_model
+    from fastmb.secure import model_file as MF
+    from fastmb.secure._crypto import aead
+    from fastmb.slicing import CompactModel
+
+    key = ModelKey.generate()
+    model = fastmb.MLP([4, 5, 3])
+    p = model.init(seed=1)
+    files = [MF.encrypt_model(model, p, key),
+             MF.encrypt_model(CompactModel.from_params(model, p, "csr+int8"), None, key)]
+    X = np.ones((2, 4), np.float32)
+
+    def use(obj):
+        if isinstance(obj, CompactModel):
+            obj.decision_function(X if obj.start == 0 else np.ones((2, obj.model.sizes[
+                obj.start]), np.float32))
+        else:
+            fastmb.predict(obj[0], obj[1], np.ones((2, obj[0].sizes[0]), obj[1].dtype))
+
+    def check(data):
+        obj = _guard(lambda: decrypt_model(data, key))
+        if obj is not None:
+            _guard(lambda: use(obj))
+
+    _every_truncation_and_flip(files[0], check)
+
+    def resealed(plain):
+        nonce = bytes(12)
+        header = MF.HEADER.pack(MF.MAGIC, MF.VERSION, key.key_id, nonce)
+        return header + aead("aes-gcm", key._secret).encrypt(nonce, plain, header)
+
+    plains = [MF._payload(model, p), MF._payload(model, p.astype(np.float64)),
+              MF._payload(CompactModel.from_params(model, p, "csr+int8"), None)]
+
+    @RUNS
+    @given(st.sampled_from(plains), _bytes_mutations())
+    def mutated(plain, edits):
+        check(resealed(_apply(plain, edits)))
+
+    @RUNS
+    @given(st.sampled_from(["sizes", "activation", "loss", "fit_intercept", "huber_delta",
+                            "dtype"]),
+           st.one_of(st.integers(-2**40, 2**40), st.text(max_size=5),
+                     st.lists(st.integers(-5, 70), max_size=5), st.none(), st.floats()))
+    def header(field, value):
+        n = struct.unpack_from(">I", plains[0], 1)[0]
+        h = json.loads(plains[0][5:5 + n])
+        h[field] = value
+        head = json.dumps(h).encode()
+        check(resealed(b"P" + struct.pack(">I", len(head)) + head + plains[0][5 + n:]))
+
+    mutated()
+    header()
+
+
 TARGETS = {"sparse": fuzz_sparse, "quantized": fuzz_quantized, "checkpoints": fuzz_checkpoints,
            "states": fuzz_states, "csr": fuzz_csr, "npy": fuzz_npy,
-           "compact": fuzz_compact}
+           "compact": fuzz_compact, "envelope": fuzz_envelope, "model_file": fuzz_model_file}
 
 if __name__ == "__main__":
     TARGETS[sys.argv[1]]()

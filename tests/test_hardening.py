@@ -508,7 +508,7 @@ def test_labels_never_silently_become_regression(tmp_path):
 
 
 @pytest.mark.parametrize("target", ["sparse", "quantized", "checkpoints", "states", "csr", "npy",
-                                    "compact"])
+                                    "compact", "envelope", "model_file"])
 def test_decoders_fuzzed_in_a_subprocess(target):
     res = _python(["-W", "error::RuntimeWarning", "-m", "tests.fuzz_decoders", target],
                   timeout=900)
