@@ -3,6 +3,8 @@
 Time them for real with ``pytest tests/test_benchmarks.py --benchmark-enable``.
 """
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -217,3 +219,31 @@ def test_bench_compact_predict_and_its_peer(benchmark):
     cm = CompactModel.from_params(model, q, "csr")
     got = benchmark(cm.predict, X)
     np.testing.assert_array_equal(got, dense_predict(model, q, X, cm)())
+
+
+def test_bench_secure_aggregation_and_its_peers(benchmark):
+    """Masking beside Flower's SecAgg+ masking, unmasking beside plain FedAvg, envelopes
+    beside Fernet, a secure round beside a plain one: each runs once, small."""
+    pytest.importorskip("cryptography")
+    from fastmb.cli import bench as B
+    from fastmb.secure import SecAggConfig, mask_update
+    from fastmb.secure.secagg import MaskPlan
+
+    u, seeds = B.secagg_client_data(P=5000)
+    plan = MaskPlan(0, seeds[0], tuple((i + 1, s, i % 2 == 0) for i, s in
+                                       enumerate(seeds[1:])), "aes-ctr")
+    fq = SecAggConfig().quantizer
+    y = benchmark(lambda: mask_update(plan, fq.quantize(u, 1, 5)))
+    assert y.dtype == np.uint32 and y.shape == (5001,)
+    if importlib.util.find_spec("flwr") is not None:
+        assert B.flower_secagg_mask(u, seeds)()[-1].shape == (5000,)
+    server, responses, U, n_streams = data = B.secagg_server_data(12, 300)
+    total = server.finish(responses)
+    mean = SecAggConfig().quantizer.dequantize(total)
+    np.testing.assert_allclose(mean, B.plain_fedavg_survivors(*data)(), atol=1e-4)
+    assert n_streams >= len(U)
+    assert B.fernet_encrypt(b"abc", None)() != b"abc"
+    assert B.fernet_decrypt(b"abc", None)() == b"abc"
+    model, d, part = B.secure_round_data(10)
+    sec, plain = B._round_sim(model, d, part, True)(), B.plain_round(model, d, part)()
+    assert sec["used"] == plain["used"] == 10

@@ -641,6 +641,117 @@ def numpy_int8_mean(codes, scales, w, block):
     return mean
 
 
+def secagg_client_data(P=1_000_000, k=8, seed=7):
+    """A client's update and its mask material: a self seed and k pairwise seeds."""
+    rng = np.random.default_rng(seed)
+    u = rng.normal(0, 0.05, P).astype(np.float32)
+    seeds = [rng.bytes(32) for _ in range(k + 1)]
+    return u, seeds
+
+
+def flower_secagg_mask(u, seeds):
+    """Flower's SecAgg+ client masking (``secaggplus_mod``, flwr 1.42, at its defaults:
+    clip 8, 2**22 levels, modulus 2**32): its quantization, then a NumPy Mersenne-Twister
+    mask per seed (seeded with a 32-bit fold of the key), added as int64, then the modulus.
+    The X25519 agreements Flower does in this stage are left out (fastmb's plan holds the
+    derived seeds; they cost about 0.05 ms each)."""
+    from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+        factor_combine,
+        parameters_addition,
+        parameters_mod,
+        parameters_subtraction,
+    )
+    from flwr.common.secure_aggregation.quantization import quantize
+    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+
+    mod = 1 << 32
+
+    def run():
+        q = factor_combine(1, quantize([u], 8.0, 1 << 22))
+        dims = [a.shape for a in q]
+        q = parameters_addition(q, pseudo_rand_gen(seeds[0], mod, dims))
+        for i, seed in enumerate(seeds[1:]):
+            m = pseudo_rand_gen(seed, mod, dims)
+            q = parameters_addition(q, m) if i % 2 else parameters_subtraction(q, m)
+        return parameters_mod(q, mod)
+    return run
+
+
+def secagg_server_data(N=100, P=1_000_000, dropped=0.1, seed=8):
+    """A secure round of N clients (SecAgg+, default neighbours) up to the unmasking: the
+    server, the survivors' responses, and the survivors' float updates (the peer's input)."""
+    from ..secure import SecAggClient, SecAggConfig, SecAggServer
+
+    rng = np.random.default_rng(seed)
+    cfg = SecAggConfig(clip=1.0)
+    server = SecAggServer(cfg, np.arange(N), seed=seed)
+    clients = {c: SecAggClient(c, cfg) for c in range(N)}
+    rosters = server.rosters(c.advertise() for c in clients.values())
+    inbox = server.route({c: clients[c].share_keys(rosters[c], N) for c in range(N)})
+    gone = set(rng.choice(N, round(dropped * N), replace=False).tolist())
+    U = np.empty((N - len(gone), P), np.float32)
+    i = 0
+    for c in range(N):
+        if c in gone:
+            continue
+        U[i] = rng.normal(0, 0.05, P)
+        server.add_masked(c, clients[c].masked_input(U[i], 1, inbox[c], key=c))
+        i += 1
+    requests = server.unmask_requests()
+    responses = {c: clients[c].unmask(*requests[c]) for c in requests}
+    n_streams = len(server.sent) + sum(
+        int(np.isin(server.graph[d], list(server.sent)).sum()) for d in gone)
+    return server, responses, U, n_streams
+
+
+def plain_fedavg_survivors(server, responses, U, n_streams):
+    """FedAvg of the same survivors' float updates, in the clear."""
+    return lambda: fastmb.fedavg(U)
+
+
+def fernet_encrypt(payload, envelopes):
+    """Fernet (AES-128-CBC + HMAC-SHA256, base64), the cipher Flower's SecAgg+ encrypts its
+    shares with: encrypt."""
+    from cryptography.fernet import Fernet
+
+    f = Fernet(Fernet.generate_key())
+    return lambda: f.encrypt(payload)
+
+
+def fernet_decrypt(payload, envelopes):
+    """Fernet: decrypt (and verify) a token of the payload."""
+    from cryptography.fernet import Fernet
+
+    f = Fernet(Fernet.generate_key())
+    token = f.encrypt(payload)
+    return lambda: f.decrypt(token)
+
+
+def secure_round_data(n_clients, rows=20, seed=9):
+    """Synthetic digits-sized data for ``n_clients`` clients of ``rows`` rows each, all of
+    them in every round, and an MLP 64-64-10."""
+    from ..federation import data as D
+    from ..federation import partition as Pt
+
+    data = D.synthetic(n_clients * rows * 5 // 4, 64, 10, seed=seed)
+    part = Pt.iid(len(data.y), n_clients, seed=seed)
+    return fastmb.MLP([64, 64, 10]), data, part
+
+
+def _round_sim(model, data, part, secure):
+    from ..secure import SecAggConfig
+
+    cfg = None if not secure else SecAggConfig(clip=1.0, max_weight=int(part.sizes.max()))
+    sim = fastmb.Simulation(model, data, part, fraction=1.0, epochs=1, batch_size=16,
+                            lr=0.05, seed=0, eval_every=10**6, secure=cfg)
+    return sim.step
+
+
+def plain_round(model, data, part):
+    """The same round of FedAvg without secure aggregation."""
+    return _round_sim(model, data, part, False)
+
+
 #: Each benchmark's peers: (label, factory taking the same data as fastmb's call).
 PEERS = {
     "per_sample_logistic": [("NumPy (sigmoid(Xw)-y)[:,None]*X", numpy_logistic_per_sample),
@@ -669,6 +780,11 @@ PEERS = {
     "hetero_round": [("every client at width 1", homogeneous_round)],
     "compact_predict": [("fastmb.predict, dense f32", dense_predict)],
     "flower_message": [("Flower FedAvg.aggregate_train", flower_message_fedavg)],
+    "secagg_mask": [("Flower SecAgg+ masking", flower_secagg_mask)],
+    "secagg_unmask": [("plain FedAvg, same survivors", plain_fedavg_survivors)],
+    "envelope_seal": [("Fernet encrypt (Flower's share cipher)", fernet_encrypt)],
+    "envelope_open": [("Fernet decrypt", fernet_decrypt)],
+    "secure_round": [("plain FedAvg round", plain_round)],
     "flower_legacy": [("Flower FedAvg.aggregate_fit", flower_legacy_fedavg)],
     "dp_step": [("fastmb non-private step", fastmb_plain_step),
                 ("PyTorch plain step", torch_mlp_step),
@@ -826,6 +942,7 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
     rows += _torch_rows(sz(1024), repeat, bw, peak, echo)
     rows += _sklearn_rows(sz(200_000), repeat, bw, echo)
     rows += _flower_rows(sz(100), [sz(85_000), sz(1_000_000)], repeat, bw, echo)
+    rows += _secure_rows(sz, scale, repeat, echo)
 
     # Split learning: one epoch cut between a client and a server (every mini-batch crosses
     # the cut as explicit arrays, four kernel calls); the peer is the same epoch unsplit
@@ -860,6 +977,72 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
         echo(f"compile: cold {extra['cold_s']:.1f} s (fresh cache), warm start-up "
              f"{extra['warm_s']:.2f} s (import + first calls from the on-disk cache)")
     return rows, extra
+
+
+def _keystream_time(n_bytes, streams, repeat):
+    """The keystream generator's own time for ``streams`` streams of ``n_bytes`` (AES-CTR
+    into one reused buffer): the limit of masking and unmasking."""
+    from ..secure import _crypto as C
+    from ..secure.field import CHUNK_BYTES
+
+    zeros, buf = bytes(CHUNK_BYTES), bytearray(CHUNK_BYTES + 64)
+
+    def run():
+        for i in range(streams):
+            enc = C.keystream(i.to_bytes(32, "little"))
+            for lo in range(0, n_bytes, CHUNK_BYTES):
+                enc.update_into(zeros[:min(CHUNK_BYTES, n_bytes - lo)], buf)
+    return best_time(run, repeat)
+
+
+def _secure_rows(sz, scale, repeat, echo):
+    """Secure aggregation (``fastmb.secure``): a client's masking beside Flower's SecAgg+,
+    the server's unmasking beside plain FedAvg, envelopes beside Fernet, and whole secure
+    rounds beside plain ones. The limits are the keystream generator's own time (masking,
+    unmasking) and AES-GCM's (envelopes). No rows without cryptography."""
+    try:
+        from ..secure import Channel, Identity, SecAggConfig, mask_update
+        from ..secure import _crypto as C
+        from ..secure.secagg import MaskPlan
+    except ImportError:
+        return []
+    P = sz(1_000_000)
+    u, seeds = secagg_client_data(P)
+    fq = SecAggConfig(clip=1.0).quantizer
+    plan = MaskPlan(0, seeds[0], tuple((i + 1, s, i % 2 == 0) for i, s in enumerate(seeds[1:])),
+                    "aes-ctr")
+    buf = np.empty(P + 1, np.uint32)
+    rows = _rows("SecAgg+ client masking", f"P={P:,}, 8 neighbours",
+                 lambda: mask_update(plan, fq.quantize(u, 1, 5, out=buf)), "secagg_mask",
+                 (u, seeds), repeat, None, None, echo,
+                 limit_s=_keystream_time(4 * (P + 1), 9, repeat))
+    N = max(8, int(100 * scale))
+    server, responses, U, n_streams = data = secagg_server_data(N, P)
+    rows += _rows("SecAgg+ server unmasking", f"N={N}, P={P:,}, 10% dropped",
+                  lambda: server.finish(responses), "secagg_unmask", data,
+                  max(1, repeat // 3), None, None, echo,
+                  limit_s=_keystream_time(4 * (P + 1), n_streams, 1))
+    del data, U
+    payload = np.random.default_rng(0).bytes(4 << 20)
+    a, b = Identity(), Identity()
+    up, down = Channel(a, b.public, 1, 0), Channel(b, a.public, 0, 1)
+    aes = C.aead("aes-gcm", bytes(32))
+    ct = aes.encrypt(bytes(12), payload, b"")
+    rows += _rows("envelope seal", "4 MiB, AES-256-GCM", lambda: up.seal(payload, 1),
+                  "envelope_seal", (payload, None), repeat, None, None, echo,
+                  limit_s=best_time(lambda: aes.encrypt(bytes(12), payload, b""), repeat))
+    # every open takes the next envelope of a fresh channel, sealed beforehand
+    up = Channel(a, b.public, 1, 0)
+    envelopes = iter([up.seal(payload, 1) for _ in range(repeat + 2)])
+    rows += _rows("envelope open", "4 MiB, AES-256-GCM", lambda: down.open(next(envelopes), 1),
+                  "envelope_open", (payload, None), repeat, None, None, echo,
+                  limit_s=best_time(lambda: aes.decrypt(bytes(12), ct, b""), repeat))
+    for n in sorted({max(8, int(100 * scale)), max(8, int(1000 * scale))}):
+        model, data, part = secure_round_data(n)
+        rows += _rows("secure round (SecAgg+)", f"{n} clients, MLP 64-64-10",
+                      _round_sim(model, data, part, True), "secure_round", (model, data, part),
+                      max(1, repeat // 5), None, None, echo)
+    return rows
 
 
 def _torch_rows(batch, repeat, bw, peak, echo):

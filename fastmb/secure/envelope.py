@@ -135,25 +135,34 @@ class Channel:
         raise TypeError("a Channel holds keys and is not pickled")
 
     def seal(self, payload, round):
-        """The envelope of ``payload`` (bytes-like) for round ``round``."""
+        """The envelope of ``payload`` (bytes-like) for round ``round``: a bytearray, the
+        header then the ciphertext, written in place (no copy of the payload)."""
         round = _check_id("round", round)
         if self.sent >= MAX_SEQ:
             raise EnvelopeError("this channel has sealed 2**64 - 1 envelopes: open a new one")
-        header = HEADER.pack(MAGIC, VERSION, self._code, round, self.own_id, self.peer_id,
-                             self.sent)
-        ct = self._send.encrypt(_nonce(self.sent), bytes(memoryview(payload)), header)
+        data = memoryview(payload).cast("B")
+        out = bytearray(HEADER.size + data.nbytes + TAG_BYTES)
+        HEADER.pack_into(out, 0, MAGIC, VERSION, self._code, round, self.own_id, self.peer_id,
+                         self.sent)
+        header = bytes(out[:HEADER.size])
+        if hasattr(self._send, "encrypt_into"):   # cryptography >= 45: no temporary copy
+            self._send.encrypt_into(_nonce(self.sent), data, header,
+                                    memoryview(out)[HEADER.size:])
+        else:  # pragma: no cover - older cryptography
+            out[HEADER.size:] = self._send.encrypt(_nonce(self.sent), bytes(data), header)
         self.sent += 1
-        return header + ct
+        return out
 
     def open(self, envelope, round):
-        """The payload of ``envelope`` (bytes), checked: this channel's peer to this party,
-        round ``round``, the next sequence number, unaltered."""
+        """The payload of ``envelope`` (bytes-like), checked: this channel's peer to this
+        party, round ``round``, the next sequence number, unaltered."""
         round = _check_id("round", round)
-        env = bytes(memoryview(envelope))
-        if len(env) < HEADER.size + TAG_BYTES:
-            raise EnvelopeError(f"envelope truncated: {len(env)} bytes, at least "
+        env = memoryview(envelope).cast("B")
+        if env.nbytes < HEADER.size + TAG_BYTES:
+            raise EnvelopeError(f"envelope truncated: {env.nbytes} bytes, at least "
                                 f"{HEADER.size + TAG_BYTES} needed")
-        magic, version, code, r, sender, receiver, seq = HEADER.unpack_from(env)
+        header = bytes(env[:HEADER.size])
+        magic, version, code, r, sender, receiver, seq = HEADER.unpack(header)
         if magic != MAGIC:
             raise EnvelopeError("not a fastmb envelope (bad magic)")
         if version != VERSION:
@@ -171,7 +180,7 @@ class Channel:
             raise EnvelopeError(f"envelope {seq} from {sender} {what} (expected sequence "
                                 f"number {self.received})")
         try:
-            payload = self._recv.decrypt(_nonce(seq), env[HEADER.size:], env[:HEADER.size])
+            payload = self._recv.decrypt(_nonce(seq), env[HEADER.size:], header)
         except C.invalid_tag() as e:
             raise EnvelopeError("envelope altered or truncated: its tag does not "
                                 "verify") from e
