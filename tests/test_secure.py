@@ -554,3 +554,15 @@ def test_simulate_secure(tmp_path, capsys):
         capsys.readouterr()
         assert main([*args, "--out", str(tmp_path / "bad"), *flags]) != 0
         assert match in capsys.readouterr().err
+
+
+def test_readme_example(capsys):
+    """The README's secure-aggregation example, as written."""
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
+        text = f.read()
+    start = text.index("## Security")
+    code = text[text.index("```python", start) + 9:text.index("```", text.index("```python",
+                                                                            start) + 9)]
+    exec(compile(code, "README.md", "exec"), {})
+    n, err = capsys.readouterr().out.split()
+    assert n == "47" and float(err) <= SecAggConfig().quantizer.error
