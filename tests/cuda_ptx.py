@@ -22,6 +22,7 @@ def _cases():
     from fastmb.kernels.cuda import compress as KC
     from fastmb.kernels.cuda import gradients as KG
     from fastmb.kernels.cuda import robust as KR
+    from fastmb.kernels.cuda import slicing as KSL
     from fastmb.kernels.cuda import training as KT
     from fastmb.kernels.cuda._model import pack
 
@@ -42,6 +43,9 @@ def _cases():
                                                  totals, e(4, np.int64))
                 yield "linear1", KG.linear1, sig(p, X, yc, yr, sw, i64, f64, True, i64, 32,
                                                  out, totals, e(4, np.int64))
+            for out in (e((4, model.n_params), dt), e((4, model.n_params))):
+                yield "slice_rows", KSL.slice_rows, sig(p, X, e((4, 3), dt), meta, i64, i64,
+                                                        i64, i64, out, e((4, 7), dt))
             ia = e(3, np.int64)
             yield "train_clients", KT.train_clients, sig(
                 p, X, yc, yr, sw, meta, f64, ia, ia, ia, ia, np.uint64(1), ia, ia, i64, i64,

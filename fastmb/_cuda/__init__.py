@@ -21,6 +21,8 @@ from .compress import topk
 from .gradients import loss_grad, per_sample_grad, per_sample_grad_norm
 from .model import Batch
 from .robust import rank_mean
+from .slicing import backward as slice_backward
+from .slicing import forward as slice_forward
 from .training import train_clients
 
 __all__ = [
@@ -35,6 +37,8 @@ __all__ = [
            "per_sample_grad_norm",
            "rank_mean",
            "rows_nonfinite",
+           "slice_backward",
+           "slice_forward",
            "threads",
            "topk",
            "train_clients",

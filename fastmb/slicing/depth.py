@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _device
 from .. import _validation as V
 from ..kernels import slicing as KS
 
@@ -65,11 +66,12 @@ def param_range(model, start, stop=None):
     return p0, p1
 
 
-def _inputs(model, params, A, start, name):
+def _inputs(model, params, A, start, name, dense=False):
     """The slice's input rows as the kernels read them: the model's input (dense or
-    sparse) for ``start = 0``, a dense (n, width) float array at a cut."""
+    sparse; ``dense``: dense only, for the GPU) for ``start = 0``, a dense (n, width) float
+    array at a cut."""
     if start == 0:
-        return V.as_X(model, A, params.dtype, name)
+        return V.as_X(model, A, params.dtype, name, sparse=not dense)
     if V.is_sparse(A):
         raise TypeError(f"{name}: the activations at cut {start} must be a dense array")
     A = V._as_numeric(name, A)
@@ -80,7 +82,7 @@ def _inputs(model, params, A, start, name):
     return V.kernel_array(A, params.dtype)
 
 
-def forward(model, params, A, start=0, stop=None):
+def forward(model, params, A, start=0, stop=None, *, device="cpu"):
     """Outputs of layers ``[start, stop)`` for the input rows ``A``.
 
     Parameters
@@ -93,6 +95,10 @@ def forward(model, params, A, start=0, stop=None):
         activations at the cut ``start``.
     start, stop : int
         ``0 <= start < stop <= n_layers``; ``stop`` defaults to the last layer.
+    device : {"cpu", "cuda"}, default "cpu"
+        ``"cuda"``: one thread block per row on the GPU (``kernels/cuda/slicing.py``),
+        NumPy arrays in and out, dense inputs only; results agree with the CPU to float32
+        rounding.
 
     Returns
     -------
@@ -113,7 +119,14 @@ def forward(model, params, A, start=0, stop=None):
     """
     start, stop = check_range(model, start, stop)
     params = V.as_params(model, params)
-    X = _inputs(model, params, A, start, "A")
+    gpu = _device.gpu(device)
+    X = _inputs(model, params, A, start, "A", dense=gpu is not None)
+    if gpu is not None:
+        out = gpu.slice_forward(model, params, X, start, stop)
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if bad.size:
+            V.raise_bad_row(X, int(bad[0]), overflow="the slice's outputs")
+        return out
     out = np.empty((V.n_samples(X), model.sizes[stop]), params.dtype)
     row = KS.slice_forward(params, X, start, stop, model.layout, out)
     if row >= 0:
@@ -121,7 +134,7 @@ def forward(model, params, A, start=0, stop=None):
     return out
 
 
-def backward(model, params, A, G_out, start=0, stop=None, *, per_sample=False):
+def backward(model, params, A, G_out, start=0, stop=None, *, per_sample=False, device="cpu"):
     """The backward pass of layers ``[start, stop)``.
 
     Parameters
@@ -134,6 +147,8 @@ def backward(model, params, A, G_out, start=0, stop=None, *, per_sample=False):
         with respect to the raw outputs).
     per_sample : bool, default False
         Return each row's parameter gradient instead of their sum.
+    device : {"cpu", "cuda"}, default "cpu"
+        As in :func:`forward`; the sum runs in float64 per block of rows on the GPU.
 
     Returns
     -------
@@ -159,7 +174,8 @@ def backward(model, params, A, G_out, start=0, stop=None, *, per_sample=False):
     """
     start, stop = check_range(model, start, stop)
     params = V.as_params(model, params)
-    X = _inputs(model, params, A, start, "A")
+    gpu = _device.gpu(device)
+    X = _inputs(model, params, A, start, "A", dense=gpu is not None)
     n = V.n_samples(X)
     G_out = V._as_numeric("G_out", G_out)
     if G_out.shape != (n, model.sizes[stop]):
@@ -167,6 +183,16 @@ def backward(model, params, A, G_out, start=0, stop=None, *, per_sample=False):
                          f"output of the slice, per row of A), got {G_out.shape}")
     G_out = V.kernel_array(G_out, params.dtype)
     p0, p1 = param_range(model, start, stop)
+    if gpu is not None:
+        bad = np.flatnonzero(~np.isfinite(G_out).all(axis=1))
+        if bad.size:
+            raise ValueError(f"G_out contains NaN or Inf (row {int(bad[0])})")
+        if start > 0:
+            bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+            if bad.size:
+                V.raise_bad_row(X, int(bad[0]))
+        return gpu.slice_backward(model, params, X, G_out, start, stop, p0, p1,
+                                  bool(per_sample))
     n_tasks = -(-n // KS.ROWS_PER_TASK)
     out = np.empty((n if per_sample else n_tasks, p1 - p0), params.dtype)
     G_in = np.empty((n, model.sizes[start]) if start > 0 else (0, 0), params.dtype)

@@ -78,11 +78,13 @@ def layer(meta, l):
 
 
 @device
-def forward(params, x, meta, zs, hs, tid, T):
-    """Forward pass of sample ``x`` into ``zs``/``hs``; every thread of the block calls it."""
+def forward_range(params, x, meta, lo, hi, zs, hs, tid, T):
+    """Layers ``[lo, hi)`` of sample ``x`` (the model's input for ``lo = 0``, the
+    activations at cut ``lo`` otherwise) into ``zs``/``hs``; every thread of the block
+    calls it. A hidden layer's activation is applied, the last layer's outputs stay raw."""
     L = meta[0]
     act = meta[1]
-    for l in range(L):
+    for l in range(lo, hi):
         nin, nout, wo, bo, zo, ao = layer(meta, l)
         for j in range(tid, nout, T):
             # Start from a stored value so the sum keeps the parameters' dtype.
@@ -91,7 +93,7 @@ def forward(params, x, meta, zs, hs, tid, T):
             else:
                 zs[zo + j] = 0
             z = zs[zo + j]
-            if l == 0:
+            if l == lo:
                 for i in range(nin):
                     z += x[i] * params[wo + i * nout + j]
             else:
@@ -101,6 +103,12 @@ def forward(params, x, meta, zs, hs, tid, T):
             if l < L - 1:
                 hs[zo + j] = activate(z, act)
         cuda.syncthreads()
+
+
+@device
+def forward(params, x, meta, zs, hs, tid, T):
+    """Forward pass of sample ``x`` into ``zs``/``hs``; every thread of the block calls it."""
+    forward_range(params, x, meta, 0, meta[0], zs, hs, tid, T)
 
 
 @device
@@ -125,11 +133,11 @@ def output_delta(meta, hdelta, zs, ds, yc, yr, r, scale, want_loss):
 
 
 @device
-def backprop(params, meta, zs, hs, ds, tid, T):
-    """Deltas of the hidden layers from the output deltas: ``(W_l delta_l) * act'(z)``."""
-    L = meta[0]
+def backprop_range(params, meta, lo, hi, zs, hs, ds, tid, T):
+    """Deltas of layers ``hi - 2`` down to ``lo`` from those of layer ``hi - 1``:
+    ``(W_l delta_l) * act'(z)``."""
     act = meta[1]
-    for l in range(L - 1, 0, -1):
+    for l in range(hi - 1, lo, -1):
         nin, nout, wo, _, do, po = layer(meta, l)
         for i in range(tid, nin, T):
             row = wo + i * nout
@@ -141,29 +149,44 @@ def backprop(params, meta, zs, hs, ds, tid, T):
 
 
 @device
+def backprop(params, meta, zs, hs, ds, tid, T):
+    """Deltas of the hidden layers from the output deltas: ``(W_l delta_l) * act'(z)``."""
+    backprop_range(params, meta, 0, meta[0], zs, hs, ds, tid, T)
+
+
+@device
+def layer_grads_range(x, meta, lo, hi, hs, ds, g, p0, add, tid, T):
+    """``g`` = (or += with ``add``) the sample's gradient ``a_l (x) delta_l`` of layers
+    ``[lo, hi)``, at ``g[flat coordinate - p0]`` (``p0``: the slice's first coordinate).
+
+    Thread t writes the flat coordinates ``t, t+T, ...`` of each layer's weights and bias.
+    """
+    for l in range(lo, hi):
+        nin, nout, wo, bo, do, ao = layer(meta, l)
+        for q in range(tid, nin * nout, T):
+            i = q // nout
+            j = q - i * nout
+            a = x[i] if l == lo else hs[ao + i]
+            v = a * ds[do + j]
+            if add:
+                g[wo - p0 + q] += v
+            else:
+                g[wo - p0 + q] = v
+        if bo >= 0:
+            for j in range(tid, nout, T):
+                if add:
+                    g[bo - p0 + j] += ds[do + j]
+                else:
+                    g[bo - p0 + j] = ds[do + j]
+
+
+@device
 def layer_grads(x, meta, hs, ds, g, add, tid, T):
     """``g`` = (or += with ``add``) the sample's gradient ``a_l (x) delta_l``, layer by layer.
 
     Thread t writes the flat coordinates ``t, t+T, ...`` of each layer's weights and bias.
     """
-    L = meta[0]
-    for l in range(L):
-        nin, nout, wo, bo, do, ao = layer(meta, l)
-        for q in range(tid, nin * nout, T):
-            i = q // nout
-            j = q - i * nout
-            a = x[i] if l == 0 else hs[ao + i]
-            v = a * ds[do + j]
-            if add:
-                g[wo + q] += v
-            else:
-                g[wo + q] = v
-        if bo >= 0:
-            for j in range(tid, nout, T):
-                if add:
-                    g[bo + j] += ds[do + j]
-                else:
-                    g[bo + j] = ds[do + j]
+    layer_grads_range(x, meta, 0, meta[0], hs, ds, g, 0, add, tid, T)
 
 
 @device
