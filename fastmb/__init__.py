@@ -39,7 +39,8 @@ _NAMES = {
 #: Modules reachable as attributes (``fastmb.data.digits()``), under these names.
 _MODULES = {"data": "federation.data", "partition": "federation.partition",
             "distributed": "adapters.dask", "learn": "learn", "compress": "compress",
-            "aggregate": "aggregate", "privacy": "privacy", "slicing": "slicing",
+            "aggregate": "aggregate", "privacy": "privacy", "secure": "secure",
+            "slicing": "slicing",
             "federation": "federation",
             "adapters": "adapters", "cli": "cli", "models": "models", "kernels": "kernels"}
 

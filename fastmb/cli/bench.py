@@ -34,7 +34,20 @@ import numpy as np
 import fastmb
 
 from ..adapters.torch import from_torch
+from ..federation import data as D
+from ..federation import partition as Pt
 from ..kernels.roofline import triad
+from ..secure import (
+    Channel,
+    Identity,
+    MaskPlan,
+    SecAggClient,
+    SecAggConfig,
+    SecAggServer,
+    mask_update,
+)
+from ..secure import _crypto as C
+from ..secure.field import CHUNK_BYTES
 from ..slicing import (
     CompactModel,
     WidthMean,
@@ -680,8 +693,6 @@ def flower_secagg_mask(u, seeds):
 def secagg_server_data(N=100, P=1_000_000, dropped=0.1, seed=8):
     """A secure round of N clients (SecAgg+, default neighbours) up to the unmasking: the
     server, the survivors' responses, and the survivors' float updates (the peer's input)."""
-    from ..secure import SecAggClient, SecAggConfig, SecAggServer
-
     rng = np.random.default_rng(seed)
     cfg = SecAggConfig(clip=1.0)
     server = SecAggServer(cfg, np.arange(N), seed=seed)
@@ -730,17 +741,12 @@ def fernet_decrypt(payload, envelopes):
 def secure_round_data(n_clients, rows=20, seed=9):
     """Synthetic digits-sized data for ``n_clients`` clients of ``rows`` rows each, all of
     them in every round, and an MLP 64-64-10."""
-    from ..federation import data as D
-    from ..federation import partition as Pt
-
     data = D.synthetic(n_clients * rows * 5 // 4, 64, 10, seed=seed)
     part = Pt.iid(len(data.y), n_clients, seed=seed)
     return fastmb.MLP([64, 64, 10]), data, part
 
 
 def _round_sim(model, data, part, secure):
-    from ..secure import SecAggConfig
-
     cfg = None if not secure else SecAggConfig(clip=1.0, max_weight=int(part.sizes.max()))
     sim = fastmb.Simulation(model, data, part, fraction=1.0, epochs=1, batch_size=16,
                             lr=0.05, seed=0, eval_every=10**6, secure=cfg)
@@ -982,9 +988,6 @@ def run(quick=False, compile=False, scale=1.0, echo=print):
 def _keystream_time(n_bytes, streams, repeat):
     """The keystream generator's own time for ``streams`` streams of ``n_bytes`` (AES-CTR
     into one reused buffer): the limit of masking and unmasking."""
-    from ..secure import _crypto as C
-    from ..secure.field import CHUNK_BYTES
-
     zeros, buf = bytes(CHUNK_BYTES), bytearray(CHUNK_BYTES + 64)
 
     def run():
@@ -1001,9 +1004,7 @@ def _secure_rows(sz, scale, repeat, echo):
     rounds beside plain ones. The limits are the keystream generator's own time (masking,
     unmasking) and AES-GCM's (envelopes). No rows without cryptography."""
     try:
-        from ..secure import Channel, Identity, SecAggConfig, mask_update
-        from ..secure import _crypto as C
-        from ..secure.secagg import MaskPlan
+        C.require()
     except ImportError:
         return []
     P = sz(1_000_000)

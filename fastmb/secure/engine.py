@@ -67,7 +67,18 @@ class SecureMask:
 
 
 def masked_sum(shard):
-    """A shard's partial sum: ``(sum modulo 2**bits of the sent rows, their ids)``."""
+    """A shard's partial sum: ``(sum modulo 2**bits of the sent rows, their ids)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastmb.secure.engine import MaskedShard, masked_sum, merge_masked
+    >>> Y = np.array([[2**32 - 1, 5], [1, 7], [9, 9]], np.uint32)
+    >>> shard = MaskedShard(Y, np.array([4, 8, 9]), np.array([True, True, False]))
+    >>> total, ids = merge_masked(masked_sum(shard[:1]), masked_sum(shard[1:]))
+    >>> total.tolist(), ids.tolist()        # wraps modulo 2**32; client 9 sent nothing
+    ([0, 12], [4, 8])
+    """
     Y = shard.Y[shard.sent]
     return Y.sum(axis=0, dtype=shard.Y.dtype), shard.ids[shard.sent]
 
