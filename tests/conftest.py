@@ -28,6 +28,15 @@ MODEL_CASES = {
 }
 
 
+def readme_code(heading):
+    """The first ``python`` code block of the README's section that starts with
+    ``heading`` (its tests run the README's examples as written)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        section = f.read().split(heading, 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
 def make_data(model, n, seed=0, dtype=np.float64):
     """Random X, labels that fit the loss, and random (not initial) parameters."""
     rng = np.random.default_rng(seed)

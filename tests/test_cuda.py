@@ -21,7 +21,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import fastmb
 
-from .conftest import MODEL_CASES, make_data
+from .conftest import MODEL_CASES, make_data, readme_code
 
 cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
 
@@ -440,9 +440,6 @@ def test_asv_cuda_classes_skip_without_a_gpu():
 
 def test_readme_gpu_example_runs():
     """The README's GPU example, as written (here on the simulator)."""
-    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
-        text = f.read()
-    section = text.split("## On a GPU (numba-cuda)", 1)[1]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    code = readme_code("## On a GPU (numba-cuda)")
     assert 'device="cuda"' in code
     exec(compile(code, "README.md", "exec"), {})

@@ -44,6 +44,8 @@ from fastmb import flower as fm
 from fastmb import flower_legacy as fl
 from fastmb.adapters._flower_core import array_from_npy, npy_bytes
 
+from .conftest import readme_code
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = [(6, 5), (5,), (5, 3), (3,)]
 
@@ -451,11 +453,7 @@ def test_flower_simulation_matches_flower_fedavg(tmp_path):
 
 def test_readme_example_runs(tmp_path):
     """The README's Flower example, as written, in its own process (it starts Ray)."""
-    with open(os.path.join(ROOT, "README.md")) as f:
-        text = f.read()
-    start = text.index("## Flower strategies")
-    code = text[text.index("```python", start) + 9:text.index("```", text.index("```python",
-                                                                            start) + 9)]
+    code = readme_code("## Flower strategies")
     script = tmp_path / "readme_flower.py"
     script.write_text(code)
     res = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,

@@ -39,6 +39,7 @@ from fastmb.secure import _crypto as C
 from fastmb.secure import field as F
 
 from . import naive
+from .conftest import readme_code
 
 # ----------------------------------------------------------------------------- quantization
 
@@ -558,11 +559,7 @@ def test_simulate_secure(tmp_path, capsys):
 
 def test_readme_example(capsys):
     """The README's secure-aggregation example, as written."""
-    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
-        text = f.read()
-    start = text.index("## Security")
-    code = text[text.index("```python", start) + 9:text.index("```", text.index("```python",
-                                                                            start) + 9)]
+    code = readme_code("## Security")
     exec(compile(code, "README.md", "exec"), {})
     n, err = capsys.readouterr().out.split()
     assert n == "47" and float(err) <= SecAggConfig().quantizer.error

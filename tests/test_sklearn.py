@@ -13,6 +13,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 from fastmb.sklearn import MLPClassifier, MLPRegressor, SGDClassifier, SGDRegressor  # noqa: E402
 
+from .conftest import readme_code  # noqa: E402
+
 # scikit-learn marks the same checks as expected failures for its own SGD estimators
 # (sklearn/utils/_test_common/instance_generator.py): with shuffling and a per-sample
 # schedule, a weight of 2 is not the same as a repeated row.
@@ -183,13 +185,9 @@ def test_float32_input_keeps_float32():
 
 
 def test_readme_example_runs():
-    import os
-
-    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
-        text = f.read()
     scope = {}
-    exec(text.split("## A tour")[1].split("```python")[1].split("```")[0], scope)
-    exec(text.split("## scikit-learn estimators")[1].split("```python")[1].split("```")[0], scope)
+    exec(readme_code("## A tour"), scope)
+    exec(readme_code("## scikit-learn estimators"), scope)
     assert scope["clf"].predict_proba(scope["X"][:3]).shape == (3, 10)
 
 

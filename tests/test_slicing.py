@@ -22,7 +22,7 @@ from fastmb.slicing import (
 )
 
 from . import naive
-from .conftest import MODEL_CASES, make_data
+from .conftest import MODEL_CASES, make_data, readme_code
 
 DEEP = fastmb.MLP([5, 7, 6, 4, 3], activation="tanh", loss="softmax")
 
@@ -287,13 +287,7 @@ def test_timeline_links_memory_and_bytes():
 
 def test_readme_example_runs(capsys):
     """The README's slicing example, as written."""
-    import os
-
-    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
-        text = f.read()
-    start = text.index("## Model slicing")
-    code = text[text.index("```python", start) + 9:text.index("```", text.index("```python",
-                                                                            start) + 9)]
+    code = readme_code("## Model slicing")
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out.split("\n")
     assert out[0] == "792000 768000 188" and out[1] == "[3 2 1]"

@@ -18,6 +18,8 @@ from fastmb.torch import (  # noqa: E402
     torch_loss,
 )
 
+from .conftest import readme_code  # noqa: E402
+
 nn = torch.nn
 N = 13
 
@@ -319,11 +321,7 @@ def test_bad_batches_are_refused():
 
 
 def test_readme_example_runs():
-    import os
-
-    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
-        text = f.read()
-    code = text.split("## PyTorch models")[1].split("```python")[1].split("```")[0]
+    code = readme_code("## PyTorch models")
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["same"].tobytes() == scope["p"].tobytes()

@@ -13,9 +13,10 @@ from .model import _meta, _shared, _units
 
 def _launch(model, params, A, G, lo, hi, mode, p0, out, G_in, nb):
     from ..kernels.cuda import slicing as KS
+    from ..kernels.cuda._model import workspace_bytes
 
     T = threads()
-    shared = _shared(model, KS.shared_bytes(_units(model), params.dtype.itemsize))
+    shared = _shared(model, workspace_bytes(_units(model), params.dtype.itemsize))
     KS.slice_rows[nb, T, 0, shared](to_device(params), to_device(A), G, to_device(
         _meta(model)), lo, hi, mode, p0, out, G_in)
 

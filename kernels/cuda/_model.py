@@ -133,6 +133,21 @@ def output_delta(meta, hdelta, zs, ds, yc, yr, r, scale, want_loss):
 
 
 @device
+def weight_dot(params, row, ds, do, nout):
+    """``sum_j W[i, j] delta[j]`` for the weight row starting at ``row``, j in order (the
+    CPU's order): the gradient reaching unit i of the layer below."""
+    s = params[row] * ds[do]
+    for j in range(1, nout):
+        s += params[row + j] * ds[do + j]
+    return s
+
+
+def workspace_bytes(U, itemsize):
+    """Dynamic shared memory of a per-sample workspace ``zs, hs, ds`` of ``U`` units each."""
+    return 3 * U * itemsize
+
+
+@device
 def backprop_range(params, meta, lo, hi, zs, hs, ds, tid, T):
     """Deltas of layers ``hi - 2`` down to ``lo`` from those of layer ``hi - 1``:
     ``(W_l delta_l) * act'(z)``."""
@@ -140,10 +155,7 @@ def backprop_range(params, meta, lo, hi, zs, hs, ds, tid, T):
     for l in range(hi - 1, lo, -1):
         nin, nout, wo, _, do, po = layer(meta, l)
         for i in range(tid, nin, T):
-            row = wo + i * nout
-            s = params[row] * ds[do]
-            for j in range(1, nout):
-                s += params[row + j] * ds[do + j]
+            s = weight_dot(params, wo + i * nout, ds, do, nout)
             ds[po + i] = s * act_deriv(zs[po + i], hs[po + i], act)
         cuda.syncthreads()
 

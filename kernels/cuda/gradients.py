@@ -34,6 +34,7 @@ from ._model import (
     output_delta,
     sq_norm,
     u_off,
+    workspace_bytes,
 )
 
 MODE_WRITE, MODE_NORM, MODE_ACCUM = 0, 1, 2
@@ -41,7 +42,7 @@ MODE_WRITE, MODE_NORM, MODE_ACCUM = 0, 1, 2
 
 def shared_bytes_samples(U, itemsize):
     """Dynamic shared memory of :func:`samples`: the workspace ``zs, hs, ds``."""
-    return 3 * U * itemsize
+    return workspace_bytes(U, itemsize)
 
 
 @kernel

@@ -24,14 +24,10 @@ from ._model import (
     layer_grads_range,
     size,
     u_off,
+    weight_dot,
 )
 
 MODE_FORWARD, MODE_PER_ROW, MODE_SUM = 0, 1, 2
-
-
-def shared_bytes(U, itemsize):
-    """Dynamic shared memory of :func:`slice_rows`: the workspace ``zs, hs, ds``."""
-    return 3 * U * itemsize
 
 
 @kernel
@@ -69,11 +65,7 @@ def slice_rows(params, A, G, meta, lo, hi, mode, p0, out, G_in):
         if lo > 0:
             nin, nout, wo, _, do, _ = layer(meta, lo)
             for i in range(tid, nin, T):
-                row = wo + i * nout
-                s = params[row] * ds[do]
-                for j in range(1, nout):
-                    s += params[row + j] * ds[do + j]
-                G_in[r, i] = s
+                G_in[r, i] = weight_dot(params, wo + i * nout, ds, do, nout)
         if mode == MODE_SUM:
             layer_grads_range(x, meta, lo, hi, hs, ds, out[blk], p0, True, tid, T)
         else:
