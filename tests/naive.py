@@ -366,8 +366,12 @@ def lr_at(t, total, lr, schedule, power_t):
 def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
         weight_decay=0.0, prox_mu=0.0, shuffle=True, seed=0, sample_weight=None,
         schedule="constant", power_t=0.5, key=None, clip_norm=None, noise_multiplier=0.0,
-        max_steps=-1, optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, nesterov=False, l2=0.0):
+        max_steps=-1, optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, nesterov=False, l2=0.0,
+        keep=None):
     """Mini-batch SGD, one Python step at a time; ``key`` defaults to client 0's stream.
+
+    ``keep``: a boolean mask of the parameters that train; the others are set to zero
+    after every step (pruned training).
 
     ``optimizer="adam"``: Adam as written in Kingma and Ba's Algorithm 1 with the bias
     corrections folded into the step (their section 2's last paragraph), as scikit-learn
@@ -421,6 +425,8 @@ def sgd(model, params, X, y, *, epochs=1, batch_size=32, lr=0.01, momentum=0.0,
             else:
                 v = momentum * v + d
                 p = p - lr_t * (d + momentum * v if nesterov else v)
+            if keep is not None:
+                p = np.where(keep, p, 0.0)
             t += 1
     return p
 

@@ -9,7 +9,7 @@ for weaker devices, and aggregates them per parameter; :mod:`.compact` prunes a 
 stores it (or a slice) sparse, int8 or half, and runs inference on that form.
 """
 
-from .compact import CompactModel, prune, prune_finetune
+from .compact import CompactModel, masked_sgd, prune, prune_finetune
 from .depth import backward, check_cut, check_range, forward, loss_head, param_range
 from .pipeline import Timeline, timeline
 from .split import CutMessage, Party, SplitFedResult, SplitResult, split_sgd, splitfed
@@ -24,6 +24,6 @@ from .width import (
 
 __all__ = ["CompactModel", "CutMessage", "Party", "SplitFedResult", "SplitResult", "Timeline",
            "WidthMean", "WidthSlice", "backward", "check_cut", "check_range", "evaluate_width",
-           "forward", "loss_head", "multiply_adds", "param_range", "prune", "prune_finetune",
-           "split_sgd",
-           "splitfed", "timeline", "train_width_clients", "width_slice"]
+           "forward", "loss_head", "masked_sgd", "multiply_adds", "param_range", "prune",
+           "prune_finetune", "split_sgd", "splitfed", "timeline", "train_width_clients",
+           "width_slice"]

@@ -28,9 +28,14 @@ import numpy as np
 
 from .. import _validation as V
 from ..kernels import compact as KC
+from ..kernels import slicing as KS
+from ..kernels import training as KT
+from ..learn.gradients import Batch
+from ..learn.options import TrainOptions
 from ..learn.training import sgd
 from ..models import MLP, Linear
 from .depth import check_range
+from .split import Party, batch_labels, label_pair
 
 MAGIC = b"FMBCMPCT"
 VERSION = 1
@@ -80,14 +85,30 @@ def prune(model, params, sparsity, *, scope="layer"):
 
 
 def prune_finetune(model, params, X, y, sparsity, *, epochs=5, scope="layer", seed=0,
-                   **options):
-    """Prune to ``sparsity`` and retrain under the mask: each epoch is :func:`fastmb.sgd`
-    (``options``: its options), after which the pruned weights are set to zero again; the
-    result holds exactly the pruned model's zeros.
+                   mask_every="step", **options):
+    """Prune to ``sparsity`` and retrain under the mask; the result holds exactly the pruned
+    model's zeros.
 
-    The mask is re-applied after every epoch, not every step: within an epoch the pruned
-    weights move, and each projection discards that movement (iterative magnitude pruning
-    with one fine-tuning epoch between projections).
+    ``mask_every="step"`` (default): :func:`fastmb.sgd`'s epochs with the pruned weights
+    set to zero after every mini-batch step (masked training: the kept weights learn with
+    the pruned ones absent). One party over all the layers runs the training kernel's own
+    code a mini-batch at a time (:class:`~fastmb.slicing.split.Party`); with nothing pruned
+    it is ``fastmb.sgd(..., epochs=epochs, seed=seed)`` bit for bit. ``"epoch"``: each epoch
+    is one ``fastmb.sgd`` call (seed ``seed + e``) and the mask is applied after it
+    (iterative magnitude pruning with one fine-tuning epoch between projections).
+
+    Parameters
+    ----------
+    model, params, X, y
+        As in :func:`fastmb.sgd`.
+    sparsity, scope
+        As in :func:`prune`.
+    epochs : int, default 5
+    seed : int, default 0
+    mask_every : {"step", "epoch"}
+    **options
+        The options of :func:`fastmb.sgd` (``batch_size``, ``lr``, ``momentum``, ...;
+        not DP-SGD).
 
     Examples
     --------
@@ -99,17 +120,65 @@ def prune_finetune(model, params, X, y, sparsity, *, epochs=5, scope="layer", se
     >>> round(float(np.mean(m.layers(q)[0][0] == 0)), 3)
     0.9
     """
+    if mask_every not in ("step", "epoch"):
+        raise ValueError(f"mask_every must be 'step' or 'epoch', got {mask_every!r}")
     q = prune(model, params, sparsity, scope=scope)
-    mask = q != 0
+    keep = q != 0
     lay = model.layout
     for l in range(model.n_layers):   # biases are never pruned, even when zero
         if lay.b_off[l] >= 0:
-            mask[lay.b_off[l]:lay.b_off[l] + model.sizes[l + 1]] = True
+            keep[lay.b_off[l]:lay.b_off[l] + model.sizes[l + 1]] = True
     epochs = V.check_number("epochs", epochs, low=0, integer=True)
+    if mask_every == "step":
+        return masked_sgd(model, q, X, y, keep, epochs=epochs, seed=seed, **options)
     for e in range(epochs):
         q = sgd(model, q, X, y, epochs=1, seed=seed + e, **options)
-        q[~mask] = 0
+        q[~keep] = 0
     return q
+
+
+def masked_sgd(model, params, X, y, keep, *, epochs=1, seed=0, **options):
+    """:func:`fastmb.sgd` with the parameters outside ``keep`` (a boolean mask of the
+    model's parameters) set to zero before the first step and after every step.
+
+    Examples
+    --------
+    >>> import numpy as np, fastmb
+    >>> from fastmb.slicing import masked_sgd
+    >>> X, y = fastmb.data.digits()[:2]
+    >>> m = fastmb.MLP([64, 16, 10]); p = m.init()
+    >>> keep = np.ones(m.n_params, bool)
+    >>> bool((masked_sgd(m, p, X, y, keep, lr=0.05) == fastmb.sgd(m, p, X, y, lr=0.05)).all())
+    True
+    """
+    opts = TrainOptions(seed=seed, **options)
+    if opts.dp:
+        raise ValueError("masked_sgd does not run DP-SGD (clip_norm)")
+    b = Batch(model, params, X, y)
+    keep = np.asarray(keep)
+    if keep.dtype != np.bool_ or keep.shape != (model.n_params,):
+        raise ValueError(f"keep must be a boolean mask of the model's {model.n_params} "
+                         f"parameters, got {keep.dtype} of shape {keep.shape}")
+    epochs = V.check_number("epochs", epochs, low=0, integer=True)
+    drop = ~keep
+    party = Party(model, np.where(keep, b.params, 0).astype(b.params.dtype), 0,
+                  model.n_layers, opts)
+    keys = np.empty(1, np.uint64)
+    KT.client_keys(np.uint64(opts.seed), np.zeros(1, np.int64), keys)
+    perm = np.empty(b.n, np.int64)
+    bs = opts.batch_size
+    n_batches = -(-b.n // bs)
+    total = max(1, epochs * n_batches)
+    t = 0
+    for e in range(epochs):
+        KS.epoch_order(b.n, keys[0], e, opts.shuffle, perm)
+        for s in range(n_batches):
+            rows = np.ascontiguousarray(perm[s * bs:(s + 1) * bs])
+            party._top(b.X, rows, *label_pair(b, batch_labels(b, rows)), True)
+            party.step(rows.shape[0], t, total)
+            party.params[drop] = 0
+            t += 1
+    return V.finite_result(party.params, "the masked training")
 
 
 def _fmt(fmt):

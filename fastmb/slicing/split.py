@@ -382,8 +382,8 @@ def _micro_step(parties, b, rows, c, top, first, traffic):
     client, server = parties[0], parties[1]
     H = client._forward(b.X, rows)
     if top is None:
-        msg = CutMessage("activations", c, H, _labels(b, rows))
-        G_cut = server._top(msg.array, local, *_label_pair(b, msg.labels), first)
+        msg = CutMessage("activations", c, H, batch_labels(b, rows))
+        G_cut = server._top(msg.array, local, *label_pair(b, msg.labels), first)
         back = CutMessage("gradient", c, G_cut)
         crossings = [msg, back]
         traffic["up"] += msg.nbytes
@@ -391,7 +391,7 @@ def _micro_step(parties, b, rows, c, top, first, traffic):
         up1 = CutMessage("activations", c, H)
         down1 = CutMessage("activations", top, server._forward(up1.array, local))
         up2 = CutMessage("gradient", top, parties[2]._top(
-            down1.array, local, *_label_pair(b, _labels(b, rows)), first))
+            down1.array, local, *label_pair(b, batch_labels(b, rows)), first))
         back = CutMessage("gradient", c, server._backward(up1.array, local, up2.array, first))
         crossings = [up1, down1, up2, back]
         traffic["up"] += up1.nbytes + up2.nbytes
@@ -413,7 +413,7 @@ def _report(parties, model, c, top, micro, m, pipeline, b, bandwidth, latency):
         fwd.append(f)
         bwd.append(bk)
     item = parties[0].params.itemsize
-    lab = _labels(b, np.zeros(micro, np.int64)).nbytes
+    lab = batch_labels(b, np.zeros(micro, np.int64)).nbytes
     if top is None:
         up = [micro * model.sizes[c] * item + lab]
         down = [micro * model.sizes[c] * item]
@@ -425,12 +425,12 @@ def _report(parties, model, c, top, micro, m, pipeline, b, bandwidth, latency):
                     latency=latency, activation_bytes=acts)
 
 
-def _labels(b, rows):
+def batch_labels(b, rows):
     """The labels of ``rows`` as they travel with the activations."""
     return (b.yc if b.yc.shape[0] else b.yr)[rows]
 
 
-def _label_pair(b, labels):
+def label_pair(b, labels):
     """``(yc, yr)`` as the kernels take them, for a micro-batch's (checked) labels."""
     if b.yc.shape[0]:
         return labels, b.yr
@@ -530,7 +530,7 @@ power_t, optimizer, betas, eps, nesterov, l2
         # what the cut carried: each epoch, every row's activations (and label) up and its
         # gradient down, two messages a mini-batch; the client blocks up and back once
         item = b.params.itemsize
-        label_bytes = _labels(b, np.zeros(1, np.int64)).nbytes   # one row's label
+        label_bytes = batch_labels(b, np.zeros(1, np.int64)).nbytes   # one row's label
         n_rows = int(rows.sum())
         batches = int(sum(-(-int(n) // options.batch_size) for n in rows))
         up = epochs * n_rows * (model.sizes[c] * item + label_bytes) + len(ids) * blk
