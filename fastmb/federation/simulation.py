@@ -462,6 +462,9 @@ class Simulation:
             task, setup_dropped = self._secure_task(task, sampled)
             dropped = np.union1d(dropped, setup_dropped)
             stragglers = stragglers[np.isin(stragglers, task.ids)]
+            if not task.ids.shape[0]:
+                self.secure_failures.append((self.round + 1, "no client could mask: too few "
+                                             "neighbours completed the key stages"))
         delta, used, rejected = None, np.empty(0, np.int64), np.empty(0, np.int64)
         ids = task.ids
         if ids.shape[0]:

@@ -105,18 +105,19 @@ class SecureRound:
         n = self.server.n
         self.clients = {int(c): S.SecAggClient(int(c), config, round_id) for c in sampled}
         rosters = self.server.rosters(c.advertise() for c in self.clients.values())
-        inbox = self.server.route({c: self.clients[c].share_keys(rosters[c], n)
-                                   for c in self.clients if c not in setup_dropped})
-        plans = {c: self.clients[c].receive_shares(inbox.get(c, {}))
-                 for c in sorted(self.server.shared)}
+        inbox = self.server.route(S.collect_stage(
+            self.clients, lambda c: c.share_keys(rosters[c.cid], n), setup_dropped))
+        # a client with fewer than t neighbours' shares cannot mask safely: it drops here
+        plans = S.collect_stage({c: self.clients[c] for c in sorted(self.server.shared)},
+                                lambda c: c.receive_shares(inbox.get(c.cid, {})))
         w = {c: int(weights[c]) for c in plans}
         self.transform = SecureMask(config.quantizer, plans, w)
         self.stats, self.error = {}, None
 
     @property
     def shared(self):
-        """The clients that completed the key stages (the ones that may train)."""
-        return np.array(sorted(self.server.shared), np.int64)
+        """The clients that completed the key stages and can mask (the ones that train)."""
+        return np.array(sorted(self.transform.plans), np.int64)
 
     def finish(self, total, sent, ids):
         """``(mean update float64 or None, used ids, rejected ids)`` from the round's

@@ -499,20 +499,27 @@ class SecAggServer:
         return total
 
 
-def collect_unmask(clients, requests, absent=()):
-    """Stage 3 for simulated clients: ``{cid: response}`` of the clients asked
-    (``requests`` from :meth:`SecAggServer.unmask_requests`) that neither dropped
-    (``absent``) nor refused (a client refuses when the request is unsafe for it, e.g. too
-    few of its neighbours survived: it then sends nothing, as a dropped client)."""
+def collect_stage(clients, stage, absent=()):
+    """One stage for simulated clients: ``{cid: stage(client)}`` over ``clients`` (a dict),
+    leaving out the ``absent`` ones (they dropped) and those that refuse (SecAggError: the
+    stage is unsafe for them, e.g. fewer than t neighbours took part; a client that
+    refuses sends nothing, as a dropped one)."""
     out = {}
-    for c, (survivors, dropped) in requests.items():
+    for c, client in clients.items():
         if c in absent:
             continue
         try:
-            out[c] = clients[c].unmask(survivors, dropped)
+            out[c] = stage(client)
         except SecAggError:
             continue
     return out
+
+
+def collect_unmask(clients, requests, absent=()):
+    """Stage 3 for simulated clients: the responses of the clients asked (``requests``
+    from :meth:`SecAggServer.unmask_requests`) that neither dropped nor refused."""
+    return collect_stage({c: clients[c] for c in requests},
+                         lambda client: client.unmask(*requests[client.cid]), absent)
 
 
 class RoundResult(NamedTuple):
@@ -579,13 +586,15 @@ def secure_aggregate(updates, weights=None, config=None, *, ids=None, drop=None,
     clients = {int(c): SecAggClient(int(c), config, round_id) for c in ids}
     alive = [c for c in clients if c not in gone["advertise"]]
     rosters = server.rosters([clients[c].advertise() for c in alive])
-    alive = [c for c in alive if c not in gone["share"]]
-    inbox = server.route({c: clients[c].share_keys(rosters[c], server.n) for c in alive})
+    inbox = server.route(collect_stage({c: clients[c] for c in alive},
+                                       lambda cl: cl.share_keys(rosters[cl.cid], server.n),
+                                       gone["share"]))
     row = {int(c): i for i, c in enumerate(ids)}
-    alive = [c for c in alive if c not in gone["masked"]]
-    for c in alive:
-        y = clients[c].masked_input(U[row[c]], int(w[row[c]]), inbox.get(c, {}),
-                                    key=(seed << 32) ^ c)
+    masked = collect_stage(
+        {c: clients[c] for c in sorted(server.shared)},
+        lambda cl: cl.masked_input(U[row[cl.cid]], int(w[row[cl.cid]]), inbox.get(cl.cid, {}),
+                                   key=(seed << 32) ^ cl.cid), gone["masked"])
+    for c, y in masked.items():
         server.add_masked(c, y)
     responses = collect_unmask(clients, server.unmask_requests(), gone["unmask"])
     total = server.finish(responses)
