@@ -283,7 +283,8 @@ class Simulation:
         task = dataclasses.replace(task, ids=task.ids[keep], epochs=task.epochs[keep],
                                    steps=task.steps[keep], weights=task.weights[keep],
                                    transforms=(*task.transforms, sr.transform), secure=sr)
-        return task, setup_dropped
+        # dropped at setup, or refused to go on (too few neighbours took part)
+        return task, np.setdiff1d(sampled, sr.shared)
 
     # -- state ------------------------------------------------------------
     @property
