@@ -159,3 +159,30 @@ class TimeCompile:
         with tempfile.TemporaryDirectory() as cache:
             subprocess.run([sys.executable, "-c", code], check=True,
                            env={**os.environ, "NUMBA_CACHE_DIR": cache})
+
+
+class DepthSlice:
+    """A depth slice's backward pass (the server's layers [1, 3) of an MLP 128-256-256-10,
+    summed gradient and the cut's gradient) on the GPU beside the CPU kernel. NumPy in and
+    out: the copies to and from the GPU are part of the timing, as a split-learning server
+    receiving the activations from the network would pay them."""
+
+    params = [["cuda", "cpu"], [1024, 8192]]
+    param_names = ["device", "n"]
+
+    def setup(self, device, n):
+        if device == "cuda":
+            _gpu()
+        import fastmb
+
+        rng = np.random.default_rng(0)
+        self.model = fastmb.MLP([128, 256, 256, 10])
+        self.p = self.model.init(seed=0)
+        self.H = rng.normal(size=(n, 256)).astype(np.float32)
+        self.G = rng.normal(size=(n, 10)).astype(np.float32)
+        self.time_backward(device, n)
+
+    def time_backward(self, device, n):
+        from fastmb.slicing import backward
+
+        backward(self.model, self.p, self.H, self.G, 1, device=device)
