@@ -518,6 +518,18 @@ def test_simulation_secure_dropouts_at_every_stage():
     assert bad.params.tolist() == bad._batch.params.tolist()   # no update was made
 
 
+def test_simulation_signed_equals_unsigned():
+    """Signatures change who can cheat, not the sum: a signed secure simulation ends with
+    the unsigned one's parameters, bit for bit (the sums are exact integers)."""
+    faults = fastmb.Faults(dropout=0.1, unmask_dropout=0.1)
+    _, plain = _sims(SecAggConfig(clip=2.0), faults)
+    _, signed = _sims(SecAggConfig(clip=2.0, signed=True), faults)
+    plain.run(2)
+    signed.run(2)
+    np.testing.assert_array_equal(signed.params, plain.params)
+    assert signed.secure_failures == plain.secure_failures == []
+
+
 def test_simulation_secure_bad_settings():
     cfg = SecAggConfig()
     part = fastmb.partition.iid(len(DATA.y), 10, seed=0)
@@ -549,9 +561,10 @@ def test_simulate_secure(tmp_path, capsys):
             "--no-plot"]
     out = tmp_path / "s"
     assert main([*args, "--out", str(out), "--secure", "secagg+", "--dropout", "0.1",
-                 "--setup-dropout", "0.1", "--threshold", "3", "--seed", "1"]) == 0
+                 "--setup-dropout", "0.1", "--threshold", "3", "--seed", "1",
+                 "--secure-signed"]) == 0
     text = capsys.readouterr().out
-    assert "secure aggregation (secagg+): 5 neighbours, threshold 3" in text
+    assert "secure aggregation (secagg+, signed): 5 neighbours, threshold 3" in text
     assert "plain FedAvg, same seed" in text
     s = json.loads((out / "summary.json").read_text())
     assert s["plain_fedavg_accuracy"] is not None and s["secure_failures"] == []
@@ -570,3 +583,66 @@ def test_readme_example(capsys):
     exec(compile(code, "README.md", "exec"), {})
     n, err = capsys.readouterr().out.split()
     assert n == "47" and float(err) <= SecAggConfig().quantizer.error
+
+
+def _signed_round(n=8, P=6, drop_masked=(2,)):
+    """A signed SecAgg round of n clients up to the unmasking request."""
+    from fastmb.secure.secagg import signing_identities
+
+    cfg = SecAggConfig(complete=True, threshold=3, signed=True)
+    sign, trusted = signing_identities(range(n))
+    server = SecAggServer(cfg, range(n))
+    clients = {c: SecAggClient(c, cfg, signing_key=sign[c], trusted=trusted) for c in range(n)}
+    rosters = server.rosters([c.advertise() for c in clients.values()])
+    inbox = server.route({c: clients[c].share_keys(rosters[c], n) for c in range(n)})
+    U = np.random.default_rng(0).uniform(-1, 1, (n, P))
+    for c in range(n):
+        if c not in drop_masked:
+            server.add_masked(c, clients[c].masked_input(U[c], 1, inbox[c], key=c))
+    return cfg, server, clients, rosters, U
+
+
+def test_signed_rounds_stop_key_substitution_and_inconsistent_views():
+    from fastmb.secure.secagg import collect_unmask
+
+    # a whole signed round: the same exact sum
+    U = np.random.default_rng(5).uniform(-1, 1, (10, 4))
+    res = secure_aggregate(U, config=SecAggConfig(signed=True, neighbours=6, threshold=3),
+                           drop={"masked": [1], "unmask": [2]}, seed=2)
+    q = SecAggConfig().quantizer
+    want = sum(q.quantize(U[i], 1, key=(2 << 32) ^ i) for i in range(10) if i != 1)
+    np.testing.assert_array_equal(res.total, want)
+    with pytest.raises(ValueError, match="signing_key"):
+        SecAggClient(0, SecAggConfig(signed=True))
+
+    cfg, server, clients, rosters, U = _signed_round()
+    # the server swaps client 1's keys for its own in client 0's roster: refused
+    mallory = SecAggClient(1, SecAggConfig(), 0).advertise()
+    forged = dict(rosters[0])
+    forged[1] = mallory._replace(signature=rosters[0][1].signature)
+    victim = SecAggClient(0, cfg, signing_key=clients[0]._sign, trusted=clients[0]._trusted)
+    victim.advertise()
+    with pytest.raises(SecAggError, match="not signed by its identity"):
+        victim.share_keys(forged, 8)
+    # an honest unmasking works
+    requests = server.unmask_requests()
+    total = server.finish(collect_unmask(clients, requests))
+    np.testing.assert_array_equal(total, sum(cfg.quantizer.quantize(U[c], 1, key=c)
+                                             for c in range(8) if c != 2))
+
+    # the server tells client 0 that 3 dropped while the signed list says it sent
+    cfg, server, clients, rosters, U = _signed_round()
+    senders = sorted(server.sent)
+    proofs = {c: clients[c].confirm(senders) for c in senders}
+    survivors, dropped = server.unmask_requests()[0]
+    lie = ([v for v in survivors if v != 3], sorted([*dropped, 3]))
+    with pytest.raises(SecAggError, match="does not match the signed list"):
+        clients[0].unmask(*lie, proofs=proofs)
+    # ... or shows one group another list of senders: their signatures do not count
+    other = [c for c in senders if c != 3]
+    fake = {c: clients[c]._sign.sign(b"not the list") for c in other}
+    with pytest.raises(SecAggError, match="neighbours signed"):
+        clients[4].unmask(*server.unmask_requests()[4], proofs=fake)
+    with pytest.raises(SecAggError, match="without it"):
+        clients[5].confirm([0, 1, 3])
+    assert clients[0].unmask(survivors, dropped, proofs=proofs)   # the truth is answered

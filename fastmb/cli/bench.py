@@ -746,8 +746,9 @@ def secure_round_data(n_clients, rows=20, seed=9):
     return fastmb.MLP([64, 64, 10]), data, part
 
 
-def _round_sim(model, data, part, secure):
-    cfg = None if not secure else SecAggConfig(clip=1.0, max_weight=int(part.sizes.max()))
+def _round_sim(model, data, part, secure, signed=False):
+    cfg = None if not secure else SecAggConfig(clip=1.0, max_weight=int(part.sizes.max()),
+                                               signed=signed)
     sim = fastmb.Simulation(model, data, part, fraction=1.0, epochs=1, batch_size=16,
                             lr=0.05, seed=0, eval_every=10**6, secure=cfg)
     return sim.step
@@ -1043,6 +1044,10 @@ def _secure_rows(sz, scale, repeat, echo):
         rows += _rows("secure round (SecAgg+)", f"{n} clients, MLP 64-64-10",
                       _round_sim(model, data, part, True), "secure_round", (model, data, part),
                       max(1, repeat // 5), None, None, echo)
+        if n == max(8, int(100 * scale)):   # signed keys and survivors, at the smaller size
+            rows += _rows("secure round (SecAgg+, signed)", f"{n} clients, MLP 64-64-10",
+                          _round_sim(model, data, part, True, signed=True), "secure_round",
+                          (model, data, part), max(1, repeat // 5), None, None, echo)
     return rows
 
 

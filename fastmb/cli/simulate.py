@@ -105,6 +105,9 @@ SETTINGS = {
                    "4 ceil(log2 N))"),
     "secure_clip": (1.0, "with --secure: updates are clipped to [-C, C] before quantizing"),
     "secure_bits": (16, "with --secure: quantization levels 2**B"),
+    "secure_signed": (False, "with --secure: clients sign their keys and the list of "
+                      "survivors (against a server that substitutes keys or tells clients "
+                      "different stories about who dropped)"),
     "setup_dropout": (0.0, "with --secure: probability that a client drops while keys are "
                       "set up"),
     "unmask_dropout": (0.0, "with --secure: probability that a client does not answer the "
@@ -355,7 +358,7 @@ def _secure_config(cfg, part):
         return None
     kw = dict(clip=cfg["secure_clip"], bits=cfg["secure_bits"], max_weight=int(
         part.sizes.max()), neighbours=cfg["neighbours"], threshold=cfg["threshold"],
-              complete=cfg["secure"] == "secagg")
+              complete=cfg["secure"] == "secagg", signed=cfg["secure_signed"])
     n = cfg["clients_per_round"] or max(1, round(cfg["fraction"] * part.n_clients))
     try:
         narrow = SecAggConfig(**kw)
@@ -645,7 +648,8 @@ def _report_secure(cfg, sim, s, echo):
     with the same seed (no setup or unmasking dropouts) for comparison."""
     sc = sim.secure
     n = sim.clients_per_round
-    echo(f"  secure aggregation ({cfg['secure']}): {sc.degree(n)} neighbours, threshold "
+    echo(f"  secure aggregation ({cfg['secure']}{', signed' if sc.signed else ''}): "
+         f"{sc.degree(n)} neighbours, threshold "
          f"{sc.threshold_for(n)}, updates clipped to +-{sc.clip}, {sc.bits}-bit levels in "
          f"Z/2**{sc.modulus_bits} (mean within {sc.quantizer.error:.2e} of FedAvg's)")
     for r, why in sim.secure_failures:

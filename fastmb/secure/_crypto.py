@@ -104,3 +104,31 @@ def aead(name, key):
 def invalid_tag():
     """The exception cryptography raises when an AEAD tag does not verify."""
     return require()[0]
+
+
+def new_signing_key():
+    """A fresh Ed25519 private key: a party's long-term identity for signatures."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def signing_public(key):
+    """The 32 raw bytes of the public half of Ed25519 key ``key``."""
+    from cryptography.hazmat.primitives import serialization as S
+
+    return key.public_key().public_bytes(S.Encoding.Raw, S.PublicFormat.Raw)
+
+
+def verify(public, signature, message):
+    """Whether ``signature`` is Ed25519 ``public``'s signature of ``message`` (False for a
+    malformed key or signature, never an exception)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(bytes(public)).verify(bytes(signature),
+                                                                        message)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True

@@ -103,7 +103,10 @@ class SecureRound:
         self.unmask_dropped = {int(c) for c in unmask_dropped}
         setup_dropped = {int(c) for c in setup_dropped}
         n = self.server.n
-        self.clients = {int(c): S.SecAggClient(int(c), config, round_id) for c in sampled}
+        sign, trusted = S.signing_identities(sampled) if config.signed else ({}, None)
+        self.clients = {int(c): S.SecAggClient(int(c), config, round_id,
+                                               signing_key=sign.get(int(c)), trusted=trusted)
+                        for c in sampled}
         rosters = self.server.rosters(c.advertise() for c in self.clients.values())
         inbox = self.server.route(S.collect_stage(
             self.clients, lambda c: c.share_keys(rosters[c.cid], n), setup_dropped))

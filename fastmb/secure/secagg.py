@@ -82,6 +82,14 @@ class SecAggConfig:
         t, the shares that recover a secret, in ``[2, k]``. Default ``k // 2 + 1``.
     cipher : {"aes-ctr", "chacha20"}
         The keystream that expands masks.
+    signed : bool, default False
+        Against a server that does not follow the protocol: each client signs its
+        advertised keys with a long-term Ed25519 identity (the others check it against
+        the identities they trust, so a server cannot substitute keys), and before
+        unmasking signs the list of clients that sent masked inputs; a client unmasks only
+        when t of its neighbours signed the same list and the request matches it (so a
+        server cannot tell clients different stories about who dropped: Bonawitz et al.'s
+        consistency check).
 
     Examples
     --------
@@ -99,6 +107,7 @@ class SecAggConfig:
     threshold: int | None = None
     complete: bool = False
     cipher: str = "aes-ctr"
+    signed: bool = False
 
     def __post_init__(self):
         self.quantizer  # noqa: B018 - checks clip, bits, modulus_bits, max_weight
@@ -106,8 +115,10 @@ class SecAggConfig:
             V.check_number("neighbours", self.neighbours, low=2, integer=True)
         if self.threshold is not None:
             V.check_number("threshold", self.threshold, low=2, integer=True)
-        if not isinstance(self.complete, (bool, np.bool_)):
-            raise TypeError(f"complete must be a bool, got {type(self.complete).__name__}")
+        for name in ("complete", "signed"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got "
+                                f"{type(getattr(self, name)).__name__}")
         C.check_choice("cipher", self.cipher, C.CIPHERS)
 
     @property
@@ -159,11 +170,13 @@ def neighbour_graph(ids, k, seed):
 
 
 class PublicKeys(NamedTuple):
-    """What a client advertises: its id and two X25519 public keys (32 bytes each)."""
+    """What a client advertises: its id, two X25519 public keys (32 bytes each) and, with
+    ``SecAggConfig(signed=True)``, its identity's Ed25519 signature of them."""
 
     cid: int
     c_pk: bytes
     s_pk: bytes
+    signature: bytes = b""
 
 
 class MaskPlan(NamedTuple):
@@ -203,6 +216,15 @@ def _share_nonce(sender, receiver):
     return sender.to_bytes(6, "big") + receiver.to_bytes(6, "big")
 
 
+def _keys_message(round_id, cid, c_pk, s_pk):
+    return b"fastmb secagg v1 keys" + struct.pack(">QQ", round_id, cid) + c_pk + s_pk
+
+
+def _survivors_message(round_id, survivors):
+    return b"fastmb secagg v1 survivors" + struct.pack(f">Q{len(survivors)}Q", round_id,
+                                                       *survivors)
+
+
 def _check_id(cid, name="cid"):
     return V.check_number(name, cid, low=0, high=MAX_ID, integer=True)
 
@@ -214,9 +236,14 @@ class SecAggClient:
     object; its repr shows none of them, and it refuses to be pickled.
     """
 
-    def __init__(self, cid, config, round_id=0):
+    def __init__(self, cid, config, round_id=0, *, signing_key=None, trusted=None):
         if not isinstance(config, SecAggConfig):
             raise TypeError(f"config must be a SecAggConfig, got {type(config).__name__}")
+        if config.signed and (signing_key is None or trusted is None):
+            raise ValueError("a signed round needs each client's signing_key (its Ed25519 "
+                             "identity) and trusted (the identities it trusts, by client id)")
+        self._sign, self._trusted = signing_key, (dict(trusted) if trusted else {})
+        self._u3 = None
         self.cid = _check_id(cid)
         self.config = config
         self.round_id = V.check_number("round_id", round_id, low=0, integer=True)
@@ -238,7 +265,10 @@ class SecAggClient:
     def advertise(self):
         """Stage 0: fresh key pairs for this round; returns the public keys."""
         self._c, self._s = C.new_private_key(), C.new_private_key()
-        return PublicKeys(self.cid, C.public_bytes(self._c), C.public_bytes(self._s))
+        c_pk, s_pk = C.public_bytes(self._c), C.public_bytes(self._s)
+        sig = (self._sign.sign(_keys_message(self.round_id, self.cid, c_pk, s_pk))
+               if self.config.signed else b"")
+        return PublicKeys(self.cid, c_pk, s_pk, sig)
 
     def share_keys(self, roster, n_clients):
         """Stage 1: ``roster`` is ``{peer: PublicKeys}`` of the neighbours that advertised,
@@ -256,6 +286,11 @@ class SecAggClient:
                 if len(pk) != 32 or pk in seen:
                     raise SecAggError(f"roster entry {v}: a public key is malformed or repeated")
                 seen.add(pk)
+            if self.config.signed and not C.verify(
+                    self._trusted.get(v, b""), keys.signature,
+                    _keys_message(self.round_id, v, keys.c_pk, keys.s_pk)):
+                raise SecAggError(f"client {self.cid}: the keys advertised for {v} are not "
+                                  "signed by its identity")
         if len(roster) < t:
             raise SecAggError(f"client {self.cid}: {len(roster)} neighbours advertised keys, "
                               f"fewer than the threshold {t}: the round cannot recover it")
@@ -312,15 +347,55 @@ class SecAggClient:
         plan = self.receive_shares(inbox)
         return mask_update(plan, self.config.quantizer.quantize(update, weight, key))
 
-    def unmask(self, survivors, dropped):
+    def confirm(self, senders):
+        """Signed rounds, between stages 2 and 3: sign the list of the clients that sent a
+        masked input (the server's claim, the same for everyone); returns the signature.
+        Refuses a list without this client or shorter than t."""
+        if not self.config.signed:
+            raise SecAggError("confirm() is for signed rounds (SecAggConfig(signed=True))")
+        u3 = tuple(sorted({_check_id(v, "sender") for v in senders}))
+        if self.cid not in u3 or len(u3) < self._t:
+            raise SecAggError(f"client {self.cid}: a list of {len(u3)} senders without it or "
+                              f"below the threshold {self._t}; refusing to confirm")
+        self._u3 = u3
+        return self._sign.sign(_survivors_message(self.round_id, u3))
+
+    def _check_consistent(self, survivors, dropped, proofs):
+        """A signed round's unmasking request must follow from the list this client
+        confirmed, and t of its neighbours must have signed that same list."""
+        if self._u3 is None:
+            raise SecAggError(f"client {self.cid}: unmask before confirm in a signed round")
+        msg = _survivors_message(self.round_id, self._u3)
+        good = 0
+        for v, sig in dict(proofs or {}).items():
+            if good == self._t - 1:   # with its own confirmation, t: enough
+                break
+            v = int(v)
+            if v in self._roster and v in self._u3 and C.verify(self._trusted.get(v, b""),
+                                                                 sig, msg):
+                good += 1
+        if good < self._t - 1:
+            raise SecAggError(f"client {self.cid}: {good} neighbours signed the list of "
+                              f"survivors it confirmed, {self._t - 1} needed; refusing")
+        held = set(self._held)
+        alive = set(self._u3)
+        if survivors & held != held & alive or dropped & held != held - alive:
+            raise SecAggError(f"client {self.cid}: the unmasking request does not match the "
+                              "signed list of survivors; refusing")
+
+    def unmask(self, survivors, dropped, proofs=None):
         """Stage 3: this client's shares of ``b_v`` for the neighbours v in ``survivors``
         and of ``s_v`` for those in ``dropped``: ``{v: ("b" or "s", share)}``.
 
         Refuses (SecAggError) a peer in both lists, a peer whose other share it already
         revealed, and fewer than t survivors (the server could then learn a single
-        client's update)."""
+        client's update). In a signed round, ``proofs`` (``{client: signature}`` of the
+        list of senders, see :meth:`confirm`) must hold t - 1 valid signatures of its
+        neighbours on the list it confirmed, and the request must follow from that list."""
         survivors = {_check_id(v, "survivor") for v in survivors}
         dropped = {_check_id(v, "dropped id") for v in dropped}
+        if self.config.signed:
+            self._check_consistent(survivors, dropped, proofs)
         both = survivors & dropped
         if both:
             raise SecAggError(f"client {self.cid}: asked for both shares of {sorted(both)}")
@@ -515,11 +590,24 @@ def collect_stage(clients, stage, absent=()):
     return out
 
 
-def collect_unmask(clients, requests, absent=()):
+def collect_unmask(clients, requests, absent=(), proofs=None):
     """Stage 3 for simulated clients: the responses of the clients asked (``requests``
-    from :meth:`SecAggServer.unmask_requests`) that neither dropped nor refused."""
-    return collect_stage({c: clients[c] for c in requests},
-                         lambda client: client.unmask(*requests[client.cid]), absent)
+    from :meth:`SecAggServer.unmask_requests`) that neither dropped nor refused. In a
+    signed round the asked clients first confirm the list of senders, and every
+    response comes with all the confirmations (``proofs``, computed here when None)."""
+    asked = {c: clients[c] for c in requests if c not in absent}
+    if proofs is None and asked and next(iter(asked.values())).config.signed:
+        senders = sorted(requests)
+        proofs = collect_stage(asked, lambda client: client.confirm(senders))
+    return collect_stage(asked, lambda client: client.unmask(*requests[client.cid],
+                                                               proofs=proofs))
+
+
+def signing_identities(ids):
+    """A simulated PKI: ``(signing keys, trusted public keys)`` by client id, fresh Ed25519
+    identities (a deployment keeps each device's key on the device)."""
+    keys = {int(c): C.new_signing_key() for c in ids}
+    return keys, {c: C.signing_public(k) for c, k in keys.items()}
 
 
 class RoundResult(NamedTuple):
@@ -583,7 +671,9 @@ def secure_aggregate(updates, weights=None, config=None, *, ids=None, drop=None,
         raise ValueError(f"drop's stages are {', '.join(stages)}, got {sorted(set(drop))}")
     gone = {s: {int(c) for c in drop.get(s, ())} for s in stages}
     server = SecAggServer(config, ids, round_id, seed)
-    clients = {int(c): SecAggClient(int(c), config, round_id) for c in ids}
+    sign, trusted = signing_identities(ids) if config.signed else ({}, None)
+    clients = {int(c): SecAggClient(int(c), config, round_id, signing_key=sign.get(int(c)),
+                                    trusted=trusted) for c in ids}
     alive = [c for c in clients if c not in gone["advertise"]]
     rosters = server.rosters([clients[c].advertise() for c in alive])
     inbox = server.route(collect_stage({c: clients[c] for c in alive},
