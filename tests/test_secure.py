@@ -488,7 +488,12 @@ def test_simulation_secure_round_is_fedavg_within_the_quantization_error():
     err = np.abs(sec.params.astype(np.float64) - plain.params).max()
     assert 0 < err <= cfg.quantizer.error + 1e-6        # float32 parameters
     assert np.abs(plain.params - p0).max() > 100 * cfg.quantizer.error
-    assert h["bytes_up"] == h["reported"] * (sec.model.n_params + 1) * 4
+    # the masked vectors (P + 1 integers each) and the protocol's keys, shares, answers
+    masked = h["reported"] * (sec.model.n_params + 1) * 4
+    log = sec.secure_log[-1]
+    assert h["bytes_up"] == masked + log["bytes_up"] and 0 < log["bytes_up"] < masked
+    assert h["bytes_down"] == h["sampled"] * sec.model.n_params * 4 + log["bytes_down"]
+    assert log["masked"] == h["reported"] and log["round"] == 1
 
 
 def test_simulation_secure_dropouts_at_every_stage():

@@ -240,6 +240,10 @@ class Simulation:
         #: ``(round, reason)`` of each secure round that failed (too few shares came back:
         #: the round made no update and revealed nothing).
         self.secure_failures = []
+        #: Per secure round: the protocol's own bytes each way (keys, shares, unmasking;
+        #: included in the history's bytes_up/bytes_down besides the masked vectors), and
+        #: how many clients shared keys, masked and answered, with k and t.
+        self.secure_log = []
         self._params = self._batch.params.copy()
         self._opt = (None if self._optimizer is None else
                      self._optimizer(self._params, **self.server_options))
@@ -482,15 +486,18 @@ class Simulation:
         record.update(self.evaluate() if last else {"loss": None, "accuracy": None})
         itemsize = self._params.dtype.itemsize
         P = self.model.n_params
-        up = P * itemsize
+        up, extra_up, extra_down = P * itemsize, 0, 0
         if self.secure is not None:   # a masked vector: P + 1 integers of the group
             up = (P + 1) * self.secure.quantizer.dtype.itemsize
+            extra_up, extra_down = task.secure.traffic["up"], task.secure.traffic["down"]
+            self.secure_log.append({"round": self.round, "bytes_up": extra_up,
+                                    "bytes_down": extra_down, **task.secure.stats})
         record.update({
             "time_s": time.perf_counter() - t0, "train_s": train_s,
             "sampled": int(sampled.shape[0]), "reported": int(ids.shape[0]),
             "used": int(used.shape[0]),
-            "bytes_down": int(sampled.shape[0] * P * itemsize),
-            "bytes_up": int(ids.shape[0] * up),
+            "bytes_down": int(sampled.shape[0] * P * itemsize + extra_down),
+            "bytes_up": int(ids.shape[0] * up + extra_up),
             "dropped": dropped.tolist(), "stragglers": stragglers.tolist(),
             "malicious": ids[np.isin(ids, self.malicious)].tolist(),
             "rejected": rejected.tolist(),

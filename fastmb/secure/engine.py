@@ -107,15 +107,24 @@ class SecureRound:
         self.clients = {int(c): S.SecAggClient(int(c), config, round_id,
                                                signing_key=sign.get(int(c)), trusted=trusted)
                         for c in sampled}
-        rosters = self.server.rosters(c.advertise() for c in self.clients.values())
-        inbox = self.server.route(S.collect_stage(
-            self.clients, lambda c: c.share_keys(rosters[c.cid], n), setup_dropped))
+        adverts = [c.advertise() for c in self.clients.values()]
+        rosters = self.server.rosters(adverts)
+        shares = S.collect_stage(self.clients, lambda c: c.share_keys(rosters[c.cid], n),
+                                 setup_dropped)
+        inbox = self.server.route(shares)
         # a client with fewer than t neighbours' shares cannot mask safely: it drops here
         plans = S.collect_stage({c: self.clients[c] for c in sorted(self.server.shared)},
                                 lambda c: c.receive_shares(inbox.get(c.cid, {})))
         w = {c: int(weights[c]) for c in plans}
         self.transform = SecureMask(config.quantizer, plans, w)
         self.stats, self.error = {}, None
+        # the protocol's own messages (ids as 8 bytes; the masked vectors are the
+        # simulation's to count): keys up and the neighbours' keys down, shares both ways
+        key_bytes = {k.cid: 8 + len(k.c_pk) + len(k.s_pk) + len(k.signature) for k in adverts}
+        share_bytes = sum(16 + len(ct) for box in shares.values() for ct in box.values())
+        self.traffic = {"up": sum(key_bytes.values()) + share_bytes,
+                        "down": sum(key_bytes[v] for r in rosters.values() for v in r)
+                        + share_bytes}
 
     @property
     def shared(self):
@@ -131,8 +140,20 @@ class SecureRound:
         if sent.size == 0:
             return None, sent, rejected
         self.server.add_masked_sum(total, sent)
-        responses = S.collect_unmask(self.clients, self.server.unmask_requests(),
+        requests = self.server.unmask_requests()
+        proofs = None
+        if self.config.signed:   # every asked client confirms the list of senders
+            senders = sorted(requests)
+            proofs = S.collect_stage({c: self.clients[c] for c in requests},
+                                     lambda client: client.confirm(senders),
                                      self.unmask_dropped)
+            self.traffic["up"] += sum(8 + len(sig) for sig in proofs.values())
+            self.traffic["down"] += len(requests) * (8 * len(senders) + sum(
+                8 + len(sig) for sig in proofs.values()))
+        responses = S.collect_unmask(self.clients, requests, self.unmask_dropped, proofs)
+        self.traffic["down"] += sum(8 * (1 + len(a) + len(b)) for a, b in requests.values())
+        self.traffic["up"] += sum(8 + 9 + len(share) for r in responses.values()
+                                  for _, share in r.values())
         self.stats = {"shared": len(self.server.shared), "masked": int(sent.size),
                       "responded": len(responses), "neighbours": self.server.k,
                       "threshold": self.server.t}
