@@ -78,6 +78,25 @@ def run_threads(task, work, T):
             f.result()
 
 
+def client_key(seed, client=0):
+    """The shuffling stream of ``client`` under ``seed`` (client 0: what :func:`sgd`
+    shuffles with), as the training kernels derive it."""
+    keys = np.empty(1, np.uint64)
+    K_.client_keys(np.uint64(seed), np.full(1, client, np.int64), keys)
+    return keys[0]
+
+
+def launch(kernel, group, tasks):
+    """``kernel(*group, lo, hi)`` for each task ``(lo, hi)`` of ``tasks`` (the bounds and
+    work of :func:`_tasks`), on the host's threads (:func:`run_threads`)."""
+    bounds, task_work = tasks
+
+    def task(t):
+        kernel(*group, bounds[t], bounds[t + 1])
+
+    run_threads(task, task_work, numba.get_num_threads())
+
+
 def _drain(task, order):
     for i in order:
         task(i)
@@ -221,32 +240,43 @@ class TrainPlan:
         P = params.shape[0]
         out = np.empty((K, P), params.dtype)
         bad = np.full(K, -1, np.int64)
-        seed = self.seed if seed is None else np.uint64(seed)
-        starts = self.offsets[clients]
-        ends = self.offsets[clients + 1]
+        starts, ends, keys = self.client_rows(clients, seed)
         kernel = K_.SGD[self.record.path]
-        keys = np.empty(K, np.uint64)
-        K_.client_keys(seed, clients, keys)
         # the current group's optimizer state (momentum, Adam's moments), carried from chunk
         # to chunk of a split training; none (zero columns) for one done in a single call
         mom = None
-        for g0, g1, e_lo, e_hi in self.chunks(ends - starts, epochs, max_steps, P):
+        for g0, g1, e_lo, e_hi, split, order, tasks in self.calls(starts, ends, epochs,
+                                                                  max_steps, P):
             if e_lo == 0:
-                split = e_hi < epochs[g0:g1].max()
                 mom = np.empty((g1 - g0, self.options.state_size(P) if split else 0),
                                params.dtype)
-            work = ((ends[g0:g1] - starts[g0:g1]) * (np.minimum(epochs[g0:g1], e_hi) - e_lo)
-                    * (P + 64.0))
-            order, bounds, task_work = _tasks(work)
-            group = (params, self.X, self.yc, self.yr, self.sw, self.model.layout, self.idx,
-                     starts[g0:g1], ends[g0:g1], keys[g0:g1], epochs[g0:g1], max_steps[g0:g1],
-                     e_lo, e_hi, self.record, out[g0:g1], mom, bad[g0:g1], order)
-
-            def task(t, group=group, bounds=bounds):
-                kernel(*group, bounds[t], bounds[t + 1])
-
-            run_threads(task, task_work, numba.get_num_threads())
+            launch(kernel, (params, self.X, self.yc, self.yr, self.sw, self.model.layout,
+                            self.idx, starts[g0:g1], ends[g0:g1], keys[g0:g1], epochs[g0:g1],
+                            max_steps[g0:g1], e_lo, e_hi, self.record, out[g0:g1], mom,
+                            bad[g0:g1], order), tasks)
         return out, bad
+
+    def client_rows(self, clients, seed=None):
+        """``(starts, ends, keys)`` of ``clients``: their row spans and shuffling streams
+        (``seed`` replaces the plan's)."""
+        seed = self.seed if seed is None else np.uint64(seed)
+        keys = np.empty(clients.shape[0], np.uint64)
+        K_.client_keys(seed, clients, keys)
+        return self.offsets[clients], self.offsets[clients + 1], keys
+
+    def calls(self, starts, ends, epochs, max_steps, P):
+        """The kernel calls of a training (:meth:`chunks`), each as ``(g0, g1, e_lo, e_hi,
+        split, order, tasks)``: ``split`` whether the group's epochs take several calls
+        (its optimizer state must then be kept between them), ``order`` and ``tasks`` the
+        group's clients in the order and thread tasks of :func:`_tasks`. ``P`` is the
+        parameters per client (one number, or one per client)."""
+        P = np.broadcast_to(np.asarray(P, np.float64), starts.shape)
+        for g0, g1, e_lo, e_hi in self.chunks(ends - starts, epochs, max_steps, P):
+            work = ((ends[g0:g1] - starts[g0:g1]) * (np.minimum(epochs[g0:g1], e_hi) - e_lo)
+                    * (P[g0:g1] + 64.0))
+            order, bounds, task_work = _tasks(work)
+            yield (g0, g1, e_lo, e_hi, e_hi < epochs[g0:g1].max(), order,
+                   (bounds, task_work))
 
     def chunks(self, rows, epochs, max_steps, P):
         """Kernel calls ``(g0, g1, e_lo, e_hi)``: clients ``g0:g1`` run epochs ``e_lo:e_hi``.

@@ -22,16 +22,18 @@ from . import _crypto as C
 #: Bytes of keystream per chunk: the buffer stays in the core's L2 cache while the kernel
 #: adds it (measured on the development VM: 1 MiB chunks ran at the keystream's speed).
 CHUNK_BYTES = 1 << 20
-_ZEROS = bytes(CHUNK_BYTES)
-_LOCAL = threading.local()   # one chunk buffer per thread
+_LOCAL = threading.local()   # one chunk buffer per thread, made on its first mask
 
 
-def _buffer():
-    buf = getattr(_LOCAL, "buf", None)
-    if buf is None:
+def _buffers():
+    """This thread's ``(keystream buffer, zero plaintext)`` (the keystream is the
+    encryption of zeros)."""
+    bufs = getattr(_LOCAL, "bufs", None)
+    if bufs is None:
         # cryptography's update_into wants room for a block beyond the data
-        buf = _LOCAL.buf = np.empty(CHUNK_BYTES + 64, np.uint8)
-    return buf
+        bufs = _LOCAL.bufs = (np.empty(CHUNK_BYTES + 64, np.uint8),
+                              memoryview(bytes(CHUNK_BYTES)))
+    return bufs
 
 
 def add_mask(out, seed, *, negate=False, cipher="aes-ctr"):
@@ -56,10 +58,9 @@ def add_mask(out, seed, *, negate=False, cipher="aes-ctr"):
         raise ValueError(f"seed must be {C.KEY_BYTES} bytes, got {len(seed)}")
     C.check_choice("cipher", cipher, C.CIPHERS)
     enc = C.keystream(seed, cipher)
-    buf = _buffer()
+    buf, zeros = _buffers()
     words = buf[:CHUNK_BYTES].view(out.dtype)
     per = words.shape[0]
-    zeros = memoryview(_ZEROS)
     n = out.shape[0]
     for lo in range(0, n, per):
         hi = min(n, lo + per)
@@ -174,8 +175,8 @@ class FieldQuantizer:
             out = np.empty(P + 1, self.dtype)
         elif out.shape != (P + 1,) or out.dtype != self.dtype:
             raise ValueError(f"out must be a ({P + 1},) {self.dtype} array")
-        key = np.uint64(V.check_number("key", int(key) % (1 << 64), low=0,
-                                       high=(1 << 64) - 1, integer=True))
+        key = np.uint64(V.check_number("key", key, integer=True, low=-(1 << 63),
+                                       high=(1 << 64) - 1) % (1 << 64))
         nbad = KS.quantize_field(np.ascontiguousarray(u), float(self.clip), self.scale,
                                  np.uint64(w), key, out[:P])
         if nbad:

@@ -402,20 +402,14 @@ class SecAggClient:
         if len(survivors | {self.cid}) < self._t:
             raise SecAggError(f"client {self.cid}: {len(survivors | {self.cid})} survivors, "
                               f"fewer than the threshold {self._t}; refusing to unmask")
-        out = {}
-        for kind, peers in (("b", survivors), ("s", dropped)):
-            for v in sorted(peers):
-                if v not in self._held:
-                    continue
-                if self._revealed.get(v, kind) != kind:
-                    raise SecAggError(f"client {self.cid}: already revealed the other share "
-                                      f"of {v}; refusing")
-        for kind, peers in (("b", survivors), ("s", dropped)):
-            for v in sorted(peers):
-                if v in self._held:
-                    self._revealed[v] = kind
-                    out[v] = (kind, self._held[v][0 if kind == "b" else 1])
-        return out
+        asked = [(v, kind) for kind, peers in (("b", survivors), ("s", dropped))
+                 for v in sorted(peers) if v in self._held]
+        for v, kind in asked:   # every check before anything is revealed
+            if self._revealed.get(v, kind) != kind:
+                raise SecAggError(f"client {self.cid}: already revealed the other share "
+                                  f"of {v}; refusing")
+        self._revealed.update(asked)
+        return {v: (kind, self._held[v][0 if kind == "b" else 1]) for v, kind in asked}
 
 
 class SecAggServer:
@@ -449,9 +443,6 @@ class SecAggServer:
         self.shared = set()       # U2: sent shares
         self.sent = set()         # U3: sent a masked input
         self.total = None
-
-    def neighbours(self, cid):
-        return self.graph[int(cid)]
 
     def rosters(self, adverts):
         """Stage 0: collect ``PublicKeys`` (an iterable); returns ``{cid: roster}``, each
@@ -683,7 +674,7 @@ def secure_aggregate(updates, weights=None, config=None, *, ids=None, drop=None,
     masked = collect_stage(
         {c: clients[c] for c in sorted(server.shared)},
         lambda cl: cl.masked_input(U[row[cl.cid]], int(w[row[cl.cid]]), inbox.get(cl.cid, {}),
-                                   key=(seed << 32) ^ cl.cid), gone["masked"])
+                                   key=((seed << 32) ^ cl.cid) % (1 << 64)), gone["masked"])
     for c, y in masked.items():
         server.add_masked(c, y)
     responses = collect_unmask(clients, server.unmask_requests(), gone["unmask"])

@@ -29,10 +29,9 @@ import numpy as np
 from .. import _validation as V
 from ..kernels import compact as KC
 from ..kernels import slicing as KS
-from ..kernels import training as KT
 from ..learn.gradients import Batch
 from ..learn.options import TrainOptions
-from ..learn.training import sgd
+from ..learn.training import client_key, sgd
 from ..models import MLP, Linear
 from .depth import check_range
 from .split import Party, batch_labels, label_pair
@@ -163,15 +162,14 @@ def masked_sgd(model, params, X, y, keep, *, epochs=1, seed=0, **options):
     drop = ~keep
     party = Party(model, np.where(keep, b.params, 0).astype(b.params.dtype), 0,
                   model.n_layers, opts)
-    keys = np.empty(1, np.uint64)
-    KT.client_keys(np.uint64(opts.seed), np.zeros(1, np.int64), keys)
+    key = client_key(opts.seed)
     perm = np.empty(b.n, np.int64)
     bs = opts.batch_size
     n_batches = -(-b.n // bs)
     total = max(1, epochs * n_batches)
     t = 0
     for e in range(epochs):
-        KS.epoch_order(b.n, keys[0], e, opts.shuffle, perm)
+        KS.epoch_order(b.n, key, e, opts.shuffle, perm)
         for s in range(n_batches):
             rows = np.ascontiguousarray(perm[s * bs:(s + 1) * bs])
             party._top(b.X, rows, *label_pair(b, batch_labels(b, rows)), True)

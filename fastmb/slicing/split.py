@@ -32,7 +32,7 @@ from ..kernels import training as KT
 from ..kernels._input import SparseRows
 from ..learn.gradients import Batch
 from ..learn.options import TrainOptions
-from ..learn.training import train_clients
+from ..learn.training import client_key, train_clients
 from ..models import Layout
 from .depth import check_cut, param_range
 from .pipeline import SCHEDULES, Timeline, timeline
@@ -342,10 +342,9 @@ power_t, optimizer, betas, eps, nesterov, l2
     if not isinstance(asynchronous, (bool, np.bool_)):
         raise TypeError(f"asynchronous must be a bool, got {type(asynchronous).__name__}")
     parties[0].stale = bool(asynchronous)
-    keys = np.empty(1, np.uint64)
-    KT.client_keys(np.uint64(options.seed), np.zeros(1, np.int64), keys)
     traffic = {"up": 0, "down": 0, "messages": 0}
-    t = _train(parties, b, 0, b.n, keys[0], options, epochs, m, c, top, traffic)
+    t = _train(parties, b, 0, b.n, client_key(options.seed), options, epochs, m, c, top,
+               traffic)
     micro = options.batch_size // m
     out = np.concatenate([p.params for p in parties]).astype(dtype, copy=False)
     return SplitResult(out, traffic["up"], traffic["down"], traffic["messages"], t,

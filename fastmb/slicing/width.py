@@ -22,12 +22,10 @@ import itertools
 import math
 from typing import NamedTuple
 
-import numba
 import numpy as np
 
 from .. import _validation as V
 from ..kernels import slicing as KS
-from ..kernels import training as K_
 from ..learn import gradients as G
 from ..learn import training as T
 from ..learn.options import TrainOptions
@@ -336,31 +334,20 @@ def _run_width(plan, params, subs, rate_of, ids, epochs, max_steps):
     # the sub-models' layouts stacked, a row each (same depth, activation and loss)
     stack = lays[0]._replace(**{f: np.stack([getattr(lay, f) for lay in lays])
                                 for f in ("sizes", "w_off", "b_off", "u_off")})
-    starts = plan.offsets[ids]
-    ends = plan.offsets[ids + 1]
-    keys = np.empty(K, np.uint64)
-    K_.client_keys(plan.seed, ids, keys)
+    starts, ends, keys = plan.client_rows(ids)
     kernel = KS.WIDTH[plan.record.path]
     per_param = plan.options.state_size(1)   # optimizer state per parameter: 0, 1 or 2
     mom, v_off = None, None
-    for g0, g1, e_lo, e_hi in plan.chunks(ends - starts, epochs, max_steps, Pk):
+    for g0, g1, e_lo, e_hi, split, order, tasks in plan.calls(starts, ends, epochs,
+                                                              max_steps, Pk):
         if e_lo == 0:
-            split = e_hi < epochs[g0:g1].max()
             v_off = _offsets(Pk[g0:g1] * (per_param if split else 0))
             mom = np.empty(v_off[-1], params.dtype)
-        work = ((ends[g0:g1] - starts[g0:g1]) * (np.minimum(epochs[g0:g1], e_hi) - e_lo)
-                * (Pk[g0:g1] + 64.0))
-        order, bounds, task_work = T._tasks(work)
-        group = (P0, p0_off, plan.X, plan.yc, plan.yr, plan.sw, stack, rate_of[g0:g1],
-                 plan.idx, starts[g0:g1], ends[g0:g1], keys[g0:g1], epochs[g0:g1],
-                 max_steps[g0:g1], e_lo, e_hi,
-                 plan.record, out[out_off[g0]:out_off[g1]], out_off[g0:g1 + 1] - out_off[g0],
-                 mom, v_off, bad[g0:g1], order)
-
-        def task(t, group=group, bounds=bounds):
-            kernel(*group, bounds[t], bounds[t + 1])
-
-        T.run_threads(task, task_work, numba.get_num_threads())
+        T.launch(kernel, (P0, p0_off, plan.X, plan.yc, plan.yr, plan.sw, stack,
+                          rate_of[g0:g1], plan.idx, starts[g0:g1], ends[g0:g1], keys[g0:g1],
+                          epochs[g0:g1], max_steps[g0:g1], e_lo, e_hi, plan.record,
+                          out[out_off[g0]:out_off[g1]], out_off[g0:g1 + 1] - out_off[g0],
+                          mom, v_off, bad[g0:g1], order), tasks)
     return out, out_off, bad
 
 
